@@ -1,0 +1,335 @@
+//! Model configuration: `config.json` of a BERT-family checkpoint, read into one canonical
+//! [`EncoderConfig`] (BERT and MiniLM use `model_type: "bert"`; DistilBERT has its own keys).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The model types this crate can load.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "distilbert"];
+
+/// The checkpoint family, which fixes tensor names and a few architectural details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelType {
+    /// BERT, MiniLM, and other `BertModel` checkpoints.
+    Bert,
+    /// DistilBERT (no token types, no pooler, different names).
+    Distilbert,
+}
+
+/// Feed-forward activation. BERT's `"gelu"` is the exact erf form (not the tanh approximation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Activation {
+    /// `x * Φ(x)` with the erf-based normal CDF (HF `"gelu"`).
+    #[serde(rename = "gelu")]
+    GeluErf,
+    /// tanh approximation (HF `"gelu_new"`, `"gelu_pytorch_tanh"`).
+    #[serde(rename = "gelu_new")]
+    GeluTanh,
+    /// `max(0, x)`.
+    #[serde(rename = "relu")]
+    Relu,
+}
+
+/// Architecture of a BERT-family encoder, independent of the checkpoint's naming.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncoderConfig {
+    /// Which family the checkpoint belongs to.
+    pub model_type: ModelType,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size (d_model).
+    pub hidden_size: usize,
+    /// Number of transformer layers.
+    pub num_hidden_layers: usize,
+    /// Number of attention heads.
+    pub num_attention_heads: usize,
+    /// Feed-forward inner size.
+    pub intermediate_size: usize,
+    /// Feed-forward activation.
+    pub hidden_act: Activation,
+    /// Dropout on hidden states.
+    pub hidden_dropout_prob: f64,
+    /// Dropout on attention probabilities.
+    pub attention_probs_dropout_prob: f64,
+    /// Position limit.
+    pub max_position_embeddings: usize,
+    /// Number of token types (0 for DistilBERT).
+    pub type_vocab_size: usize,
+    /// Layer-norm epsilon.
+    pub layer_norm_eps: f64,
+    /// Padding token id.
+    pub pad_token_id: u32,
+    /// The original `config.json`, kept so that saving writes back everything it had.
+    #[serde(skip)]
+    pub raw: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct BertJson {
+    vocab_size: usize,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    #[serde(default = "default_act")]
+    hidden_act: String,
+    #[serde(default = "default_dropout")]
+    hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    attention_probs_dropout_prob: f64,
+    #[serde(default = "default_max_pos")]
+    max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    layer_norm_eps: f64,
+    #[serde(default)]
+    pad_token_id: Option<u32>,
+    #[serde(default = "default_pos_type")]
+    position_embedding_type: String,
+}
+
+#[derive(Deserialize)]
+struct DistilbertJson {
+    vocab_size: usize,
+    dim: usize,
+    n_layers: usize,
+    n_heads: usize,
+    hidden_dim: usize,
+    #[serde(default = "default_act")]
+    activation: String,
+    #[serde(default = "default_dropout")]
+    dropout: f64,
+    #[serde(default = "default_dropout")]
+    attention_dropout: f64,
+    #[serde(default = "default_max_pos")]
+    max_position_embeddings: usize,
+    #[serde(default)]
+    pad_token_id: Option<u32>,
+    #[serde(default)]
+    sinusoidal_pos_embds: bool,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_max_pos() -> usize {
+    512
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_pos_type() -> String {
+    "absolute".into()
+}
+
+fn parse_act(path: &Path, s: &str) -> Result<Activation> {
+    match s {
+        "gelu" => Ok(Activation::GeluErf),
+        "gelu_new" | "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+        "relu" => Ok(Activation::Relu),
+        other => Err(Error::Parse {
+            path: path.to_path_buf(),
+            reason: format!(
+                "hidden_act {other:?} is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)"
+            ),
+        }),
+    }
+}
+
+impl EncoderConfig {
+    /// Reads `<dir>/config.json`.
+    pub fn from_model_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::from_file(dir.as_ref().join("config.json"))
+    }
+
+    /// Reads a `config.json` file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json_str(&text, path)
+    }
+
+    /// Parses the text of a `config.json`; `path` is only used in error messages.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
+        let parse_err = |e: serde_json::Error| Error::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let raw: serde_json::Value = serde_json::from_str(text).map_err(parse_err)?;
+        let model_type = raw
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        let cfg = match model_type.as_str() {
+            "bert" => {
+                let j: BertJson = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                if j.position_embedding_type != "absolute" {
+                    return Err(Error::Parse {
+                        path: path.to_path_buf(),
+                        reason: format!(
+                            "position_embedding_type {:?} is not supported (absolute)",
+                            j.position_embedding_type
+                        ),
+                    });
+                }
+                Self {
+                    model_type: ModelType::Bert,
+                    vocab_size: j.vocab_size,
+                    hidden_size: j.hidden_size,
+                    num_hidden_layers: j.num_hidden_layers,
+                    num_attention_heads: j.num_attention_heads,
+                    intermediate_size: j.intermediate_size,
+                    hidden_act: parse_act(path, &j.hidden_act)?,
+                    hidden_dropout_prob: j.hidden_dropout_prob,
+                    attention_probs_dropout_prob: j.attention_probs_dropout_prob,
+                    max_position_embeddings: j.max_position_embeddings,
+                    type_vocab_size: j.type_vocab_size,
+                    layer_norm_eps: j.layer_norm_eps,
+                    pad_token_id: j.pad_token_id.unwrap_or(0),
+                    raw,
+                }
+            }
+            "distilbert" => {
+                let j: DistilbertJson = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                if j.sinusoidal_pos_embds {
+                    return Err(Error::Parse {
+                        path: path.to_path_buf(),
+                        reason: "sinusoidal_pos_embds = true is not supported".into(),
+                    });
+                }
+                Self {
+                    model_type: ModelType::Distilbert,
+                    vocab_size: j.vocab_size,
+                    hidden_size: j.dim,
+                    num_hidden_layers: j.n_layers,
+                    num_attention_heads: j.n_heads,
+                    intermediate_size: j.hidden_dim,
+                    hidden_act: parse_act(path, &j.activation)?,
+                    hidden_dropout_prob: j.dropout,
+                    attention_probs_dropout_prob: j.attention_dropout,
+                    max_position_embeddings: j.max_position_embeddings,
+                    type_vocab_size: 0,
+                    // HF DistilBERT hard-codes eps = 1e-12.
+                    layer_norm_eps: 1e-12,
+                    pad_token_id: j.pad_token_id.unwrap_or(0),
+                    raw,
+                }
+            }
+            other => {
+                return Err(Error::UnsupportedModel {
+                    path: path.to_path_buf(),
+                    found: other.to_string(),
+                    supported: SUPPORTED_MODEL_TYPES.join(", "),
+                })
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the values for consistency before any tensor is allocated.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(Error::config(name, "must be positive"));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(Error::config(
+                "num_attention_heads",
+                format!(
+                    "hidden_size {} is not a multiple of {}",
+                    self.hidden_size, self.num_attention_heads
+                ),
+            ));
+        }
+        for (name, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(Error::config(name, format!("{p} is not in [0, 1)")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Size of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// A small random-initialisable BERT config for tests.
+    pub fn tiny_bert() -> Self {
+        let raw = serde_json::json!({
+            "model_type": "bert", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "intermediate_size": 32, "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+            "max_position_embeddings": 32, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+            "pad_token_id": 0, "architectures": ["BertModel"]
+        });
+        Self::from_json_str(&raw.to_string(), Path::new("<tiny_bert>")).expect("valid tiny config")
+    }
+
+    /// The `config.json` to write next to saved weights.
+    pub fn to_json(&self) -> serde_json::Value {
+        self.raw.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_model_type_lists_supported() {
+        let err = EncoderConfig::from_json_str(r#"{"model_type":"gpt2"}"#, Path::new("c.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gpt2") && err.contains("bert, distilbert") && err.contains("c.json"));
+    }
+
+    #[test]
+    fn malformed_json_names_file_and_line() {
+        let err = EncoderConfig::from_json_str("{\n\"model_type\": \"bert\",\n oops", Path::new("x/config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x/config.json") && err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn heads_must_divide_hidden() {
+        let bad = r#"{"model_type":"bert","vocab_size":10,"hidden_size":10,"num_hidden_layers":1,
+            "num_attention_heads":3,"intermediate_size":8}"#;
+        let err = EncoderConfig::from_json_str(bad, Path::new("c.json")).unwrap_err().to_string();
+        assert!(err.contains("num_attention_heads"), "{err}");
+    }
+
+    #[test]
+    fn distilbert_keys_are_mapped() {
+        let j = r#"{"model_type":"distilbert","vocab_size":100,"dim":32,"n_layers":2,"n_heads":4,
+            "hidden_dim":64,"activation":"gelu"}"#;
+        let c = EncoderConfig::from_json_str(j, Path::new("c.json")).unwrap();
+        assert_eq!((c.hidden_size, c.num_hidden_layers, c.type_vocab_size), (32, 2, 0));
+    }
+}

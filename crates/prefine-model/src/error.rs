@@ -1,0 +1,87 @@
+//! The error type of `prefine-model`.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading, running or saving a model.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// A JSON/TOML file is malformed.
+    #[error("{path}: {reason}")]
+    Parse {
+        /// The file involved.
+        path: PathBuf,
+        /// What the parser said (with line and column where known).
+        reason: String,
+    },
+    /// `config.json` names a `model_type` this crate does not implement.
+    #[error("{path}: unsupported model_type {found:?}; supported: {supported}")]
+    UnsupportedModel {
+        /// The config file.
+        path: PathBuf,
+        /// The model type found.
+        found: String,
+        /// The model types that are supported.
+        supported: String,
+    },
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {field}: {reason}")]
+    Config {
+        /// The offending key.
+        field: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The weights file does not match the configuration.
+    #[error("{path}: {reason}")]
+    Weights {
+        /// The weights file.
+        path: PathBuf,
+        /// Missing tensors, shape mismatches, ...
+        reason: String,
+    },
+    /// An adapter directory is malformed or does not fit the model.
+    #[error("adapter {path}: {reason}")]
+    Adapter {
+        /// The adapter directory or file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A named LoRA group does not exist.
+    #[error("no LoRA group named {0:?}")]
+    UnknownGroup(String),
+    /// Inputs to a forward pass are inconsistent.
+    #[error("bad input: {0}")]
+    Input(String),
+    /// An error from the tensor library.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// Builds an [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    /// Builds an [`Error::Config`].
+    pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Config {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;

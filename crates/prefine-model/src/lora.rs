@@ -1,0 +1,261 @@
+//! LoRA: low-rank adapters `W x + (alpha / r) · B A x` on the encoder's linear layers, in named
+//! groups (one per task family, or per application), PEFT-compatible.
+
+use std::collections::BTreeMap;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::ops;
+use crate::params::{uniform, Param, SeedRng};
+
+/// A linear layer of a transformer block that LoRA can adapt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraTarget {
+    /// Attention query projection (`attention.self.query`).
+    Query,
+    /// Attention key projection (`attention.self.key`).
+    Key,
+    /// Attention value projection (`attention.self.value`).
+    Value,
+    /// Attention output projection (`attention.output.dense`).
+    AttentionOutput,
+    /// Feed-forward up projection (`intermediate.dense`).
+    Intermediate,
+    /// Feed-forward down projection (`output.dense`).
+    Output,
+}
+
+impl LoraTarget {
+    /// All targets, in block order.
+    pub const ALL: [LoraTarget; 6] = [
+        Self::Query,
+        Self::Key,
+        Self::Value,
+        Self::AttentionOutput,
+        Self::Intermediate,
+        Self::Output,
+    ];
+
+    /// Parses a target from our names or PEFT's module names (`query`, `q_lin`, `attention.output.dense`, ...).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "query" | "q_lin" => Self::Query,
+            "key" | "k_lin" => Self::Key,
+            "value" | "v_lin" => Self::Value,
+            "attention_output" | "attention.output.dense" | "out_lin" => Self::AttentionOutput,
+            "intermediate" | "intermediate.dense" | "lin1" => Self::Intermediate,
+            "output" | "output.dense" | "lin2" => Self::Output,
+            _ => return None,
+        })
+    }
+}
+
+fn default_rank() -> usize {
+    16
+}
+fn default_alpha() -> f64 {
+    32.0
+}
+fn default_targets() -> Vec<LoraTarget> {
+    vec![LoraTarget::Query, LoraTarget::Value]
+}
+
+/// Hyper-parameters of one LoRA group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Rank r.
+    #[serde(default = "default_rank")]
+    pub rank: usize,
+    /// Scaling numerator: the update is scaled by `alpha / r` (or `alpha / sqrt(r)` with rsLoRA).
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// Dropout on the LoRA input during training.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Which linear layers to adapt.
+    #[serde(default = "default_targets")]
+    pub targets: Vec<LoraTarget>,
+    /// Which layers to adapt (0-based); `None` means all.
+    #[serde(default)]
+    pub layers: Option<Vec<usize>>,
+    /// rsLoRA scaling.
+    #[serde(default)]
+    pub use_rslora: bool,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            rank: default_rank(),
+            alpha: default_alpha(),
+            dropout: 0.0,
+            targets: default_targets(),
+            layers: None,
+            use_rslora: false,
+        }
+    }
+}
+
+impl LoraConfig {
+    /// A config adapting the last `k` of `num_layers` layers.
+    pub fn last_layers(mut self, k: usize, num_layers: usize) -> Self {
+        self.layers = Some((num_layers.saturating_sub(k)..num_layers).collect());
+        self
+    }
+
+    /// The scale applied to `B A x`.
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
+    }
+
+    /// Whether layer `i` is adapted.
+    pub fn covers_layer(&self, i: usize) -> bool {
+        self.layers.as_ref().is_none_or(|l| l.contains(&i))
+    }
+
+    /// Checks values against a model with `num_layers` layers.
+    pub fn validate(&self, num_layers: usize) -> Result<()> {
+        if self.rank == 0 {
+            return Err(Error::config("lora.rank", "must be positive"));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(Error::config("lora.alpha", "must be a positive number"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::config("lora.dropout", "must be in [0, 1)"));
+        }
+        if self.targets.is_empty() {
+            return Err(Error::config("lora.targets", "must name at least one layer type"));
+        }
+        if let Some(layers) = &self.layers {
+            if layers.is_empty() {
+                return Err(Error::config("lora.layers", "is empty"));
+            }
+            if let Some(bad) = layers.iter().find(|&&l| l >= num_layers) {
+                return Err(Error::config(
+                    "lora.layers",
+                    format!("layer {bad} does not exist (the model has {num_layers})"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The two LoRA matrices of one adapted linear layer: `A: [r, in]`, `B: [out, r]`.
+#[derive(Debug, Clone)]
+pub struct LoraPair {
+    /// Down projection `A`.
+    pub a: Param,
+    /// Up projection `B`.
+    pub b: Param,
+    /// `alpha / r`.
+    pub scale: f64,
+    /// Dropout on the input of `A` in training.
+    pub dropout: f64,
+}
+
+impl LoraPair {
+    /// PEFT initialisation: `A` Kaiming-uniform (a = sqrt 5, i.e. bound 1/sqrt(in)), `B` zeros.
+    pub fn init(in_features: usize, out_features: usize, cfg: &LoraConfig, rng: &mut SeedRng) -> Result<Self> {
+        let bound = 1.0 / (in_features as f64).sqrt();
+        let a = uniform(cfg.rank, in_features, bound, rng)?;
+        let b = Tensor::zeros((out_features, cfg.rank), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+        Ok(Self {
+            a: Param::new(&a)?,
+            b: Param::new(&b)?,
+            scale: cfg.scale(),
+            dropout: cfg.dropout,
+        })
+    }
+
+    /// `scale · B A` as a `[out, in]` matrix.
+    pub fn delta_weight(&self) -> Result<Tensor> {
+        Ok((self.b.t().detach().matmul(&self.a.t().detach())? * self.scale)?)
+    }
+}
+
+/// A linear layer with a frozen-or-trainable base and any number of named LoRA pairs.
+#[derive(Debug, Clone)]
+pub struct LoraLinear {
+    /// Base weight `[out, in]`.
+    pub weight: Param,
+    /// Base bias `[out]`.
+    pub bias: Param,
+    /// LoRA pairs by group name.
+    pub loras: BTreeMap<String, LoraPair>,
+    /// The group whose delta is currently folded into `weight`, if any.
+    pub merged: Option<String>,
+}
+
+impl LoraLinear {
+    /// A plain linear layer.
+    pub fn new(weight: Param, bias: Param) -> Self {
+        Self {
+            weight,
+            bias,
+            loras: BTreeMap::new(),
+            merged: None,
+        }
+    }
+
+    /// `(out, in)` of the base weight.
+    pub fn dims(&self) -> (usize, usize) {
+        let d = self.weight.var().dims();
+        (d[0], d[1])
+    }
+
+    /// Forward with the LoRA pair of `group` added (if this layer has one).
+    pub fn forward(&self, x: &Tensor, group: Option<&str>, rng: Option<&mut SeedRng>) -> Result<Tensor> {
+        if let Some(m) = &self.merged {
+            if group != Some(m.as_str()) {
+                return Err(Error::Input(format!(
+                    "LoRA group {m:?} is merged into the base weights; unmerge it before running with {group:?}"
+                )));
+            }
+            return Ok(ops::linear(x, &self.weight.t(), &self.bias.t())?);
+        }
+        let y = ops::linear(x, &self.weight.t(), &self.bias.t())?;
+        let Some(pair) = group.and_then(|g| self.loras.get(g)) else {
+            return Ok(y);
+        };
+        let xin = match rng {
+            Some(rng) if pair.dropout > 0.0 => ops::dropout(x, pair.dropout, rng)?,
+            _ => x.clone(),
+        };
+        let h = ops::linear_no_bias(&xin, &pair.a.t())?;
+        let d = ops::linear_no_bias(&h, &pair.b.t())?;
+        Ok((y + (d * pair.scale)?)?)
+    }
+
+    /// Folds `group`'s delta into the base weight.
+    pub fn merge(&mut self, group: &str) -> Result<()> {
+        if let Some(m) = &self.merged {
+            return Err(Error::Input(format!("group {m:?} is already merged")));
+        }
+        if let Some(pair) = self.loras.get(group) {
+            let w = (self.weight.t().detach() + pair.delta_weight()?)?;
+            self.weight.set(&w)?;
+            self.merged = Some(group.to_string());
+        }
+        Ok(())
+    }
+
+    /// Removes the merged delta from the base weight.
+    pub fn unmerge(&mut self) -> Result<()> {
+        if let Some(m) = self.merged.take() {
+            let pair = self.loras.get(&m).ok_or_else(|| Error::UnknownGroup(m.clone()))?;
+            let w = (self.weight.t().detach() - pair.delta_weight()?)?;
+            self.weight.set(&w)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,105 @@
+//! Raw CPU kernels shared by the fused ops: a row-major GEMM front-end over the `gemm` crate
+//! and column reductions.
+
+use rayon::prelude::*;
+
+/// A matrix operand given by its data and strides (in elements).
+#[derive(Clone, Copy)]
+pub(crate) struct MatRef<'a> {
+    pub data: &'a [f32],
+    /// Stride between consecutive rows.
+    pub rs: isize,
+    /// Stride between consecutive columns.
+    pub cs: isize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major matrix with `cols` columns.
+    pub fn row_major(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: cols as isize,
+            cs: 1,
+        }
+    }
+    /// The transpose of a row-major matrix with `cols` columns.
+    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: cols as isize,
+        }
+    }
+}
+
+/// `dst[m, n] (+)= a[m, k] · b[k, n]`, with `dst` row-major and contiguous.
+pub(crate) fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: MatRef, b: MatRef) {
+    assert!(dst.len() >= m * n, "gemm: destination too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let work = m * n * k;
+    let parallelism = if work > 48 * 48 * 48 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the operand extents are implied by (m, n, k) and the strides; callers build them
+    // from slices whose lengths cover those extents (checked by the debug asserts below).
+    debug_assert!(a.data.len() as isize >= (m as isize - 1) * a.rs + (k as isize - 1) * a.cs + 1);
+    debug_assert!(b.data.len() as isize >= (k as isize - 1) * b.rs + (n as isize - 1) * b.cs + 1);
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs,
+            a.rs,
+            b.data.as_ptr(),
+            b.cs,
+            b.rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Sum over rows of a row-major `[rows, cols]` matrix.
+pub(crate) fn column_sums(data: &[f32], cols: usize) -> Vec<f32> {
+    let rows = data.len() / cols.max(1);
+    let chunk_rows = (rows / rayon::current_num_threads().max(1)).max(64);
+    data.par_chunks(chunk_rows * cols)
+        .map(|chunk| {
+            let mut acc = vec![0f32; cols];
+            for row in chunk.chunks_exact(cols) {
+                for (a, v) in acc.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+            acc
+        })
+        .reduce(
+            || vec![0f32; cols],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(&b) {
+                    *x += y;
+                }
+                a
+            },
+        )
+}

@@ -1,0 +1,169 @@
+//! `y = x · Wᵀ + b` as one op whose backward computes only the gradients that are tracked.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::kernels::{column_sums, gemm, MatRef};
+use super::{f32_slice, with_f32};
+
+static WEIGHT_GRADS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many weight-gradient GEMMs the linear op has run since the process started. Tests use it
+/// to prove that frozen weights get no gradient computed.
+pub fn weight_grad_count() -> usize {
+    WEIGHT_GRADS.load(Ordering::Relaxed)
+}
+
+struct Linear;
+
+fn dims(x: &Layout, w: &Layout) -> Result<(usize, usize, usize, Shape)> {
+    let wd = w.dims();
+    if wd.len() != 2 {
+        candle_core::bail!("linear: weight must be 2-d, got {:?}", wd);
+    }
+    let (out, inp) = (wd[0], wd[1]);
+    let xd = x.dims();
+    if xd.last() != Some(&inp) {
+        candle_core::bail!("linear: input {:?} does not end with in_features {inp}", xd);
+    }
+    let m = x.shape().elem_count() / inp.max(1);
+    let mut od = xd.to_vec();
+    *od.last_mut().expect("non-empty dims") = out;
+    Ok((m, out, inp, Shape::from(od)))
+}
+
+fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, out: usize, inp: usize) -> Vec<f32> {
+    let mut y = vec![0f32; m * out];
+    if let Some(b) = b {
+        for row in y.chunks_exact_mut(out) {
+            row.copy_from_slice(b);
+        }
+    }
+    gemm(
+        m,
+        out,
+        inp,
+        &mut y,
+        b.is_some(),
+        MatRef::row_major(x, inp),
+        MatRef::transposed(w, inp),
+    );
+    y
+}
+
+/// Gradients of x, w and b for `y = x Wᵀ + b`, each only when `need_*` is set.
+fn backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    need: (bool, bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (out, inp) = w.dims2()?;
+    let m = dy.elem_count() / out;
+    let dy = dy.contiguous()?;
+    let dev = x.device();
+    let dx = if need.0 {
+        let v = with_f32(&dy, "linear.backward", |g| {
+            with_f32(w, "linear.backward", |wv| {
+                let mut dx = vec![0f32; m * inp];
+                gemm(m, inp, out, &mut dx, false, MatRef::row_major(g, out), MatRef::row_major(wv, inp));
+                dx
+            })
+        })??;
+        Some(Tensor::from_vec(v, x.shape(), dev)?)
+    } else {
+        None
+    };
+    let dw = if need.1 {
+        WEIGHT_GRADS.fetch_add(1, Ordering::Relaxed);
+        let v = with_f32(&dy, "linear.backward", |g| {
+            with_f32(x, "linear.backward", |xv| {
+                let mut dw = vec![0f32; out * inp];
+                gemm(out, inp, m, &mut dw, false, MatRef::transposed(g, out), MatRef::row_major(xv, inp));
+                dw
+            })
+        })??;
+        Some(Tensor::from_vec(v, (out, inp), dev)?)
+    } else {
+        None
+    };
+    let db = if need.2 {
+        let v = with_f32(&dy, "linear.backward", |g| column_sums(g, out))?;
+        Some(Tensor::from_vec(v, out, dev)?)
+    } else {
+        None
+    };
+    Ok((dx, dw, db))
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "prefine-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, out, inp, shape) = dims(l1, l2)?;
+        let x = f32_slice(s1, l1, "linear")?;
+        let w = f32_slice(s2, l2, "linear")?;
+        let b = f32_slice(s3, l3, "linear")?;
+        if b.len() != out {
+            candle_core::bail!("linear: bias has {} elements, expected {out}", b.len());
+        }
+        Ok((CpuStorage::F32(forward(x, w, Some(b), m, out, inp)), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        backward(x, w, dy, (x.track_op(), w.track_op(), b.track_op()))
+    }
+}
+
+struct LinearNoBias;
+
+impl CustomOp2 for LinearNoBias {
+    fn name(&self) -> &'static str {
+        "prefine-linear-no-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (m, out, inp, shape) = dims(l1, l2)?;
+        let x = f32_slice(s1, l1, "linear")?;
+        let w = f32_slice(s2, l2, "linear")?;
+        Ok((CpuStorage::F32(forward(x, w, None, m, out, inp)), shape))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = backward(x, w, dy, (x.track_op(), w.track_op(), false))?;
+        Ok((dx, dw))
+    }
+}
+
+/// `x · Wᵀ + b` for `x: [..., in]`, `w: [out, in]`, `b: [out]` (PyTorch `nn.Linear`).
+/// Gradients flow only to inputs that track them.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op3_arc(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        std::sync::Arc::new(Box::new(Linear)),
+    )
+}
+
+/// `x · Wᵀ` for `x: [..., in]`, `w: [out, in]`.
+pub fn linear_no_bias(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, LinearNoBias)
+}

@@ -1,0 +1,172 @@
+//! Reading and writing safetensors checkpoints with checkpoint names, and the naming scheme of
+//! each supported model type.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use crate::config::ModelType;
+use crate::error::{Error, Result};
+use crate::lora::LoraTarget;
+
+/// Loads every tensor of a safetensors file (f32/f16/bf16 converted to f32).
+pub fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| Error::Weights {
+        path: path.to_path_buf(),
+        reason: format!("not a readable safetensors file ({e})"),
+    })?;
+    let mut out = HashMap::with_capacity(tensors.len());
+    for (k, t) in tensors {
+        let t = if t.dtype().is_float() {
+            t.to_dtype(candle_core::DType::F32)?
+        } else {
+            t
+        };
+        out.insert(k, t);
+    }
+    Ok(out)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+/// Serialises named tensors to safetensors bytes and writes them atomically.
+pub fn save_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    let mut views = Vec::with_capacity(tensors.len());
+    let mut datas = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.to_dtype(candle_core::DType::F32)?.contiguous()?;
+        let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        datas.push((name.clone(), t.dims().to_vec(), bytes));
+    }
+    for (name, shape, bytes) in &datas {
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+            .map_err(|e| Error::Weights {
+                path: path.to_path_buf(),
+                reason: format!("{name}: {e}"),
+            })?;
+        views.push((name.clone(), view));
+    }
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Weights {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(path, &bytes)
+}
+
+/// Checkpoint names of one model type.
+#[derive(Debug, Clone, Copy)]
+pub struct Naming(pub ModelType);
+
+/// A layer-norm position inside a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockNorm {
+    /// After attention.
+    Attention,
+    /// After the feed-forward.
+    Output,
+}
+
+impl Naming {
+    /// The prefix the task-head classes add (`bert.` / `distilbert.`).
+    pub fn model_prefix(&self) -> &'static str {
+        match self.0 {
+            ModelType::Bert => "bert.",
+            ModelType::Distilbert => "distilbert.",
+        }
+    }
+
+    /// Module path of layer `i` (e.g. `encoder.layer.3`).
+    pub fn layer(&self, i: usize) -> String {
+        match self.0 {
+            ModelType::Bert => format!("encoder.layer.{i}"),
+            ModelType::Distilbert => format!("transformer.layer.{i}"),
+        }
+    }
+
+    /// Module path of a linear layer (without `.weight`).
+    pub fn linear(&self, i: usize, t: LoraTarget) -> String {
+        let suffix = match (self.0, t) {
+            (ModelType::Bert, LoraTarget::Query) => "attention.self.query",
+            (ModelType::Bert, LoraTarget::Key) => "attention.self.key",
+            (ModelType::Bert, LoraTarget::Value) => "attention.self.value",
+            (ModelType::Bert, LoraTarget::AttentionOutput) => "attention.output.dense",
+            (ModelType::Bert, LoraTarget::Intermediate) => "intermediate.dense",
+            (ModelType::Bert, LoraTarget::Output) => "output.dense",
+            (ModelType::Distilbert, LoraTarget::Query) => "attention.q_lin",
+            (ModelType::Distilbert, LoraTarget::Key) => "attention.k_lin",
+            (ModelType::Distilbert, LoraTarget::Value) => "attention.v_lin",
+            (ModelType::Distilbert, LoraTarget::AttentionOutput) => "attention.out_lin",
+            (ModelType::Distilbert, LoraTarget::Intermediate) => "ffn.lin1",
+            (ModelType::Distilbert, LoraTarget::Output) => "ffn.lin2",
+        };
+        format!("{}.{suffix}", self.layer(i))
+    }
+
+    /// Module path of a block layer norm.
+    pub fn norm(&self, i: usize, n: BlockNorm) -> String {
+        let suffix = match (self.0, n) {
+            (ModelType::Bert, BlockNorm::Attention) => "attention.output.LayerNorm",
+            (ModelType::Bert, BlockNorm::Output) => "output.LayerNorm",
+            (ModelType::Distilbert, BlockNorm::Attention) => "sa_layer_norm",
+            (ModelType::Distilbert, BlockNorm::Output) => "output_layer_norm",
+        };
+        format!("{}.{suffix}", self.layer(i))
+    }
+
+    /// Parses the module path of a linear layer back into `(layer, target)`.
+    pub fn parse_linear(&self, path: &str) -> Option<(usize, LoraTarget)> {
+        let layer_prefix = match self.0 {
+            ModelType::Bert => "encoder.layer.",
+            ModelType::Distilbert => "transformer.layer.",
+        };
+        let rest = path.strip_prefix(layer_prefix)?;
+        let (idx, _) = rest.split_once('.')?;
+        let i: usize = idx.parse().ok()?;
+        LoraTarget::ALL
+            .into_iter()
+            .find(|&t| self.linear(i, t) == path)
+            .map(|t| (i, t))
+    }
+}
+
+/// Normalises checkpoint keys: strips a `bert.`/`distilbert.` prefix and maps the legacy
+/// `LayerNorm.gamma/beta` names to `weight/bias`.
+pub fn normalise_keys(tensors: HashMap<String, Tensor>, naming: Naming) -> HashMap<String, Tensor> {
+    tensors
+        .into_iter()
+        .map(|(k, v)| {
+            let k = k.strip_prefix(naming.model_prefix()).map(str::to_string).unwrap_or(k);
+            let k = if k.contains("LayerNorm.gamma") || k.contains("layer_norm.gamma") {
+                k.replace(".gamma", ".weight")
+            } else if k.contains("LayerNorm.beta") || k.contains("layer_norm.beta") {
+                k.replace(".beta", ".bias")
+            } else {
+                k
+            };
+            (k, v)
+        })
+        .collect()
+}
