@@ -1,0 +1,43 @@
+//! `prefine bench`.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use prefine_model::Encoder;
+use prefine_train::bench::{run as run_workload, BenchOptions, Workload};
+
+/// Arguments of `prefine bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// train_full | train_lora | infer_b1 | infer_b32
+    workload: String,
+    /// Hugging Face model directory.
+    #[arg(long, default_value_os_t = super::default_model_dir())]
+    model: PathBuf,
+    /// Override the workload's batch size (scaling studies).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Override the workload's sequence length (scaling studies).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// One warm-up and two timed runs (a smoke test, not a measurement).
+    #[arg(long)]
+    quick: bool,
+}
+
+/// Runs `prefine bench`.
+pub fn run(a: BenchArgs) -> Result<()> {
+    let workload = Workload::parse(&a.workload)
+        .ok_or_else(|| anyhow!("unknown workload {:?}: train_full, train_lora, infer_b1, infer_b32", a.workload))?;
+    let (encoder, _) = Encoder::from_model_dir(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let opts = BenchOptions {
+        batch: a.batch,
+        seq: a.seq,
+        runs: a.quick.then_some((1, 2)),
+    };
+    tracing::info!("running {} ({} threads)", workload.name(), rayon::current_num_threads());
+    let result = run_workload(workload, encoder, &opts)?;
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! One module per subcommand.
+
+pub mod bench;
+pub mod embed;
+
+use std::path::PathBuf;
+
+/// The default model directory: `$PREFINE_MODEL`, else `models/all-MiniLM-L6-v2`.
+pub fn default_model_dir() -> PathBuf {
+    std::env::var_os("PREFINE_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("models/all-MiniLM-L6-v2"))
+}

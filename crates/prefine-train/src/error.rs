@@ -1,0 +1,31 @@
+//! The error type of `prefine-train`.
+
+/// Everything that can go wrong in a training step or benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An invalid hyper-parameter.
+    #[error("invalid configuration: {field}: {reason}")]
+    Config {
+        /// The offending key.
+        field: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The loss or a gradient is not finite.
+    #[error("non-finite {what} at step {step}")]
+    NonFinite {
+        /// `loss` or the parameter name.
+        what: String,
+        /// The optimizer step.
+        step: u64,
+    },
+    /// An error from the model crate.
+    #[error(transparent)]
+    Model(#[from] prefine_model::Error),
+    /// An error from the tensor library.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,11 @@
+//! `prefine-train`: what turns a forward pass into a training step. AdamW with PyTorch
+//! semantics and decay groups, masked token cross-entropy, and the standard benchmark workloads
+//! of `../shared/bench/WORKLOAD.md`.
+
+pub mod bench;
+pub mod error;
+pub mod loss;
+pub mod optim;
+
+pub use error::{Error, Result};
+pub use optim::{AdamW, AdamWConfig};
