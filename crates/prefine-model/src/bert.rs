@@ -440,7 +440,7 @@ impl Encoder {
         let x = block.attention_norm.forward(&(attn + x)?, cfg.layer_norm_eps)?;
         let inter = self.lin(block, LoraTarget::Intermediate, &x, fwd)?;
         let inter = match cfg.hidden_act {
-            Activation::GeluErf => inter.gelu_erf()?,
+            Activation::GeluErf => ops::gelu(&inter)?,
             Activation::GeluTanh => inter.gelu()?,
             Activation::Relu => inter.relu()?,
         };

@@ -10,12 +10,15 @@
 //! Every op is checked against finite differences in `tests`.
 
 mod dropout;
+pub mod fast_math;
+mod gelu;
 mod kernels;
 mod layer_norm;
 mod linear;
 mod softmax;
 
 pub use dropout::{dropout, DropoutMask};
+pub use gelu::gelu;
 pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_no_bias, weight_grad_count};
 pub use softmax::masked_softmax;

@@ -3,6 +3,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fast_math::{exp, zip_map_into};
 use super::{f32_slice, with_f32};
 
 struct MaskedSoftmax {
@@ -43,12 +44,12 @@ impl CustomOp2 for MaskedSoftmax {
                     yr.fill(1.0 / k as f32);
                     return;
                 }
-                let mut sum = 0f32;
-                for j in 0..k {
-                    let e = if mr[j] > 0.5 { (xr[j] * self.scale - max).exp() } else { 0.0 };
-                    yr[j] = e;
-                    sum += e;
-                }
+                let scale = self.scale;
+                zip_map_into(yr, xr, mr, |x, m| {
+                    let z = if m > 0.5 { x * scale - max } else { -100.0 };
+                    exp(z) * m
+                });
+                let sum: f32 = yr.iter().sum();
                 let inv = 1.0 / sum;
                 yr.iter_mut().for_each(|v| *v *= inv);
             });

@@ -144,3 +144,13 @@ fn dropout_gradient_and_statistics() {
     assert_eq!(y.to_vec2::<f32>().unwrap(), y2.to_vec2::<f32>().unwrap(), "seeded dropout is reproducible");
     let _ = mask;
 }
+
+#[test]
+fn gelu_gradient_and_reference() {
+    let x = var(3, 9, 21);
+    fd_check(&[x.clone()], &[0], &|t| gelu(&t[0]).unwrap());
+    let reference = x.as_tensor().gelu_erf().unwrap();
+    let ours = gelu(x.as_tensor()).unwrap();
+    let diff = (ours - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-6, "{diff}");
+}

@@ -1,0 +1,45 @@
+//! Exact (erf) GELU with its backward, vectorised (see `fast_math`).
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::fast_math::{gelu as gelu_f, gelu_grad, map_into, zip_map_into};
+use super::{f32_slice, with_f32};
+
+struct Gelu;
+
+const CHUNK: usize = 16 * 1024;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "prefine-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "gelu")?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(yc, xc)| map_into(yc, xc, gelu_f));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let dx = with_f32(x, "gelu.backward", |xv| {
+            with_f32(dy, "gelu.backward", |g| {
+                let mut dx = vec![0f32; xv.len()];
+                dx.par_chunks_mut(CHUNK)
+                    .zip(xv.par_chunks(CHUNK))
+                    .zip(g.par_chunks(CHUNK))
+                    .for_each(|((d, xc), gc)| zip_map_into(d, xc, gc, |x, g| g * gelu_grad(x)));
+                dx
+            })
+        })??;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+/// `x Φ(x)` (HF `"gelu"`), element-wise.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Gelu)
+}
