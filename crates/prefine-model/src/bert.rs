@@ -424,17 +424,16 @@ impl Encoder {
 
     fn block_forward(&self, block: &Block, x: &Tensor, mask: &Tensor, fwd: &mut Forward<'_>) -> Result<Tensor> {
         let cfg = &self.config;
-        let (b, s, h) = x.dims3()?;
-        let nh = cfg.num_attention_heads;
-        let dh = cfg.head_dim();
-        let heads = |t: Tensor| -> Result<Tensor> { Ok(t.reshape((b, s, nh, dh))?.transpose(1, 2)?.contiguous()?) };
-        let q = heads(self.lin(block, LoraTarget::Query, x, fwd)?)?;
-        let k = heads(self.lin(block, LoraTarget::Key, x, fwd)?)?;
-        let v = heads(self.lin(block, LoraTarget::Value, x, fwd)?)?;
-        let scores = q.matmul(&k.t()?)?;
-        let probs = ops::masked_softmax(&scores, mask, 1.0 / (dh as f64).sqrt())?;
-        let probs = self.dropout(&probs, cfg.attention_probs_dropout_prob, fwd)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
+        let q = self.lin(block, LoraTarget::Query, x, fwd)?;
+        let k = self.lin(block, LoraTarget::Key, x, fwd)?;
+        let v = self.lin(block, LoraTarget::Value, x, fwd)?;
+        let scale = 1.0 / (cfg.head_dim() as f64).sqrt();
+        let p = cfg.attention_probs_dropout_prob;
+        let dropout = match fwd.dropout_rng.as_deref_mut() {
+            Some(rng) if p > 0.0 => Some((p, rng as &mut dyn rand::RngCore)),
+            _ => None,
+        };
+        let ctx = ops::attention(&q, &k, &v, mask, cfg.num_attention_heads, scale, dropout)?;
         let attn = self.lin(block, LoraTarget::AttentionOutput, &ctx, fwd)?;
         let attn = self.dropout(&attn, cfg.hidden_dropout_prob, fwd)?;
         let x = block.attention_norm.forward(&(attn + x)?, cfg.layer_norm_eps)?;

@@ -79,6 +79,55 @@ pub(crate) fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bo
     }
 }
 
+/// `dst (+)= a[m, k] · b[k, n]` single-threaded, with `dst` given by a raw pointer and strides
+/// (for writing one head's block of a `[seq, hidden]` matrix).
+///
+/// # Safety
+/// `dst` must be valid for writes at every `i * dst_rs + j` for `i < m`, `j < n`, and no other
+/// thread may access those elements during the call.
+pub(crate) unsafe fn gemm_into_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    accumulate: bool,
+    a: MatRef,
+    b: MatRef,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs,
+        accumulate,
+        a.data.as_ptr(),
+        a.cs,
+        a.rs,
+        b.data.as_ptr(),
+        b.cs,
+        b.rs,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
+/// A raw pointer that may be shared across rayon tasks writing disjoint elements.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub *mut f32);
+// SAFETY: users guarantee that concurrent tasks write disjoint elements.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
 /// Sum over rows of a row-major `[rows, cols]` matrix.
 pub(crate) fn column_sums(data: &[f32], cols: usize) -> Vec<f32> {
     let rows = data.len() / cols.max(1);

@@ -9,6 +9,7 @@
 //!
 //! Every op is checked against finite differences in `tests`.
 
+mod attention;
 mod dropout;
 pub mod fast_math;
 mod gelu;
@@ -17,6 +18,7 @@ mod layer_norm;
 mod linear;
 mod softmax;
 
+pub use attention::attention;
 pub use dropout::{dropout, DropoutMask};
 pub use gelu::gelu;
 pub use layer_norm::layer_norm;

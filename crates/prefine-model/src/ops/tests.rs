@@ -154,3 +154,41 @@ fn gelu_gradient_and_reference() {
     let diff = (ours - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff < 1e-6, "{diff}");
 }
+
+/// Reference attention from candle's differentiable primitives.
+fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, heads: usize, scale: f64) -> Tensor {
+    let (b, s, h) = q.dims3().unwrap();
+    let dh = h / heads;
+    let split = |t: &Tensor| t.reshape((b, s, heads, dh)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+    let scores = (split(q).matmul(&split(k).t().unwrap()).unwrap() * scale).unwrap();
+    let bias = ((mask.unsqueeze(1).unwrap().unsqueeze(1).unwrap() - 1.0).unwrap() * 1e9).unwrap();
+    let scores = scores.broadcast_add(&bias).unwrap();
+    let max = scores.max_keepdim(3).unwrap();
+    let e = scores.broadcast_sub(&max).unwrap().exp().unwrap();
+    let p = e.broadcast_div(&e.sum_keepdim(3).unwrap()).unwrap();
+    p.matmul(&split(v)).unwrap().transpose(1, 2).unwrap().reshape((b, s, h)).unwrap()
+}
+
+#[test]
+fn attention_matches_reference_and_finite_differences() {
+    let mk = |seed| Var::from_tensor(&normal(1, 2 * 5 * 8, 1.0, &mut seed_rng(seed)).unwrap().reshape((2, 5, 8)).unwrap()).unwrap();
+    let (q, k, v) = (mk(31), mk(32), mk(33));
+    let mask = Tensor::new(&[[1f32, 1., 1., 0., 0.], [1., 1., 1., 1., 1.]], &Device::Cpu).unwrap();
+    let ours = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, 2, 0.5, None).unwrap();
+    let reference = reference_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, 2, 0.5);
+    let diff = (ours - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-5, "{diff}");
+    fd_check(&[q, k, v], &[0, 1, 2], &|t| attention(&t[0], &t[1], &t[2], &mask, 2, 0.5, None).unwrap());
+}
+
+#[test]
+fn attention_dropout_gradients_match_finite_differences() {
+    let mk = |seed| Var::from_tensor(&normal(1, 4 * 8, 1.0, &mut seed_rng(seed)).unwrap().reshape((1, 4, 8)).unwrap()).unwrap();
+    let (q, k, v) = (mk(41), mk(42), mk(43));
+    let mask = Tensor::new(&[[1f32, 1., 1., 1.]], &Device::Cpu).unwrap();
+    // The same seed draws the same dropout mask on every call.
+    fd_check(&[q, k, v], &[0, 1, 2], &|t| {
+        let mut rng = seed_rng(5);
+        attention(&t[0], &t[1], &t[2], &mask, 2, 0.5, Some((0.3, &mut rng))).unwrap()
+    });
+}

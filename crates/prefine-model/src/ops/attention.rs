@@ -1,0 +1,222 @@
+//! Multi-head scaled dot-product attention as one op over `[batch, seq, hidden]` projections:
+//! no head transposes are materialised (each head is a strided view), the key-padding mask,
+//! scaling, softmax and attention-probability dropout are fused, and the backward pass reuses
+//! the probabilities saved by the forward pass.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use rand::Rng;
+
+use super::fast_math::{exp, zip_map_into};
+use super::kernels::{gemm_into_strided, MatRef, SharedMut};
+use super::{f32_slice, with_f32};
+
+struct Attention {
+    heads: usize,
+    scale: f32,
+    /// `[batch, key]`, 1 for real tokens.
+    key_mask: Vec<f32>,
+    /// `[batch, heads, query, key]` inverted-dropout factors, when training with dropout.
+    dropout: Option<Vec<f32>>,
+    /// Whether to keep the probabilities for the backward pass.
+    keep_probs: bool,
+    probs: Mutex<Option<Vec<f32>>>,
+}
+
+fn check(l: &Layout, what: &str) -> Result<(usize, usize, usize)> {
+    match l.dims() {
+        [b, s, h] => Ok((*b, *s, *h)),
+        d => candle_core::bail!("attention: {what} must be [batch, seq, hidden], got {d:?}"),
+    }
+}
+
+impl Attention {
+    /// Softmax of one head's scores in place, masked and scaled.
+    fn softmax_rows(&self, scores: &mut [f32], mask: &[f32], s: usize) {
+        let scale = self.scale;
+        for row in scores.chunks_exact_mut(s) {
+            let mut max = f32::NEG_INFINITY;
+            for (x, m) in row.iter().zip(mask) {
+                if *m > 0.5 {
+                    max = max.max(x * scale);
+                }
+            }
+            if max == f32::NEG_INFINITY {
+                row.fill(1.0 / s as f32);
+                continue;
+            }
+            let src = row.to_vec();
+            zip_map_into(row, &src, mask, |x, m| {
+                let z = if m > 0.5 { x * scale - max } else { -100.0 };
+                exp(z) * m
+            });
+            let inv = 1.0 / row.iter().sum::<f32>();
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "prefine-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, s, h) = check(l1, "query")?;
+        if check(l2, "key")? != (b, s, h) || check(l3, "value")? != (b, s, h) {
+            candle_core::bail!("attention: query, key and value shapes differ");
+        }
+        if h % self.heads != 0 || self.key_mask.len() != b * s {
+            candle_core::bail!("attention: bad head count or mask size");
+        }
+        let (q, k, v) = (f32_slice(s1, l1, "attention")?, f32_slice(s2, l2, "attention")?, f32_slice(s3, l3, "attention")?);
+        let nh = self.heads;
+        let dh = h / nh;
+        let mut ctx = vec![0f32; b * s * h];
+        let mut probs = vec![0f32; b * nh * s * s];
+        let out = SharedMut(ctx.as_mut_ptr());
+        probs.par_chunks_mut(s * s).enumerate().for_each(|(bh, p)| {
+            let (bi, hi) = (bh / nh, bh % nh);
+            let base = bi * s * h + hi * dh;
+            let qm = MatRef { data: &q[base..], rs: h as isize, cs: 1 };
+            let kt = MatRef { data: &k[base..], rs: 1, cs: h as isize };
+            // SAFETY: `p` is this task's own [s, s] block.
+            unsafe { gemm_into_strided(s, s, dh, p.as_mut_ptr(), s as isize, false, qm, kt) };
+            self.softmax_rows(p, &self.key_mask[bi * s..(bi + 1) * s], s);
+            let dropped;
+            let pv: &[f32] = match &self.dropout {
+                Some(d) => {
+                    dropped = p.iter().zip(&d[bh * s * s..(bh + 1) * s * s]).map(|(a, m)| a * m).collect::<Vec<_>>();
+                    &dropped
+                }
+                None => p,
+            };
+            let vm = MatRef { data: &v[base..], rs: h as isize, cs: 1 };
+            let out = out;
+            // SAFETY: each (batch, head) task writes its own column block of `ctx`.
+            unsafe {
+                gemm_into_strided(s, dh, s, out.0.add(base), h as isize, false, MatRef::row_major(pv, s), vm)
+            };
+        });
+        if self.keep_probs {
+            *self.probs.lock().expect("not poisoned") = Some(probs);
+        }
+        Ok((CpuStorage::F32(ctx), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        dctx: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, s, h) = q.dims3()?;
+        let nh = self.heads;
+        let dh = h / nh;
+        let probs = self.probs.lock().expect("not poisoned").take();
+        let Some(probs) = probs else {
+            candle_core::bail!("attention: backward without saved probabilities (forward ran without gradients)")
+        };
+        let mut dq = vec![0f32; b * s * h];
+        let mut dk = vec![0f32; b * s * h];
+        let mut dv = vec![0f32; b * s * h];
+        let (pq, pk, pv) = (SharedMut(dq.as_mut_ptr()), SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
+        let scale = self.scale;
+        with_f32(q, "attention.backward", |qv| {
+            with_f32(k, "attention.backward", |kv| {
+                with_f32(v, "attention.backward", |vv| {
+                    with_f32(dctx, "attention.backward", |g| {
+                        (0..b * nh).into_par_iter().for_each(|bh| {
+                            let (bi, hi) = (bh / nh, bh % nh);
+                            let base = bi * s * h + hi * dh;
+                            let p = &probs[bh * s * s..(bh + 1) * s * s];
+                            let drop = self.dropout.as_ref().map(|d| &d[bh * s * s..(bh + 1) * s * s]);
+                            let gm = MatRef { data: &g[base..], rs: h as isize, cs: 1 };
+                            // dP = dctx · Vᵀ
+                            let mut dp = vec![0f32; s * s];
+                            let vt = MatRef { data: &vv[base..], rs: 1, cs: h as isize };
+                            // SAFETY: `dp` is local.
+                            unsafe { gemm_into_strided(s, s, dh, dp.as_mut_ptr(), s as isize, false, gm, vt) };
+                            // dV = (P∘M)ᵀ · dctx
+                            let pm: Vec<f32> = match drop {
+                                Some(d) => p.iter().zip(d).map(|(a, m)| a * m).collect(),
+                                None => p.to_vec(),
+                            };
+                            let (pq, pk, pv) = (pq, pk, pv);
+                            // SAFETY: each task writes its own column block of dq, dk, dv.
+                            unsafe {
+                                gemm_into_strided(s, dh, s, pv.0.add(base), h as isize, false, MatRef::transposed(&pm, s), gm)
+                            };
+                            if let Some(d) = drop {
+                                dp.iter_mut().zip(d).for_each(|(x, m)| *x *= m);
+                            }
+                            // dS = scale · P ∘ (dP − rowsum(dP ∘ P))
+                            for (dr, pr) in dp.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
+                                let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                                dr.iter_mut().zip(pr).for_each(|(x, pp)| *x = scale * pp * (*x - dot));
+                            }
+                            let km = MatRef { data: &kv[base..], rs: h as isize, cs: 1 };
+                            let qm = MatRef { data: &qv[base..], rs: h as isize, cs: 1 };
+                            unsafe {
+                                // dQ = dS · K ; dK = dSᵀ · Q
+                                gemm_into_strided(s, dh, s, pq.0.add(base), h as isize, false, MatRef::row_major(&dp, s), km);
+                                gemm_into_strided(s, dh, s, pk.0.add(base), h as isize, false, MatRef::transposed(&dp, s), qm);
+                            }
+                        });
+                    })
+                })
+            })
+        })????;
+        let dev = q.device();
+        let mk = |t: &Tensor, d: Vec<f32>| -> Result<Option<Tensor>> {
+            Ok(if t.track_op() { Some(Tensor::from_vec(d, (b, s, h), dev)?) } else { None })
+        };
+        Ok((mk(q, dq)?, mk(k, dk)?, mk(v, dv)?))
+    }
+}
+
+/// `softmax(scale · Q Kᵀ + mask) V` for every head, with `q`, `k`, `v` as `[batch, seq, hidden]`
+/// (heads are contiguous blocks of `hidden`, as in BERT) and `key_mask` `[batch, seq]` (1 = real
+/// token). With `dropout = Some((p, rng))`, attention probabilities are dropped (training).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_mask: &Tensor,
+    heads: usize,
+    scale: f64,
+    dropout: Option<(f64, &mut dyn rand::RngCore)>,
+) -> Result<Tensor> {
+    let (b, s, _) = q.dims3()?;
+    let mask: Vec<f32> = key_mask.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+    let dropout = match dropout {
+        Some((p, rng)) if p > 0.0 => {
+            let keep = (1.0 / (1.0 - p)) as f32;
+            let n = b * heads * s * s;
+            Some((0..n).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect())
+        }
+        _ => None,
+    };
+    let op = Attention {
+        heads,
+        scale: scale as f32,
+        key_mask: mask,
+        dropout,
+        keep_probs: q.track_op() || k.track_op() || v.track_op(),
+        probs: Mutex::new(None),
+    };
+    q.contiguous()?
+        .apply_op3_arc(&k.contiguous()?, &v.contiguous()?, std::sync::Arc::new(Box::new(op)))
+}
