@@ -65,7 +65,11 @@ impl Embedder {
             ..Default::default()
         };
         let tokenizer = TextTokenizer::from_model_dir(dir, tok_cfg)?;
-        Ok(Self { tokenizer, encoder, config })
+        Ok(Self {
+            tokenizer,
+            encoder,
+            config,
+        })
     }
 
     /// The encoder (to add adapters).
@@ -80,11 +84,17 @@ impl Embedder {
             let encoded = chunk
                 .iter()
                 .enumerate()
-                .map(|(i, t)| self.tokenizer.encode(chunk_idx * self.config.batch_size + i, t.as_ref()))
+                .map(|(i, t)| {
+                    self.tokenizer
+                        .encode(chunk_idx * self.config.batch_size + i, t.as_ref())
+                })
                 .collect::<prefine_tokenize::Result<Vec<_>>>()?;
             let batch = self.tokenizer.pad(encoded);
-            let input = EncoderInput::from_vecs(&batch.input_ids, &batch.type_ids, &batch.attention_mask)?;
-            let h = self.encoder.forward(&input, Forward::eval(self.config.group.as_deref()))?;
+            let input =
+                EncoderInput::from_vecs(&batch.input_ids, &batch.type_ids, &batch.attention_mask)?;
+            let h = self
+                .encoder
+                .forward(&input, Forward::eval(self.config.group.as_deref()))?;
             let mut e = pool(&h, &input.attention_mask, self.config.pooling)?;
             if self.config.normalize {
                 e = l2_normalize(&e)?;

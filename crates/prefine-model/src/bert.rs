@@ -16,7 +16,9 @@ use crate::error::{Error, Result};
 use crate::lora::{LoraConfig, LoraLinear, LoraPair, LoraTarget};
 use crate::ops;
 use crate::params::{normal, Param, SeedRng};
-use crate::weights::{load_safetensors, normalise_keys, save_safetensors, write_atomic, BlockNorm, Naming};
+use crate::weights::{
+    load_safetensors, normalise_keys, save_safetensors, write_atomic, BlockNorm, Naming,
+};
 
 /// Token ids, segment ids and attention mask of a padded batch.
 #[derive(Debug, Clone)]
@@ -37,8 +39,13 @@ impl EncoderInput {
         if b == 0 || s == 0 {
             return Err(Error::Input("empty batch".into()));
         }
-        if ids.iter().chain(type_ids).chain(mask).any(|r| r.len() != s) || type_ids.len() != b || mask.len() != b {
-            return Err(Error::Input("ragged batch: every row must have the same length".into()));
+        if ids.iter().chain(type_ids).chain(mask).any(|r| r.len() != s)
+            || type_ids.len() != b
+            || mask.len() != b
+        {
+            return Err(Error::Input(
+                "ragged batch: every row must have the same length".into(),
+            ));
         }
         let flat = |v: &[Vec<u32>]| v.iter().flatten().copied().collect::<Vec<u32>>();
         let maskf: Vec<f32> = mask.iter().flatten().map(|&m| m as f32).collect();
@@ -66,7 +73,10 @@ pub struct Forward<'a> {
 impl<'a> Forward<'a> {
     /// Evaluation (no dropout) with the given group.
     pub fn eval(group: Option<&'a str>) -> Self {
-        Self { group, dropout_rng: None }
+        Self {
+            group,
+            dropout_rng: None,
+        }
     }
     /// Training (dropout on) with the given group.
     pub fn train(group: Option<&'a str>, rng: &'a mut SeedRng) -> Self {
@@ -173,7 +183,11 @@ impl Encoder {
     }
 
     /// Builds the encoder from named tensors; `path` is used in error messages.
-    pub fn from_tensors(config: EncoderConfig, tensors: HashMap<String, Tensor>, path: &Path) -> Result<(Self, LoadReport)> {
+    pub fn from_tensors(
+        config: EncoderConfig,
+        tensors: HashMap<String, Tensor>,
+        path: &Path,
+    ) -> Result<(Self, LoadReport)> {
         let naming = Naming(config.model_type);
         let mut map = normalise_keys(tensors, naming);
         let mut missing = Vec::new();
@@ -192,13 +206,19 @@ impl Encoder {
                 Some(t) => Param::new(&t).ok(),
             }
         };
-        let word = take("embeddings.word_embeddings.weight".into(), &[config.vocab_size, h]);
+        let word = take(
+            "embeddings.word_embeddings.weight".into(),
+            &[config.vocab_size, h],
+        );
         let position = take(
             "embeddings.position_embeddings.weight".into(),
             &[config.max_position_embeddings, h],
         );
         let token_type = if config.model_type == ModelType::Bert {
-            Some(take("embeddings.token_type_embeddings.weight".into(), &[config.type_vocab_size, h]))
+            Some(take(
+                "embeddings.token_type_embeddings.weight".into(),
+                &[config.type_vocab_size, h],
+            ))
         } else {
             None
         };
@@ -221,13 +241,18 @@ impl Encoder {
             let mut norms = Vec::new();
             for n in [BlockNorm::Attention, BlockNorm::Output] {
                 let base = naming.norm(i, n);
-                norms.push((take(format!("{base}.weight"), &[h]), take(format!("{base}.bias"), &[h])));
+                norms.push((
+                    take(format!("{base}.weight"), &[h]),
+                    take(format!("{base}.bias"), &[h]),
+                ));
             }
             raw_blocks.push((linears, norms));
         }
-        drop(take);
         let mut report = LoadReport::default();
-        let pooler = match (map.remove("pooler.dense.weight"), map.remove("pooler.dense.bias")) {
+        let pooler = match (
+            map.remove("pooler.dense.weight"),
+            map.remove("pooler.dense.bias"),
+        ) {
             (Some(w), Some(b)) if w.dims() == [h, h] && b.dims() == [h] => Some(Pooler {
                 weight: Param::new(&w)?,
                 bias: Param::new(&b)?,
@@ -242,7 +267,11 @@ impl Encoder {
         if !missing.is_empty() || !shape_errors.is_empty() {
             let mut reason = String::new();
             if !missing.is_empty() {
-                reason += &format!("{} missing tensor(s): {}", missing.len(), missing.join(", "));
+                reason += &format!(
+                    "{} missing tensor(s): {}",
+                    missing.len(),
+                    missing.join(", ")
+                );
             }
             if !shape_errors.is_empty() {
                 if !reason.is_empty() {
@@ -321,7 +350,10 @@ impl Encoder {
         let mut put = |name: String, t: Tensor| {
             tensors.insert(name, t);
         };
-        put("embeddings.word_embeddings.weight".into(), normal(config.vocab_size, h, 0.02, rng)?);
+        put(
+            "embeddings.word_embeddings.weight".into(),
+            normal(config.vocab_size, h, 0.02, rng)?,
+        );
         put(
             "embeddings.position_embeddings.weight".into(),
             normal(config.max_position_embeddings, h, 0.02, rng)?,
@@ -389,17 +421,28 @@ impl Encoder {
         let ids = input.input_ids.flatten_all()?;
         let max_id = ids.max(0)?.to_scalar::<u32>()?;
         if max_id as usize >= cfg.vocab_size {
-            return Err(Error::Input(format!("token id {max_id} outside the vocabulary of {}", cfg.vocab_size)));
+            return Err(Error::Input(format!(
+                "token id {max_id} outside the vocabulary of {}",
+                cfg.vocab_size
+            )));
         }
         let h = cfg.hidden_size;
-        let word = self.embeddings.word.t().index_select(&ids, 0)?.reshape((b, s, h))?;
+        let word = self
+            .embeddings
+            .word
+            .t()
+            .index_select(&ids, 0)?
+            .reshape((b, s, h))?;
         let pos = self.embeddings.position.t().narrow(0, 0, s)?.unsqueeze(0)?;
         let mut x = word.broadcast_add(&pos)?;
         if let Some(tt) = &self.embeddings.token_type {
             let types = input.type_ids.flatten_all()?;
             let tmax = types.max(0)?.to_scalar::<u32>()? as usize;
             if tmax >= cfg.type_vocab_size {
-                return Err(Error::Input(format!("token type {tmax} outside type_vocab_size {}", cfg.type_vocab_size)));
+                return Err(Error::Input(format!(
+                    "token type {tmax} outside type_vocab_size {}",
+                    cfg.type_vocab_size
+                )));
             }
             x = (x + tt.t().index_select(&types, 0)?.reshape((b, s, h))?)?;
         }
@@ -418,11 +461,23 @@ impl Encoder {
         }
     }
 
-    fn lin(&self, block: &Block, t: LoraTarget, x: &Tensor, fwd: &mut Forward<'_>) -> Result<Tensor> {
+    fn lin(
+        &self,
+        block: &Block,
+        t: LoraTarget,
+        x: &Tensor,
+        fwd: &mut Forward<'_>,
+    ) -> Result<Tensor> {
         block.linears[&t].forward(x, fwd.group, fwd.dropout_rng.as_deref_mut())
     }
 
-    fn block_forward(&self, block: &Block, x: &Tensor, mask: &Tensor, fwd: &mut Forward<'_>) -> Result<Tensor> {
+    fn block_forward(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        mask: &Tensor,
+        fwd: &mut Forward<'_>,
+    ) -> Result<Tensor> {
         let cfg = &self.config;
         let q = self.lin(block, LoraTarget::Query, x, fwd)?;
         let k = self.lin(block, LoraTarget::Key, x, fwd)?;
@@ -436,7 +491,9 @@ impl Encoder {
         let ctx = ops::attention(&q, &k, &v, mask, cfg.num_attention_heads, scale, dropout)?;
         let attn = self.lin(block, LoraTarget::AttentionOutput, &ctx, fwd)?;
         let attn = self.dropout(&attn, cfg.hidden_dropout_prob, fwd)?;
-        let x = block.attention_norm.forward(&(attn + x)?, cfg.layer_norm_eps)?;
+        let x = block
+            .attention_norm
+            .forward(&(attn + x)?, cfg.layer_norm_eps)?;
         let inter = self.lin(block, LoraTarget::Intermediate, &x, fwd)?;
         let inter = match cfg.hidden_act {
             Activation::GeluErf => ops::gelu(&inter)?,
@@ -451,10 +508,18 @@ impl Encoder {
     // ----- LoRA groups -----
 
     /// Adds a LoRA group with PEFT initialisation. Fails if the name exists.
-    pub fn add_lora_group(&mut self, name: &str, cfg: &LoraConfig, rng: &mut SeedRng) -> Result<()> {
+    pub fn add_lora_group(
+        &mut self,
+        name: &str,
+        cfg: &LoraConfig,
+        rng: &mut SeedRng,
+    ) -> Result<()> {
         cfg.validate(self.config.num_hidden_layers)?;
         if self.groups.contains_key(name) {
-            return Err(Error::config("lora group", format!("{name:?} already exists")));
+            return Err(Error::config(
+                "lora group",
+                format!("{name:?} already exists"),
+            ));
         }
         for (i, block) in self.blocks.iter_mut().enumerate() {
             if !cfg.covers_layer(i) {
@@ -474,19 +539,33 @@ impl Encoder {
     }
 
     /// Inserts a LoRA pair from loaded tensors (used by the PEFT reader).
-    pub(crate) fn insert_lora_pair(&mut self, group: &str, layer: usize, t: LoraTarget, pair: LoraPair) -> Result<()> {
+    pub(crate) fn insert_lora_pair(
+        &mut self,
+        group: &str,
+        layer: usize,
+        t: LoraTarget,
+        pair: LoraPair,
+    ) -> Result<()> {
         let block = self
             .blocks
             .get_mut(layer)
             .ok_or_else(|| Error::Input(format!("layer {layer} does not exist")))?;
-        block.linears.get_mut(&t).expect("all targets present").loras.insert(group.to_string(), pair);
+        block
+            .linears
+            .get_mut(&t)
+            .expect("all targets present")
+            .loras
+            .insert(group.to_string(), pair);
         Ok(())
     }
 
     /// Registers a group's config without creating pairs (used by the PEFT reader).
     pub(crate) fn register_group(&mut self, name: &str, cfg: LoraConfig) -> Result<()> {
         if self.groups.contains_key(name) {
-            return Err(Error::config("lora group", format!("{name:?} already exists")));
+            return Err(Error::config(
+                "lora group",
+                format!("{name:?} already exists"),
+            ));
         }
         self.groups.insert(name.to_string(), cfg);
         Ok(())
@@ -546,21 +625,36 @@ impl Encoder {
     /// Every base (non-LoRA) parameter with its checkpoint name.
     pub fn base_params(&self) -> Vec<(String, &Param)> {
         let mut v: Vec<(String, &Param)> = vec![
-            ("embeddings.word_embeddings.weight".into(), &self.embeddings.word),
-            ("embeddings.position_embeddings.weight".into(), &self.embeddings.position),
+            (
+                "embeddings.word_embeddings.weight".into(),
+                &self.embeddings.word,
+            ),
+            (
+                "embeddings.position_embeddings.weight".into(),
+                &self.embeddings.position,
+            ),
         ];
         if let Some(tt) = &self.embeddings.token_type {
             v.push(("embeddings.token_type_embeddings.weight".into(), tt));
         }
-        v.push(("embeddings.LayerNorm.weight".into(), &self.embeddings.norm.weight));
-        v.push(("embeddings.LayerNorm.bias".into(), &self.embeddings.norm.bias));
+        v.push((
+            "embeddings.LayerNorm.weight".into(),
+            &self.embeddings.norm.weight,
+        ));
+        v.push((
+            "embeddings.LayerNorm.bias".into(),
+            &self.embeddings.norm.bias,
+        ));
         for (i, block) in self.blocks.iter().enumerate() {
             for (t, lin) in &block.linears {
                 let base = self.naming.linear(i, *t);
                 v.push((format!("{base}.weight"), &lin.weight));
                 v.push((format!("{base}.bias"), &lin.bias));
             }
-            for (n, norm) in [(BlockNorm::Attention, &block.attention_norm), (BlockNorm::Output, &block.output_norm)] {
+            for (n, norm) in [
+                (BlockNorm::Attention, &block.attention_norm),
+                (BlockNorm::Output, &block.output_norm),
+            ] {
                 let base = self.naming.norm(i, n);
                 v.push((format!("{base}.weight"), &norm.weight));
                 v.push((format!("{base}.bias"), &norm.bias));
@@ -635,7 +729,11 @@ impl Encoder {
 
     /// Every trainable parameter with a unique name (LoRA: `<module>.lora_A.<group>.weight`).
     pub fn trainable_params(&self) -> Vec<(String, &Param)> {
-        let mut v: Vec<(String, &Param)> = self.base_params().into_iter().filter(|(_, p)| p.trainable()).collect();
+        let mut v: Vec<(String, &Param)> = self
+            .base_params()
+            .into_iter()
+            .filter(|(_, p)| p.trainable())
+            .collect();
         for g in self.groups.keys() {
             for (path, _, pair) in self.group_pairs(g) {
                 if pair.a.trainable() {
@@ -651,7 +749,10 @@ impl Encoder {
 
     /// Number of base parameters (elements).
     pub fn num_base_parameters(&self) -> usize {
-        self.base_params().iter().map(|(_, p)| p.var().elem_count()).sum()
+        self.base_params()
+            .iter()
+            .map(|(_, p)| p.var().elem_count())
+            .sum()
     }
 
     /// Writes the backbone as a Hugging Face model directory (`config.json`, `model.safetensors`
@@ -670,7 +771,12 @@ impl Encoder {
         })?;
         write_atomic(&dir.join("config.json"), &cfg)?;
         if let Some(src) = tokenizer_from {
-            for f in ["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"] {
+            for f in [
+                "tokenizer.json",
+                "vocab.txt",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+            ] {
                 let p = src.join(f);
                 if p.exists() {
                     let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;

@@ -254,7 +254,7 @@ impl EncoderConfig {
                 return Err(Error::config(name, "must be positive"));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::config(
                 "num_attention_heads",
                 format!(
@@ -265,7 +265,10 @@ impl EncoderConfig {
         }
         for (name, p) in [
             ("hidden_dropout_prob", self.hidden_dropout_prob),
-            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
         ] {
             if !(0.0..1.0).contains(&p) {
                 return Err(Error::config(name, format!("{p} is not in [0, 1)")));
@@ -311,17 +314,25 @@ mod tests {
 
     #[test]
     fn malformed_json_names_file_and_line() {
-        let err = EncoderConfig::from_json_str("{\n\"model_type\": \"bert\",\n oops", Path::new("x/config.json"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("x/config.json") && err.contains("line 3"), "{err}");
+        let err = EncoderConfig::from_json_str(
+            "{\n\"model_type\": \"bert\",\n oops",
+            Path::new("x/config.json"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("x/config.json") && err.contains("line 3"),
+            "{err}"
+        );
     }
 
     #[test]
     fn heads_must_divide_hidden() {
         let bad = r#"{"model_type":"bert","vocab_size":10,"hidden_size":10,"num_hidden_layers":1,
             "num_attention_heads":3,"intermediate_size":8}"#;
-        let err = EncoderConfig::from_json_str(bad, Path::new("c.json")).unwrap_err().to_string();
+        let err = EncoderConfig::from_json_str(bad, Path::new("c.json"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("num_attention_heads"), "{err}");
     }
 
@@ -330,6 +341,9 @@ mod tests {
         let j = r#"{"model_type":"distilbert","vocab_size":100,"dim":32,"n_layers":2,"n_heads":4,
             "hidden_dim":64,"activation":"gelu"}"#;
         let c = EncoderConfig::from_json_str(j, Path::new("c.json")).unwrap();
-        assert_eq!((c.hidden_size, c.num_hidden_layers, c.type_vocab_size), (32, 2, 0));
+        assert_eq!(
+            (c.hidden_size, c.num_hidden_layers, c.type_vocab_size),
+            (32, 2, 0)
+        );
     }
 }

@@ -59,7 +59,10 @@ impl Classifier {
     /// HF-style init: N(0, 0.02)-like uniform weights, zero bias. Trainable.
     pub fn init(hidden: usize, classes: usize, rng: &mut SeedRng) -> Result<Self> {
         if classes == 0 {
-            return Err(Error::config("classes", "a classifier needs at least one class"));
+            return Err(Error::config(
+                "classes",
+                "a classifier needs at least one class",
+            ));
         }
         let bound = 1.0 / (hidden as f64).sqrt();
         let mut weight = Param::new(&uniform(classes, hidden, bound, rng)?)?;
@@ -137,7 +140,12 @@ pub struct SequenceClassificationHead {
 
 impl SequenceClassificationHead {
     /// `[batch, seq, hidden]` + mask -> `[batch, classes]`.
-    pub fn forward(&self, hidden: &Tensor, mask: &Tensor, rng: Option<&mut SeedRng>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        hidden: &Tensor,
+        mask: &Tensor,
+        rng: Option<&mut SeedRng>,
+    ) -> Result<Tensor> {
         let pooled = match &self.pooler {
             Some(p) => p.forward(hidden)?,
             None => pool(hidden, mask, self.pooling)?,

@@ -133,7 +133,10 @@ impl LoraConfig {
             return Err(Error::config("lora.dropout", "must be in [0, 1)"));
         }
         if self.targets.is_empty() {
-            return Err(Error::config("lora.targets", "must name at least one layer type"));
+            return Err(Error::config(
+                "lora.targets",
+                "must name at least one layer type",
+            ));
         }
         if let Some(layers) = &self.layers {
             if layers.is_empty() {
@@ -165,10 +168,19 @@ pub struct LoraPair {
 
 impl LoraPair {
     /// PEFT initialisation: `A` Kaiming-uniform (a = sqrt 5, i.e. bound 1/sqrt(in)), `B` zeros.
-    pub fn init(in_features: usize, out_features: usize, cfg: &LoraConfig, rng: &mut SeedRng) -> Result<Self> {
+    pub fn init(
+        in_features: usize,
+        out_features: usize,
+        cfg: &LoraConfig,
+        rng: &mut SeedRng,
+    ) -> Result<Self> {
         let bound = 1.0 / (in_features as f64).sqrt();
         let a = uniform(cfg.rank, in_features, bound, rng)?;
-        let b = Tensor::zeros((out_features, cfg.rank), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+        let b = Tensor::zeros(
+            (out_features, cfg.rank),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )?;
         Ok(Self {
             a: Param::new(&a)?,
             b: Param::new(&b)?,
@@ -214,7 +226,12 @@ impl LoraLinear {
     }
 
     /// Forward with the LoRA pair of `group` added (if this layer has one).
-    pub fn forward(&self, x: &Tensor, group: Option<&str>, rng: Option<&mut SeedRng>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        group: Option<&str>,
+        rng: Option<&mut SeedRng>,
+    ) -> Result<Tensor> {
         if let Some(m) = &self.merged {
             if group != Some(m.as_str()) {
                 return Err(Error::Input(format!(
@@ -252,7 +269,10 @@ impl LoraLinear {
     /// Removes the merged delta from the base weight.
     pub fn unmerge(&mut self) -> Result<()> {
         if let Some(m) = self.merged.take() {
-            let pair = self.loras.get(&m).ok_or_else(|| Error::UnknownGroup(m.clone()))?;
+            let pair = self
+                .loras
+                .get(&m)
+                .ok_or_else(|| Error::UnknownGroup(m.clone()))?;
             let w = (self.weight.t().detach() - pair.delta_weight()?)?;
             self.weight.set(&w)?;
         }

@@ -67,7 +67,11 @@ pub fn uniform(rows: usize, cols: usize, bound: f64, rng: &mut SeedRng) -> Resul
     let v: Vec<f32> = (0..rows * cols)
         .map(|_| rng.random_range(-bound..bound) as f32)
         .collect();
-    Ok(Tensor::from_vec(v, (rows, cols), &candle_core::Device::Cpu)?)
+    Ok(Tensor::from_vec(
+        v,
+        (rows, cols),
+        &candle_core::Device::Cpu,
+    )?)
 }
 
 /// Samples a `[rows, cols]` tensor from N(0, std²) (BERT's `initializer_range`).
@@ -81,5 +85,9 @@ pub fn normal(rows: usize, cols: usize, std: f64, rng: &mut SeedRng) -> Result<T
             ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
         })
         .collect();
-    Ok(Tensor::from_vec(v, (rows, cols), &candle_core::Device::Cpu)?)
+    Ok(Tensor::from_vec(
+        v,
+        (rows, cols),
+        &candle_core::Device::Cpu,
+    )?)
 }

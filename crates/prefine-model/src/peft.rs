@@ -87,7 +87,11 @@ fn peft_module_names(model_type: ModelType, targets: &BTreeSet<LoraTarget>) -> V
 
 /// `target_modules` as PEFT understands it: a list of module-name suffixes when that selects
 /// exactly our layers, otherwise one full-match regular expression.
-fn target_modules(enc: &Encoder, targets: &BTreeSet<LoraTarget>, layers: &BTreeSet<usize>) -> (Value, Value) {
+fn target_modules(
+    enc: &Encoder,
+    targets: &BTreeSet<LoraTarget>,
+    layers: &BTreeSet<usize>,
+) -> (Value, Value) {
     let names = peft_module_names(enc.config().model_type, targets);
     let all_layers = layers.len() == enc.config().num_hidden_layers;
     let layers_json = if all_layers {
@@ -102,16 +106,24 @@ fn target_modules(enc: &Encoder, targets: &BTreeSet<LoraTarget>, layers: &BTreeS
     if !ambiguous {
         return (json!(names), layers_json);
     }
-    let layer_alt = layers.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("|");
+    let layer_alt = layers
+        .iter()
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join("|");
     let module_alt = targets
         .iter()
         .map(|&t| {
             let path = enc.naming().linear(0, t);
-            path.trim_start_matches("encoder.layer.0.").replace('.', r"\.")
+            path.trim_start_matches("encoder.layer.0.")
+                .replace('.', r"\.")
         })
         .collect::<Vec<_>>()
         .join("|");
-    (json!(format!(r".*encoder\.layer\.({layer_alt})\.({module_alt})")), Value::Null)
+    (
+        json!(format!(r".*encoder\.layer\.({layer_alt})\.({module_alt})")),
+        Value::Null,
+    )
 }
 
 /// Saves LoRA group `group` (and optional head tensors, named like `classifier.weight` or
@@ -138,8 +150,14 @@ pub fn save_adapter(
     for (path, (layer, t), pair) in enc.group_pairs(group) {
         targets.insert(t);
         layers.insert(layer);
-        tensors.insert(format!("{module_prefix}{path}.lora_A.weight"), pair.a.t().detach());
-        tensors.insert(format!("{module_prefix}{path}.lora_B.weight"), pair.b.t().detach());
+        tensors.insert(
+            format!("{module_prefix}{path}.lora_A.weight"),
+            pair.a.t().detach(),
+        );
+        tensors.insert(
+            format!("{module_prefix}{path}.lora_B.weight"),
+            pair.b.t().detach(),
+        );
     }
     let mut modules_to_save = BTreeSet::new();
     for (name, t) in head {
@@ -195,37 +213,58 @@ pub fn load_adapter(enc: &mut Encoder, dir: &Path, group: &str) -> Result<Loaded
     })?;
     let field = |k: &str| raw.get(k).cloned().unwrap_or(Value::Null);
     if field("peft_type").as_str() != Some("LORA") {
-        return Err(bad(&cfg_path, format!("field peft_type: {} is not \"LORA\"", field("peft_type"))));
+        return Err(bad(
+            &cfg_path,
+            format!("field peft_type: {} is not \"LORA\"", field("peft_type")),
+        ));
     }
     if field("fan_in_fan_out").as_bool() == Some(true) {
-        return Err(bad(&cfg_path, "field fan_in_fan_out: true is not supported for BERT".into()));
+        return Err(bad(
+            &cfg_path,
+            "field fan_in_fan_out: true is not supported for BERT".into(),
+        ));
     }
     if field("use_dora").as_bool() == Some(true) {
-        return Err(bad(&cfg_path, "field use_dora: DoRA adapters are not supported".into()));
+        return Err(bad(
+            &cfg_path,
+            "field use_dora: DoRA adapters are not supported".into(),
+        ));
     }
     for k in ["rank_pattern", "alpha_pattern"] {
         if field(k).as_object().is_some_and(|o| !o.is_empty()) {
-            return Err(bad(&cfg_path, format!("field {k}: per-module patterns are not supported")));
+            return Err(bad(
+                &cfg_path,
+                format!("field {k}: per-module patterns are not supported"),
+            ));
         }
     }
-    let rank = field("r")
-        .as_u64()
-        .filter(|&r| r > 0)
-        .ok_or_else(|| bad(&cfg_path, "field r: missing or not a positive integer".into()))? as usize;
-    let alpha = field("lora_alpha")
-        .as_f64()
-        .ok_or_else(|| bad(&cfg_path, "field lora_alpha: missing or not a number".into()))?;
+    let rank = field("r").as_u64().filter(|&r| r > 0).ok_or_else(|| {
+        bad(
+            &cfg_path,
+            "field r: missing or not a positive integer".into(),
+        )
+    })? as usize;
+    let alpha = field("lora_alpha").as_f64().ok_or_else(|| {
+        bad(
+            &cfg_path,
+            "field lora_alpha: missing or not a number".into(),
+        )
+    })?;
     let dropout = field("lora_dropout").as_f64().unwrap_or(0.0);
     let use_rslora = field("use_rslora").as_bool().unwrap_or(false);
     let task_type = PeftTaskType::from_peft(&field("task_type"));
 
     let w_path = dir.join(ADAPTER_WEIGHTS);
     if !w_path.exists() && dir.join("adapter_model.bin").exists() {
-        return Err(bad(&w_path, "only safetensors adapters are supported (found adapter_model.bin)".into()));
+        return Err(bad(
+            &w_path,
+            "only safetensors adapters are supported (found adapter_model.bin)".into(),
+        ));
     }
     let tensors = load_safetensors(&w_path)?;
     let naming = enc.naming();
-    let mut pairs: BTreeMap<(usize, LoraTarget), (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
+    let mut pairs: BTreeMap<(usize, LoraTarget), (Option<Tensor>, Option<Tensor>)> =
+        BTreeMap::new();
     let mut extra = BTreeMap::new();
     for (key, t) in tensors {
         let k = key.strip_prefix(KEY_ROOT).unwrap_or(&key);
@@ -236,16 +275,25 @@ pub fn load_adapter(enc: &mut Encoder, dir: &Path, group: &str) -> Result<Loaded
             (m, 'B')
         } else {
             if k.contains("lora_") {
-                return Err(bad(&w_path, format!("tensor {key}: unsupported LoRA tensor")));
+                return Err(bad(
+                    &w_path,
+                    format!("tensor {key}: unsupported LoRA tensor"),
+                ));
             }
             extra.insert(k.to_string(), t);
             continue;
         };
-        let (layer, target) = naming
-            .parse_linear(module)
-            .ok_or_else(|| bad(&w_path, format!("tensor {key}: {module:?} is not a linear layer of this model")))?;
+        let (layer, target) = naming.parse_linear(module).ok_or_else(|| {
+            bad(
+                &w_path,
+                format!("tensor {key}: {module:?} is not a linear layer of this model"),
+            )
+        })?;
         if layer >= enc.config().num_hidden_layers {
-            return Err(bad(&w_path, format!("tensor {key}: layer {layer} does not exist")));
+            return Err(bad(
+                &w_path,
+                format!("tensor {key}: layer {layer} does not exist"),
+            ));
         }
         let e = pairs.entry((layer, target)).or_default();
         if which == 'A' {
@@ -259,13 +307,22 @@ pub fn load_adapter(enc: &mut Encoder, dir: &Path, group: &str) -> Result<Loaded
     }
     let mut targets = BTreeSet::new();
     let mut layers = BTreeSet::new();
-    let scale = if use_rslora { alpha / (rank as f64).sqrt() } else { alpha / rank as f64 };
+    let scale = if use_rslora {
+        alpha / (rank as f64).sqrt()
+    } else {
+        alpha / rank as f64
+    };
     let mut built = Vec::new();
     for ((layer, target), (a, b)) in pairs {
         let path = naming.linear(layer, target);
         let (a, b) = match (a, b) {
             (Some(a), Some(b)) => (a, b),
-            _ => return Err(bad(&w_path, format!("{path}: lora_A and lora_B must both be present"))),
+            _ => {
+                return Err(bad(
+                    &w_path,
+                    format!("{path}: lora_A and lora_B must both be present"),
+                ))
+            }
         };
         let (out, inp) = enc.blocks[layer].linears[&target].dims();
         if a.dims() != [rank, inp] || b.dims() != [out, rank] {
@@ -297,7 +354,11 @@ pub fn load_adapter(enc: &mut Encoder, dir: &Path, group: &str) -> Result<Loaded
         alpha,
         dropout,
         targets: targets.into_iter().collect(),
-        layers: if layers.len() == n_layers { None } else { Some(layers.into_iter().collect()) },
+        layers: if layers.len() == n_layers {
+            None
+        } else {
+            Some(layers.into_iter().collect())
+        },
         use_rslora,
     };
     enc.register_group(group, config.clone())?;

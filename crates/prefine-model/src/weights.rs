@@ -14,9 +14,11 @@ use crate::lora::LoraTarget;
 /// Loads every tensor of a safetensors file (f32/f16/bf16 converted to f32).
 pub fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| Error::Weights {
-        path: path.to_path_buf(),
-        reason: format!("not a readable safetensors file ({e})"),
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
+        Error::Weights {
+            path: path.to_path_buf(),
+            reason: format!("not a readable safetensors file ({e})"),
+        }
     })?;
     let mut out = HashMap::with_capacity(tensors.len());
     for (k, t) in tensors {
@@ -32,9 +34,15 @@ pub fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -60,11 +68,12 @@ pub fn save_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Resu
         datas.push((name.clone(), t.dims().to_vec(), bytes));
     }
     for (name, shape, bytes) in &datas {
-        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-            .map_err(|e| Error::Weights {
-                path: path.to_path_buf(),
-                reason: format!("{name}: {e}"),
-            })?;
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map_err(|e| Error::Weights {
+                    path: path.to_path_buf(),
+                    reason: format!("{name}: {e}"),
+                })?;
         views.push((name.clone(), view));
     }
     let mut meta = HashMap::new();
@@ -158,7 +167,10 @@ pub fn normalise_keys(tensors: HashMap<String, Tensor>, naming: Naming) -> HashM
     tensors
         .into_iter()
         .map(|(k, v)| {
-            let k = k.strip_prefix(naming.model_prefix()).map(str::to_string).unwrap_or(k);
+            let k = k
+                .strip_prefix(naming.model_prefix())
+                .map(str::to_string)
+                .unwrap_or(k);
             let k = if k.contains("LayerNorm.gamma") || k.contains("layer_norm.gamma") {
                 k.replace(".gamma", ".weight")
             } else if k.contains("LayerNorm.beta") || k.contains("layer_norm.beta") {

@@ -7,9 +7,13 @@ use std::collections::BTreeMap;
 
 use common::*;
 use prefine_model::bert::Pooler;
-use prefine_model::heads::{Classifier, Pooling, SequenceClassificationHead, TokenClassificationHead};
+use prefine_model::heads::{
+    Classifier, Pooling, SequenceClassificationHead, TokenClassificationHead,
+};
 use prefine_model::peft::{load_adapter, save_adapter, PeftTaskType};
-use prefine_model::{seed_rng, Encoder, EncoderConfig, EncoderInput, Forward, LoraConfig, LoraTarget, Param};
+use prefine_model::{
+    seed_rng, Encoder, EncoderConfig, EncoderInput, Forward, LoraConfig, LoraTarget, Param,
+};
 
 fn batch(r: &serde_json::Value) -> EncoderInput {
     let input_ids = ids(&r["input_ids"]);
@@ -25,21 +29,39 @@ fn token_cls_fixture_reproduces_python_logits() {
     let loaded = load_adapter(&mut enc, &dir, "app").unwrap();
     assert_eq!(loaded.task_type, PeftTaskType::TokenCls);
     assert_eq!(loaded.config.rank, 4);
-    assert_eq!(loaded.config.targets, vec![LoraTarget::Query, LoraTarget::Value]);
+    assert_eq!(
+        loaded.config.targets,
+        vec![LoraTarget::Query, LoraTarget::Value]
+    );
     assert_eq!(loaded.config.layers, None);
     let head = TokenClassificationHead {
-        classifier: Classifier::from_tensors(&loaded.extra["classifier.weight"], &loaded.extra["classifier.bias"]).unwrap(),
+        classifier: Classifier::from_tensors(
+            &loaded.extra["classifier.weight"],
+            &loaded.extra["classifier.bias"],
+        )
+        .unwrap(),
         dropout: 0.1,
     };
     let input = batch(&r);
     let h = enc.forward(&input, Forward::eval(Some("app"))).unwrap();
     let logits = head.forward(&h, None).unwrap();
-    let d = max_abs_diff(&logits.flatten_all().unwrap().to_vec1().unwrap(), &flat(&r["token_cls"]["logits"]));
+    let d = max_abs_diff(
+        &logits.flatten_all().unwrap().to_vec1().unwrap(),
+        &flat(&r["token_cls"]["logits"]),
+    );
     assert!(d <= 1e-4, "max abs diff {d}");
     // Merging the adapter gives the same logits.
     enc.merge_group("app").unwrap();
-    let merged = head.forward(&enc.forward(&input, Forward::eval(Some("app"))).unwrap(), None).unwrap();
-    let d = max_abs_diff(&merged.flatten_all().unwrap().to_vec1().unwrap(), &flat(&r["token_cls"]["logits"]));
+    let merged = head
+        .forward(
+            &enc.forward(&input, Forward::eval(Some("app"))).unwrap(),
+            None,
+        )
+        .unwrap();
+    let d = max_abs_diff(
+        &merged.flatten_all().unwrap().to_vec1().unwrap(),
+        &flat(&r["token_cls"]["logits"]),
+    );
     assert!(d <= 1e-4, "merged: max abs diff {d}");
 }
 
@@ -59,13 +81,17 @@ fn seq_cls_fixture_reproduces_python_logits() {
             weight: Param::new(&x["pooler.dense.weight"]).unwrap(),
             bias: Param::new(&x["pooler.dense.bias"]).unwrap(),
         }),
-        classifier: Classifier::from_tensors(&x["classifier.weight"], &x["classifier.bias"]).unwrap(),
+        classifier: Classifier::from_tensors(&x["classifier.weight"], &x["classifier.bias"])
+            .unwrap(),
         dropout: 0.1,
     };
     let input = batch(&r);
     let h = enc.forward(&input, Forward::eval(Some("app"))).unwrap();
     let logits = head.forward(&h, &input.attention_mask, None).unwrap();
-    let d = max_abs_diff(&logits.flatten_all().unwrap().to_vec1().unwrap(), &flat(&r["seq_cls"]["logits"]));
+    let d = max_abs_diff(
+        &logits.flatten_all().unwrap().to_vec1().unwrap(),
+        &flat(&r["seq_cls"]["logits"]),
+    );
     assert!(d <= 1e-4, "max abs diff {d}");
 }
 
@@ -75,7 +101,8 @@ fn tiny_with_group(cfg: &LoraConfig) -> Encoder {
     let mut rng = seed_rng(3);
     for (_, _, p) in enc.group_pairs("ner") {
         let d = p.b.var().dims().to_vec();
-        p.b.set(&prefine_model::params::normal(d[0], d[1], 0.3, &mut rng).unwrap()).unwrap();
+        p.b.set(&prefine_model::params::normal(d[0], d[1], 0.3, &mut rng).unwrap())
+            .unwrap();
     }
     enc
 }
@@ -93,8 +120,18 @@ fn saved_adapter_has_peft_names_and_round_trips() {
     let enc = tiny_with_group(&cfg);
     let tmp = tempfile::tempdir().unwrap();
     // Bare encoder adapter: BertModel key names.
-    save_adapter(&enc, "ner", PeftTaskType::FeatureExtraction, &BTreeMap::new(), "tiny", tmp.path()).unwrap();
-    let tensors = prefine_model::weights::load_safetensors(&tmp.path().join("adapter_model.safetensors")).unwrap();
+    save_adapter(
+        &enc,
+        "ner",
+        PeftTaskType::FeatureExtraction,
+        &BTreeMap::new(),
+        "tiny",
+        tmp.path(),
+    )
+    .unwrap();
+    let tensors =
+        prefine_model::weights::load_safetensors(&tmp.path().join("adapter_model.safetensors"))
+            .unwrap();
     let mut keys: Vec<_> = tensors.keys().cloned().collect();
     keys.sort();
     assert_eq!(
@@ -106,8 +143,10 @@ fn saved_adapter_has_peft_names_and_round_trips() {
             "base_model.model.encoder.layer.1.attention.self.value.lora_B.weight",
         ]
     );
-    let c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap()).unwrap();
+    let c: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(c["peft_type"], "LORA");
     assert_eq!(c["r"], 4);
     assert_eq!(c["lora_alpha"], 8.0);
@@ -122,33 +161,73 @@ fn saved_adapter_has_peft_names_and_round_trips() {
     let loaded = load_adapter(&mut fresh, tmp.path(), "ner").unwrap();
     assert_eq!(loaded.config, cfg);
     let input = EncoderInput::from_vecs(&[vec![2, 5, 9, 3]], &[vec![0; 4]], &[vec![1; 4]]).unwrap();
-    let a: Vec<f32> = enc.forward(&input, Forward::eval(Some("ner"))).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = fresh.forward(&input, Forward::eval(Some("ner"))).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let a: Vec<f32> = enc
+        .forward(&input, Forward::eval(Some("ner")))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f32> = fresh
+        .forward(&input, Forward::eval(Some("ner")))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     assert_eq!(a, b);
 }
 
 #[test]
 fn saved_adapter_with_head_uses_task_model_names() {
-    let cfg = LoraConfig { rank: 2, alpha: 4.0, targets: LoraTarget::ALL.to_vec(), ..Default::default() };
+    let cfg = LoraConfig {
+        rank: 2,
+        alpha: 4.0,
+        targets: LoraTarget::ALL.to_vec(),
+        ..Default::default()
+    };
     let enc = tiny_with_group(&cfg);
     let clf = Classifier::init(16, 3, &mut seed_rng(4)).unwrap();
     let mut head = BTreeMap::new();
     head.insert("classifier.weight".to_string(), clf.weight.t());
     head.insert("classifier.bias".to_string(), clf.bias.t());
     let tmp = tempfile::tempdir().unwrap();
-    save_adapter(&enc, "ner", PeftTaskType::TokenCls, &head, "tiny", tmp.path()).unwrap();
-    let tensors = prefine_model::weights::load_safetensors(&tmp.path().join("adapter_model.safetensors")).unwrap();
-    assert!(tensors.contains_key("base_model.model.bert.encoder.layer.0.output.dense.lora_B.weight"));
-    assert!(tensors.contains_key("base_model.model.bert.encoder.layer.1.attention.output.dense.lora_A.weight"));
+    save_adapter(
+        &enc,
+        "ner",
+        PeftTaskType::TokenCls,
+        &head,
+        "tiny",
+        tmp.path(),
+    )
+    .unwrap();
+    let tensors =
+        prefine_model::weights::load_safetensors(&tmp.path().join("adapter_model.safetensors"))
+            .unwrap();
+    assert!(
+        tensors.contains_key("base_model.model.bert.encoder.layer.0.output.dense.lora_B.weight")
+    );
+    assert!(tensors.contains_key(
+        "base_model.model.bert.encoder.layer.1.attention.output.dense.lora_A.weight"
+    ));
     assert!(tensors.contains_key("base_model.model.classifier.weight"));
     assert_eq!(tensors.len(), 2 * 6 * 2 + 2);
-    let c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap()).unwrap();
+    let c: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(c["task_type"], "TOKEN_CLS");
     assert_eq!(c["modules_to_save"], serde_json::json!(["classifier"]));
     assert_eq!(
         c["target_modules"],
-        serde_json::json!(["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"])
+        serde_json::json!([
+            "query",
+            "key",
+            "value",
+            "attention.output.dense",
+            "intermediate.dense",
+            "output.dense"
+        ])
     );
     let mut fresh = Encoder::random(EncoderConfig::tiny_bert(), &mut seed_rng(1)).unwrap();
     let loaded = load_adapter(&mut fresh, tmp.path(), "ner").unwrap();
@@ -157,37 +236,84 @@ fn saved_adapter_with_head_uses_task_model_names() {
 
 #[test]
 fn output_dense_alone_is_written_as_an_exact_regex() {
-    let cfg = LoraConfig { rank: 2, alpha: 4.0, targets: vec![LoraTarget::Output], layers: Some(vec![0]), ..Default::default() };
+    let cfg = LoraConfig {
+        rank: 2,
+        alpha: 4.0,
+        targets: vec![LoraTarget::Output],
+        layers: Some(vec![0]),
+        ..Default::default()
+    };
     let enc = tiny_with_group(&cfg);
     let tmp = tempfile::tempdir().unwrap();
-    save_adapter(&enc, "ner", PeftTaskType::FeatureExtraction, &BTreeMap::new(), "tiny", tmp.path()).unwrap();
-    let c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap()).unwrap();
-    assert_eq!(c["target_modules"], r".*encoder\.layer\.(0)\.(output\.dense)");
+    save_adapter(
+        &enc,
+        "ner",
+        PeftTaskType::FeatureExtraction,
+        &BTreeMap::new(),
+        "tiny",
+        tmp.path(),
+    )
+    .unwrap();
+    let c: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        c["target_modules"],
+        r".*encoder\.layer\.(0)\.(output\.dense)"
+    );
     assert_eq!(c["layers_to_transform"], serde_json::Value::Null);
 }
 
 #[test]
 fn bad_adapters_are_reported_with_the_file() {
-    let cfg = LoraConfig { rank: 4, alpha: 8.0, ..Default::default() };
+    let cfg = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        ..Default::default()
+    };
     let enc = tiny_with_group(&cfg);
     let tmp = tempfile::tempdir().unwrap();
-    save_adapter(&enc, "ner", PeftTaskType::FeatureExtraction, &BTreeMap::new(), "tiny", tmp.path()).unwrap();
+    save_adapter(
+        &enc,
+        "ner",
+        PeftTaskType::FeatureExtraction,
+        &BTreeMap::new(),
+        "tiny",
+        tmp.path(),
+    )
+    .unwrap();
     let cfg_path = tmp.path().join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg_path).unwrap();
     // Rank mismatch between config and tensors.
     std::fs::write(&cfg_path, text.replace("\"r\": 4", "\"r\": 8")).unwrap();
     let mut fresh = Encoder::random(EncoderConfig::tiny_bert(), &mut seed_rng(1)).unwrap();
-    let err = load_adapter(&mut fresh, tmp.path(), "x").unwrap_err().to_string();
-    assert!(err.contains("adapter_model.safetensors") && err.contains("r=8"), "{err}");
+    let err = load_adapter(&mut fresh, tmp.path(), "x")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("adapter_model.safetensors") && err.contains("r=8"),
+        "{err}"
+    );
     // Not LoRA.
     std::fs::write(&cfg_path, text.replace("\"LORA\"", "\"IA3\"")).unwrap();
-    let err = load_adapter(&mut fresh, tmp.path(), "x").unwrap_err().to_string();
-    assert!(err.contains("adapter_config.json") && err.contains("peft_type"), "{err}");
+    let err = load_adapter(&mut fresh, tmp.path(), "x")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("adapter_config.json") && err.contains("peft_type"),
+        "{err}"
+    );
     // Truncated weights.
     std::fs::write(&cfg_path, &text).unwrap();
-    std::fs::write(tmp.path().join("adapter_model.safetensors"), b"\x10\x00\x00").unwrap();
-    let err = load_adapter(&mut fresh, tmp.path(), "x").unwrap_err().to_string();
+    std::fs::write(
+        tmp.path().join("adapter_model.safetensors"),
+        b"\x10\x00\x00",
+    )
+    .unwrap();
+    let err = load_adapter(&mut fresh, tmp.path(), "x")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("adapter_model.safetensors"), "{err}");
     // A failed load leaves no half-registered group.
     assert!(fresh.group_names().is_empty());

@@ -6,7 +6,6 @@ use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
 
-
 /// What to do with a text longer than the model's position limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Overflow {

@@ -103,16 +103,20 @@ pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn inputs(batch: usize, seq: usize) -> Result<(EncoderInput, Tensor)> {
     let mut rng = seed_rng(0);
-    let ids: Vec<Vec<u32>> = (0..batch).map(|_| (0..seq).map(|_| rng.random_range(1000..30000)).collect()).collect();
+    let ids: Vec<Vec<u32>> = (0..batch)
+        .map(|_| (0..seq).map(|_| rng.random_range(1000..30000)).collect())
+        .collect();
     let types = vec![vec![0u32; seq]; batch];
     let mask = vec![vec![1u32; seq]; batch];
     let labels: Vec<u32> = (0..batch * seq).map(|_| rng.random_range(0..9)).collect();
@@ -187,7 +191,14 @@ pub fn run(workload: Workload, mut encoder: Encoder, opts: &BenchOptions) -> Res
                 .collect();
             params.push(("classifier.weight".into(), head.weight.var().clone(), true));
             params.push(("classifier.bias".into(), head.bias.var().clone(), true));
-            let mut opt = AdamW::new(params, AdamWConfig { lr: 5e-5, weight_decay: 0.01, ..Default::default() })?;
+            let mut opt = AdamW::new(
+                params,
+                AdamWConfig {
+                    lr: 5e-5,
+                    weight_decay: 0.01,
+                    ..Default::default()
+                },
+            )?;
             for i in 0..warmup + timed {
                 let t0 = Instant::now();
                 let h = encoder.forward(&input, Forward::eval(group))?;

@@ -61,17 +61,22 @@ impl Default for AdamWConfig {
 impl AdamWConfig {
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
-        let bad = |f: &str, r: &str| Err(Error::Config { field: f.into(), reason: r.into() });
+        let bad = |f: &str, r: &str| {
+            Err(Error::Config {
+                field: f.into(),
+                reason: r.into(),
+            })
+        };
         if !(self.lr.is_finite() && self.lr >= 0.0) {
             return bad("lr", "must be a non-negative number");
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
             return bad("beta1/beta2", "must be in [0, 1)");
         }
-        if !(self.eps > 0.0) {
+        if !(self.eps.is_finite() && self.eps > 0.0) {
             return bad("eps", "must be positive");
         }
-        if !(self.weight_decay >= 0.0) {
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return bad("weight_decay", "must be non-negative");
         }
         Ok(())
@@ -110,7 +115,11 @@ impl AdamW {
                 }
             })
             .collect();
-        Ok(Self { config, slots, step: 0 })
+        Ok(Self {
+            config,
+            slots,
+            step: 0,
+        })
     }
 
     /// The usual decay rule: no weight decay on biases and layer-norm weights.
@@ -144,10 +153,16 @@ impl AdamW {
         let step_size = (c.lr / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
         for slot in &mut self.slots {
-            let Some(g) = grads.get(slot.var.as_tensor()) else { continue };
+            let Some(g) = grads.get(slot.var.as_tensor()) else {
+                continue;
+            };
             let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
             let mut p: Vec<f32> = slot.var.as_tensor().flatten_all()?.to_vec1()?;
-            let decay = if slot.decay { (1.0 - c.lr * c.weight_decay) as f32 } else { 1.0 };
+            let decay = if slot.decay {
+                (1.0 - c.lr * c.weight_decay) as f32
+            } else {
+                1.0
+            };
             let chunk = 16 * 1024;
             p.par_chunks_mut(chunk)
                 .zip(slot.m.par_chunks_mut(chunk))
@@ -169,7 +184,8 @@ impl AdamW {
                 });
             }
             let shape = slot.var.shape().clone();
-            slot.var.set(&Tensor::from_vec(p, shape, slot.var.device())?)?;
+            slot.var
+                .set(&Tensor::from_vec(p, shape, slot.var.device())?)?;
         }
         Ok(())
     }
@@ -187,7 +203,10 @@ mod tests {
         let var = Var::from_tensor(&Tensor::new(&[1f32, -2.0], &Device::Cpu).unwrap()).unwrap();
         let mut opt = AdamW::new(
             vec![("w".into(), var.clone(), true)],
-            AdamWConfig { lr: 0.1, ..Default::default() },
+            AdamWConfig {
+                lr: 0.1,
+                ..Default::default()
+            },
         )
         .unwrap();
         let mut expected = [1f64, -2.0];
@@ -207,7 +226,10 @@ mod tests {
         }
         let got: Vec<f32> = var.as_tensor().to_vec1().unwrap();
         for i in 0..2 {
-            assert!((got[i] as f64 - expected[i]).abs() < 1e-6, "{got:?} vs {expected:?}");
+            assert!(
+                (got[i] as f64 - expected[i]).abs() < 1e-6,
+                "{got:?} vs {expected:?}"
+            );
         }
     }
 

@@ -28,15 +28,24 @@ pub struct BenchArgs {
 
 /// Runs `prefine bench`.
 pub fn run(a: BenchArgs) -> Result<()> {
-    let workload = Workload::parse(&a.workload)
-        .ok_or_else(|| anyhow!("unknown workload {:?}: train_full, train_lora, infer_b1, infer_b32", a.workload))?;
-    let (encoder, _) = Encoder::from_model_dir(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let workload = Workload::parse(&a.workload).ok_or_else(|| {
+        anyhow!(
+            "unknown workload {:?}: train_full, train_lora, infer_b1, infer_b32",
+            a.workload
+        )
+    })?;
+    let (encoder, _) = Encoder::from_model_dir(&a.model)
+        .with_context(|| format!("loading {}", a.model.display()))?;
     let opts = BenchOptions {
         batch: a.batch,
         seq: a.seq,
         runs: a.quick.then_some((1, 2)),
     };
-    tracing::info!("running {} ({} threads)", workload.name(), rayon::current_num_threads());
+    tracing::info!(
+        "running {} ({} threads)",
+        workload.name(),
+        rayon::current_num_threads()
+    );
     let result = run_workload(workload, encoder, &opts)?;
     println!("{}", serde_json::to_string(&result)?);
     Ok(())

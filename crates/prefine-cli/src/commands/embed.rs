@@ -79,11 +79,14 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         batch_size: a.batch_size,
         group: None,
     };
-    let embedder = Embedder::from_model_dir(&a.model, cfg).with_context(|| format!("loading {}", a.model.display()))?;
+    let embedder = Embedder::from_model_dir(&a.model, cfg)
+        .with_context(|| format!("loading {}", a.model.display()))?;
     let bar = indicatif::ProgressBar::new(texts.len() as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} texts [{elapsed_precise} < {eta_precise}]")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} texts [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
     );
     if texts.len() <= a.batch_size {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -93,7 +96,10 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     for chunk in texts.chunks(a.batch_size.max(1)) {
         let embs = embedder.embed(chunk)?;
         for (t, e) in chunk.iter().zip(embs) {
-            let line = serde_json::to_string(&EmbeddingLine { text: t, embedding: &e })?;
+            let line = serde_json::to_string(&EmbeddingLine {
+                text: t,
+                embedding: &e,
+            })?;
             writeln!(out, "{line}")?;
         }
         bar.inc(chunk.len() as u64);

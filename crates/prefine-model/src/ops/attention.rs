@@ -6,8 +6,8 @@
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 use rand::Rng;
+use rayon::prelude::*;
 
 use super::fast_math::{exp, zip_map_into};
 use super::kernels::{gemm_into_strided, MatRef, SharedMut};
@@ -79,7 +79,11 @@ impl CustomOp3 for Attention {
         if h % self.heads != 0 || self.key_mask.len() != b * s {
             candle_core::bail!("attention: bad head count or mask size");
         }
-        let (q, k, v) = (f32_slice(s1, l1, "attention")?, f32_slice(s2, l2, "attention")?, f32_slice(s3, l3, "attention")?);
+        let (q, k, v) = (
+            f32_slice(s1, l1, "attention")?,
+            f32_slice(s2, l2, "attention")?,
+            f32_slice(s3, l3, "attention")?,
+        );
         let nh = self.heads;
         let dh = h / nh;
         let mut ctx = vec![0f32; b * s * h];
@@ -88,24 +92,48 @@ impl CustomOp3 for Attention {
         probs.par_chunks_mut(s * s).enumerate().for_each(|(bh, p)| {
             let (bi, hi) = (bh / nh, bh % nh);
             let base = bi * s * h + hi * dh;
-            let qm = MatRef { data: &q[base..], rs: h as isize, cs: 1 };
-            let kt = MatRef { data: &k[base..], rs: 1, cs: h as isize };
+            let qm = MatRef {
+                data: &q[base..],
+                rs: h as isize,
+                cs: 1,
+            };
+            let kt = MatRef {
+                data: &k[base..],
+                rs: 1,
+                cs: h as isize,
+            };
             // SAFETY: `p` is this task's own [s, s] block.
             unsafe { gemm_into_strided(s, s, dh, p.as_mut_ptr(), s as isize, false, qm, kt) };
             self.softmax_rows(p, &self.key_mask[bi * s..(bi + 1) * s], s);
             let dropped;
             let pv: &[f32] = match &self.dropout {
                 Some(d) => {
-                    dropped = p.iter().zip(&d[bh * s * s..(bh + 1) * s * s]).map(|(a, m)| a * m).collect::<Vec<_>>();
+                    dropped = p
+                        .iter()
+                        .zip(&d[bh * s * s..(bh + 1) * s * s])
+                        .map(|(a, m)| a * m)
+                        .collect::<Vec<_>>();
                     &dropped
                 }
                 None => p,
             };
-            let vm = MatRef { data: &v[base..], rs: h as isize, cs: 1 };
-            let out = out;
+            let vm = MatRef {
+                data: &v[base..],
+                rs: h as isize,
+                cs: 1,
+            };
             // SAFETY: each (batch, head) task writes its own column block of `ctx`.
             unsafe {
-                gemm_into_strided(s, dh, s, out.0.add(base), h as isize, false, MatRef::row_major(pv, s), vm)
+                gemm_into_strided(
+                    s,
+                    dh,
+                    s,
+                    out.get().add(base),
+                    h as isize,
+                    false,
+                    MatRef::row_major(pv, s),
+                    vm,
+                )
             };
         });
         if self.keep_probs {
@@ -127,12 +155,18 @@ impl CustomOp3 for Attention {
         let dh = h / nh;
         let probs = self.probs.lock().expect("not poisoned").take();
         let Some(probs) = probs else {
-            candle_core::bail!("attention: backward without saved probabilities (forward ran without gradients)")
+            candle_core::bail!(
+                "attention: backward without saved probabilities (forward ran without gradients)"
+            )
         };
         let mut dq = vec![0f32; b * s * h];
         let mut dk = vec![0f32; b * s * h];
         let mut dv = vec![0f32; b * s * h];
-        let (pq, pk, pv) = (SharedMut(dq.as_mut_ptr()), SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
+        let (pq, pk, pv) = (
+            SharedMut(dq.as_mut_ptr()),
+            SharedMut(dk.as_mut_ptr()),
+            SharedMut(dv.as_mut_ptr()),
+        );
         let scale = self.scale;
         with_f32(q, "attention.backward", |qv| {
             with_f32(k, "attention.backward", |kv| {
@@ -142,22 +176,52 @@ impl CustomOp3 for Attention {
                             let (bi, hi) = (bh / nh, bh % nh);
                             let base = bi * s * h + hi * dh;
                             let p = &probs[bh * s * s..(bh + 1) * s * s];
-                            let drop = self.dropout.as_ref().map(|d| &d[bh * s * s..(bh + 1) * s * s]);
-                            let gm = MatRef { data: &g[base..], rs: h as isize, cs: 1 };
+                            let drop = self
+                                .dropout
+                                .as_ref()
+                                .map(|d| &d[bh * s * s..(bh + 1) * s * s]);
+                            let gm = MatRef {
+                                data: &g[base..],
+                                rs: h as isize,
+                                cs: 1,
+                            };
                             // dP = dctx · Vᵀ
                             let mut dp = vec![0f32; s * s];
-                            let vt = MatRef { data: &vv[base..], rs: 1, cs: h as isize };
+                            let vt = MatRef {
+                                data: &vv[base..],
+                                rs: 1,
+                                cs: h as isize,
+                            };
                             // SAFETY: `dp` is local.
-                            unsafe { gemm_into_strided(s, s, dh, dp.as_mut_ptr(), s as isize, false, gm, vt) };
+                            unsafe {
+                                gemm_into_strided(
+                                    s,
+                                    s,
+                                    dh,
+                                    dp.as_mut_ptr(),
+                                    s as isize,
+                                    false,
+                                    gm,
+                                    vt,
+                                )
+                            };
                             // dV = (P∘M)ᵀ · dctx
                             let pm: Vec<f32> = match drop {
                                 Some(d) => p.iter().zip(d).map(|(a, m)| a * m).collect(),
                                 None => p.to_vec(),
                             };
-                            let (pq, pk, pv) = (pq, pk, pv);
                             // SAFETY: each task writes its own column block of dq, dk, dv.
                             unsafe {
-                                gemm_into_strided(s, dh, s, pv.0.add(base), h as isize, false, MatRef::transposed(&pm, s), gm)
+                                gemm_into_strided(
+                                    s,
+                                    dh,
+                                    s,
+                                    pv.get().add(base),
+                                    h as isize,
+                                    false,
+                                    MatRef::transposed(&pm, s),
+                                    gm,
+                                )
                             };
                             if let Some(d) = drop {
                                 dp.iter_mut().zip(d).for_each(|(x, m)| *x *= m);
@@ -165,14 +229,42 @@ impl CustomOp3 for Attention {
                             // dS = scale · P ∘ (dP − rowsum(dP ∘ P))
                             for (dr, pr) in dp.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
                                 let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                                dr.iter_mut().zip(pr).for_each(|(x, pp)| *x = scale * pp * (*x - dot));
+                                dr.iter_mut()
+                                    .zip(pr)
+                                    .for_each(|(x, pp)| *x = scale * pp * (*x - dot));
                             }
-                            let km = MatRef { data: &kv[base..], rs: h as isize, cs: 1 };
-                            let qm = MatRef { data: &qv[base..], rs: h as isize, cs: 1 };
+                            let km = MatRef {
+                                data: &kv[base..],
+                                rs: h as isize,
+                                cs: 1,
+                            };
+                            let qm = MatRef {
+                                data: &qv[base..],
+                                rs: h as isize,
+                                cs: 1,
+                            };
                             unsafe {
                                 // dQ = dS · K ; dK = dSᵀ · Q
-                                gemm_into_strided(s, dh, s, pq.0.add(base), h as isize, false, MatRef::row_major(&dp, s), km);
-                                gemm_into_strided(s, dh, s, pk.0.add(base), h as isize, false, MatRef::transposed(&dp, s), qm);
+                                gemm_into_strided(
+                                    s,
+                                    dh,
+                                    s,
+                                    pq.get().add(base),
+                                    h as isize,
+                                    false,
+                                    MatRef::row_major(&dp, s),
+                                    km,
+                                );
+                                gemm_into_strided(
+                                    s,
+                                    dh,
+                                    s,
+                                    pk.get().add(base),
+                                    h as isize,
+                                    false,
+                                    MatRef::transposed(&dp, s),
+                                    qm,
+                                );
                             }
                         });
                     })
@@ -181,7 +273,11 @@ impl CustomOp3 for Attention {
         })????;
         let dev = q.device();
         let mk = |t: &Tensor, d: Vec<f32>| -> Result<Option<Tensor>> {
-            Ok(if t.track_op() { Some(Tensor::from_vec(d, (b, s, h), dev)?) } else { None })
+            Ok(if t.track_op() {
+                Some(Tensor::from_vec(d, (b, s, h), dev)?)
+            } else {
+                None
+            })
         };
         Ok((mk(q, dq)?, mk(k, dk)?, mk(v, dv)?))
     }
@@ -200,12 +296,19 @@ pub fn attention(
     dropout: Option<(f64, &mut dyn rand::RngCore)>,
 ) -> Result<Tensor> {
     let (b, s, _) = q.dims3()?;
-    let mask: Vec<f32> = key_mask.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+    let mask: Vec<f32> = key_mask
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
     let dropout = match dropout {
         Some((p, rng)) if p > 0.0 => {
             let keep = (1.0 / (1.0 - p)) as f32;
             let n = b * heads * s * s;
-            Some((0..n).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect())
+            Some(
+                (0..n)
+                    .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+                    .collect(),
+            )
         }
         _ => None,
     };
@@ -217,6 +320,9 @@ pub fn attention(
         keep_probs: q.track_op() || k.track_op() || v.track_op(),
         probs: Mutex::new(None),
     };
-    q.contiguous()?
-        .apply_op3_arc(&k.contiguous()?, &v.contiguous()?, std::sync::Arc::new(Box::new(op)))
+    q.contiguous()?.apply_op3_arc(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        std::sync::Arc::new(Box::new(op)),
+    )
 }

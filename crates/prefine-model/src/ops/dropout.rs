@@ -30,7 +30,11 @@ impl CustomOp1 for DropoutMask {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "dropout")?;
         if x.len() != self.scale.len() {
-            candle_core::bail!("dropout: mask of {} for {} elements", self.scale.len(), x.len());
+            candle_core::bail!(
+                "dropout: mask of {} for {} elements",
+                self.scale.len(),
+                x.len()
+            );
         }
         let y = x.iter().zip(&self.scale).map(|(a, m)| a * m).collect();
         Ok((CpuStorage::F32(y), l.shape().clone()))
@@ -38,7 +42,10 @@ impl CustomOp1 for DropoutMask {
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let v = with_f32(dy, "dropout.backward", |g| {
-            g.iter().zip(&self.scale).map(|(a, m)| a * m).collect::<Vec<f32>>()
+            g.iter()
+                .zip(&self.scale)
+                .map(|(a, m)| a * m)
+                .collect::<Vec<f32>>()
         })?;
         Ok(Some(Tensor::from_vec(v, x.shape(), x.device())?))
     }

@@ -33,7 +33,15 @@ impl<'a> MatRef<'a> {
 }
 
 /// `dst[m, n] (+)= a[m, k] · b[k, n]`, with `dst` row-major and contiguous.
-pub(crate) fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: MatRef, b: MatRef) {
+pub(crate) fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: MatRef,
+    b: MatRef,
+) {
     assert!(dst.len() >= m * n, "gemm: destination too small");
     if m == 0 || n == 0 {
         return;
@@ -52,8 +60,8 @@ pub(crate) fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bo
     };
     // SAFETY: the operand extents are implied by (m, n, k) and the strides; callers build them
     // from slices whose lengths cover those extents (checked by the debug asserts below).
-    debug_assert!(a.data.len() as isize >= (m as isize - 1) * a.rs + (k as isize - 1) * a.cs + 1);
-    debug_assert!(b.data.len() as isize >= (k as isize - 1) * b.rs + (n as isize - 1) * b.cs + 1);
+    debug_assert!(a.data.len() as isize > (m as isize - 1) * a.rs + (k as isize - 1) * a.cs);
+    debug_assert!(b.data.len() as isize > (k as isize - 1) * b.rs + (n as isize - 1) * b.cs);
     unsafe {
         gemm::gemm(
             m,
@@ -85,6 +93,7 @@ pub(crate) fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bo
 /// # Safety
 /// `dst` must be valid for writes at every `i * dst_rs + j` for `i < m`, `j < n`, and no other
 /// thread may access those elements during the call.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_into_strided(
     m: usize,
     n: usize,
@@ -127,6 +136,14 @@ pub(crate) struct SharedMut(pub *mut f32);
 // SAFETY: users guarantee that concurrent tasks write disjoint elements.
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    #[inline(always)]
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Sum over rows of a row-major `[rows, cols]` matrix.
 pub(crate) fn column_sums(data: &[f32], cols: usize) -> Vec<f32> {

@@ -38,17 +38,23 @@ impl CustomOp3 for LayerNorm {
         let b = f32_slice(s3, l3, "layer_norm")?;
         let d = *l1.dims().last().unwrap_or(&0);
         if g.len() != d || b.len() != d || d == 0 {
-            candle_core::bail!("layer_norm: weight/bias of {}/{} for last dim {d}", g.len(), b.len());
+            candle_core::bail!(
+                "layer_norm: weight/bias of {}/{} for last dim {d}",
+                g.len(),
+                b.len()
+            );
         }
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d * 16).zip(x.par_chunks(d * 16)).for_each(|(yc, xc)| {
-            for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
-                let (mean, rstd) = row_stats(xr, self.eps);
-                for i in 0..d {
-                    yr[i] = (xr[i] - mean) * rstd * g[i] + b[i];
+        y.par_chunks_mut(d * 16)
+            .zip(x.par_chunks(d * 16))
+            .for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    for i in 0..d {
+                        yr[i] = (xr[i] - mean) * rstd * g[i] + b[i];
+                    }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -73,9 +79,21 @@ impl CustomOp3 for LayerNorm {
                         .zip(xv.par_chunks(d * rows_per_chunk))
                         .zip(gy.par_chunks(d * rows_per_chunk))
                         .map(|((dxc, xc), gc)| {
-                            let mut dg = if need_params { vec![0f32; d] } else { Vec::new() };
-                            let mut db = if need_params { vec![0f32; d] } else { Vec::new() };
-                            for ((dxr, xr), gr) in dxc.chunks_exact_mut(d).zip(xc.chunks_exact(d)).zip(gc.chunks_exact(d)) {
+                            let mut dg = if need_params {
+                                vec![0f32; d]
+                            } else {
+                                Vec::new()
+                            };
+                            let mut db = if need_params {
+                                vec![0f32; d]
+                            } else {
+                                Vec::new()
+                            };
+                            for ((dxr, xr), gr) in dxc
+                                .chunks_exact_mut(d)
+                                .zip(xc.chunks_exact(d))
+                                .zip(gc.chunks_exact(d))
+                            {
                                 let (mean, rstd) = row_stats(xr, eps);
                                 let mut sum_dxhat = 0f32;
                                 let mut sum_dxhat_xhat = 0f32;
@@ -114,9 +132,21 @@ impl CustomOp3 for LayerNorm {
             })
         })???;
         let dev = x.device();
-        let dx = if x.track_op() { Some(Tensor::from_vec(dx, x.shape(), dev)?) } else { None };
-        let dg = if gamma.track_op() { Some(Tensor::from_vec(dg, d, dev)?) } else { None };
-        let db = if beta.track_op() { Some(Tensor::from_vec(db, d, dev)?) } else { None };
+        let dx = if x.track_op() {
+            Some(Tensor::from_vec(dx, x.shape(), dev)?)
+        } else {
+            None
+        };
+        let dg = if gamma.track_op() {
+            Some(Tensor::from_vec(dg, d, dev)?)
+        } else {
+            None
+        };
+        let db = if beta.track_op() {
+            Some(Tensor::from_vec(db, d, dev)?)
+        } else {
+            None
+        };
         Ok((dx, dg, db))
     }
 }

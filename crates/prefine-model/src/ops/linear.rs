@@ -67,7 +67,15 @@ fn backward(
         let v = with_f32(&dy, "linear.backward", |g| {
             with_f32(w, "linear.backward", |wv| {
                 let mut dx = vec![0f32; m * inp];
-                gemm(m, inp, out, &mut dx, false, MatRef::row_major(g, out), MatRef::row_major(wv, inp));
+                gemm(
+                    m,
+                    inp,
+                    out,
+                    &mut dx,
+                    false,
+                    MatRef::row_major(g, out),
+                    MatRef::row_major(wv, inp),
+                );
                 dx
             })
         })??;
@@ -80,7 +88,15 @@ fn backward(
         let v = with_f32(&dy, "linear.backward", |g| {
             with_f32(x, "linear.backward", |xv| {
                 let mut dw = vec![0f32; out * inp];
-                gemm(out, inp, m, &mut dw, false, MatRef::transposed(g, out), MatRef::row_major(xv, inp));
+                gemm(
+                    out,
+                    inp,
+                    m,
+                    &mut dw,
+                    false,
+                    MatRef::transposed(g, out),
+                    MatRef::row_major(xv, inp),
+                );
                 dw
             })
         })??;
@@ -140,14 +156,26 @@ impl CustomOp2 for LinearNoBias {
         "prefine-linear-no-bias"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (m, out, inp, shape) = dims(l1, l2)?;
         let x = f32_slice(s1, l1, "linear")?;
         let w = f32_slice(s2, l2, "linear")?;
         Ok((CpuStorage::F32(forward(x, w, None, m, out, inp)), shape))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, _) = backward(x, w, dy, (x.track_op(), w.track_op(), false))?;
         Ok((dx, dw))
     }

@@ -15,7 +15,13 @@ impl CustomOp2 for MaskedSoftmax {
         "prefine-masked-softmax"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, "masked_softmax")?;
         let mask = f32_slice(s2, l2, "masked_softmax")?;
         let dims = l1.dims();
@@ -24,7 +30,10 @@ impl CustomOp2 for MaskedSoftmax {
         }
         let (b, h, q, k) = (dims[0], dims[1], dims[2], dims[3]);
         if l2.dims() != [b, k] {
-            candle_core::bail!("masked_softmax: mask {:?} does not match [{b}, {k}]", l2.dims());
+            candle_core::bail!(
+                "masked_softmax: mask {:?} does not match [{b}, {k}]",
+                l2.dims()
+            );
         }
         let rows_per_batch = h * q;
         let mut y = vec![0f32; x.len()];
@@ -56,7 +65,13 @@ impl CustomOp2 for MaskedSoftmax {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, _mask: &Tensor, res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _mask: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         if !x.track_op() {
             return Ok((None, None));
         }
@@ -85,7 +100,10 @@ impl CustomOp2 for MaskedSoftmax {
 /// `[batch, heads, query, key]` and `key_mask` is `[batch, key]` with 1 for real tokens and 0 for
 /// padding (padding keys get probability 0). The mask receives no gradient.
 pub fn masked_softmax(scores: &Tensor, key_mask: &Tensor, scale: f64) -> Result<Tensor> {
-    scores
-        .contiguous()?
-        .apply_op2(&key_mask.contiguous()?, MaskedSoftmax { scale: scale as f32 })
+    scores.contiguous()?.apply_op2(
+        &key_mask.contiguous()?,
+        MaskedSoftmax {
+            scale: scale as f32,
+        },
+    )
 }

@@ -11,14 +11,30 @@ fn fd_check(inputs: &[Var], check: &[usize], f: &dyn Fn(&[Tensor]) -> Tensor) {
     let ts: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
     let out = f(&ts);
     let mut rng = seed_rng(7);
-    let probe = normal(1, out.elem_count(), 1.0, &mut rng).unwrap().reshape(out.shape()).unwrap();
+    let probe = normal(1, out.elem_count(), 1.0, &mut rng)
+        .unwrap()
+        .reshape(out.shape())
+        .unwrap();
     let loss = (out * &probe).unwrap().sum_all().unwrap();
     let grads = loss.backward().unwrap();
     let eval = |ts: &[Tensor]| -> f64 {
-        (f(ts) * &probe).unwrap().sum_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_scalar::<f64>().unwrap()
+        (f(ts) * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
     };
     for &i in check {
-        let g: Vec<f32> = grads.get(&ts[i]).expect("gradient present").flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f32> = grads
+            .get(&ts[i])
+            .expect("gradient present")
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let base: Vec<f32> = ts[i].flatten_all().unwrap().to_vec1().unwrap();
         let h = 1e-2f32;
         for j in 0..base.len() {
@@ -50,18 +66,39 @@ fn linear_gradients_match_finite_differences() {
     let w = var(4, 6, 2);
     let b = var(1, 4, 3);
     let inputs = [x, w, b];
-    fd_check(&inputs, &[0, 1, 2], &|t| linear(&t[0], &t[1], &t[2].flatten_all().unwrap()).unwrap());
-    fd_check(&inputs[..2], &[0, 1], &|t| linear_no_bias(&t[0], &t[1]).unwrap());
+    fd_check(&inputs, &[0, 1, 2], &|t| {
+        linear(&t[0], &t[1], &t[2].flatten_all().unwrap()).unwrap()
+    });
+    fd_check(&inputs[..2], &[0, 1], &|t| {
+        linear_no_bias(&t[0], &t[1]).unwrap()
+    });
 }
 
 #[test]
 fn linear_matches_matmul_on_3d_input() {
-    let x = normal(6, 8, 1.0, &mut seed_rng(1)).unwrap().reshape((2, 3, 8)).unwrap();
+    let x = normal(6, 8, 1.0, &mut seed_rng(1))
+        .unwrap()
+        .reshape((2, 3, 8))
+        .unwrap();
     let w = normal(5, 8, 1.0, &mut seed_rng(2)).unwrap();
-    let b = normal(1, 5, 1.0, &mut seed_rng(3)).unwrap().flatten_all().unwrap();
+    let b = normal(1, 5, 1.0, &mut seed_rng(3))
+        .unwrap()
+        .flatten_all()
+        .unwrap();
     let ours = linear(&x, &w, &b).unwrap();
-    let reference = x.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
-    let diff = (ours - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let reference = x
+        .broadcast_matmul(&w.t().unwrap())
+        .unwrap()
+        .broadcast_add(&b)
+        .unwrap();
+    let diff = (ours - reference)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(diff < 1e-5, "{diff}");
 }
 
@@ -69,7 +106,10 @@ fn linear_matches_matmul_on_3d_input() {
 fn frozen_weight_gets_no_gradient() {
     let x = var(3, 4, 1);
     let w = normal(2, 4, 1.0, &mut seed_rng(2)).unwrap(); // not a variable: frozen
-    let b = normal(1, 2, 1.0, &mut seed_rng(3)).unwrap().flatten_all().unwrap();
+    let b = normal(1, 2, 1.0, &mut seed_rng(3))
+        .unwrap()
+        .flatten_all()
+        .unwrap();
     let before = weight_grad_count();
     let y = linear(x.as_tensor(), &w, &b).unwrap().sum_all().unwrap();
     let grads = y.backward().unwrap();
@@ -85,15 +125,27 @@ fn layer_norm_gradients_match_finite_differences() {
     let g = var(1, 7, 5);
     let b = var(1, 7, 6);
     fd_check(&[x, g, b], &[0, 1, 2], &|t| {
-        layer_norm(&t[0], &t[1].flatten_all().unwrap(), &t[2].flatten_all().unwrap(), 1e-5).unwrap()
+        layer_norm(
+            &t[0],
+            &t[1].flatten_all().unwrap(),
+            &t[2].flatten_all().unwrap(),
+            1e-5,
+        )
+        .unwrap()
     });
 }
 
 #[test]
 fn layer_norm_matches_composed_reference() {
     let x = normal(3, 10, 2.0, &mut seed_rng(9)).unwrap();
-    let g = normal(1, 10, 1.0, &mut seed_rng(10)).unwrap().flatten_all().unwrap();
-    let b = normal(1, 10, 1.0, &mut seed_rng(11)).unwrap().flatten_all().unwrap();
+    let g = normal(1, 10, 1.0, &mut seed_rng(10))
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    let b = normal(1, 10, 1.0, &mut seed_rng(11))
+        .unwrap()
+        .flatten_all()
+        .unwrap();
     let ours = layer_norm(&x, &g, &b, 1e-12).unwrap();
     let mean = x.mean_keepdim(1).unwrap();
     let xc = x.broadcast_sub(&mean).unwrap();
@@ -105,26 +157,44 @@ fn layer_norm_matches_composed_reference() {
         .unwrap()
         .broadcast_add(&b)
         .unwrap();
-    let diff = (ours - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (ours - reference)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(diff < 1e-5, "{diff}");
 }
 
 #[test]
 fn masked_softmax_gradients_match_finite_differences() {
-    let x = Var::from_tensor(&normal(1, 2 * 2 * 3 * 4, 1.0, &mut seed_rng(12)).unwrap().reshape((2, 2, 3, 4)).unwrap()).unwrap();
+    let x = Var::from_tensor(
+        &normal(1, 2 * 2 * 3 * 4, 1.0, &mut seed_rng(12))
+            .unwrap()
+            .reshape((2, 2, 3, 4))
+            .unwrap(),
+    )
+    .unwrap();
     let mask = Tensor::new(&[[1f32, 1., 1., 0.], [1., 1., 1., 1.]], &Device::Cpu).unwrap();
     fd_check(&[x], &[0], &|t| masked_softmax(&t[0], &mask, 0.7).unwrap());
 }
 
 #[test]
 fn masked_softmax_zeroes_padding_and_normalises() {
-    let x = normal(1, 8, 1.0, &mut seed_rng(13)).unwrap().reshape((1, 2, 1, 4)).unwrap();
+    let x = normal(1, 8, 1.0, &mut seed_rng(13))
+        .unwrap()
+        .reshape((1, 2, 1, 4))
+        .unwrap();
     let mask = Tensor::new(&[[1f32, 1., 0., 0.]], &Device::Cpu).unwrap();
     let y = masked_softmax(&x, &mask, 1.0).unwrap();
     let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!((v[2], v[3], v[6], v[7]), (0.0, 0.0, 0.0, 0.0));
     assert!((v[0] + v[1] - 1.0).abs() < 1e-6);
-    let reference = candle_nn::ops::softmax_last_dim(&x.narrow(3, 0, 2).unwrap().contiguous().unwrap()).unwrap();
+    let reference =
+        candle_nn::ops::softmax_last_dim(&x.narrow(3, 0, 2).unwrap().contiguous().unwrap())
+            .unwrap();
     let r: Vec<f32> = reference.flatten_all().unwrap().to_vec1().unwrap();
     assert!((r[0] - v[0]).abs() < 1e-6 && (r[2] - v[4]).abs() < 1e-6);
 }
@@ -139,51 +209,122 @@ fn dropout_gradient_and_statistics() {
     let ones = Tensor::ones((100, 100), candle_core::DType::F32, &Device::Cpu).unwrap();
     let y = dropout(&ones, 0.1, &mut seed_rng(1)).unwrap();
     let mean = y.mean_all().unwrap().to_scalar::<f32>().unwrap();
-    assert!((mean - 1.0).abs() < 0.03, "inverted dropout keeps the mean: {mean}");
+    assert!(
+        (mean - 1.0).abs() < 0.03,
+        "inverted dropout keeps the mean: {mean}"
+    );
     let y2 = dropout(&ones, 0.1, &mut seed_rng(1)).unwrap();
-    assert_eq!(y.to_vec2::<f32>().unwrap(), y2.to_vec2::<f32>().unwrap(), "seeded dropout is reproducible");
+    assert_eq!(
+        y.to_vec2::<f32>().unwrap(),
+        y2.to_vec2::<f32>().unwrap(),
+        "seeded dropout is reproducible"
+    );
     let _ = mask;
 }
 
 #[test]
 fn gelu_gradient_and_reference() {
     let x = var(3, 9, 21);
-    fd_check(&[x.clone()], &[0], &|t| gelu(&t[0]).unwrap());
+    fd_check(std::slice::from_ref(&x), &[0], &|t| gelu(&t[0]).unwrap());
     let reference = x.as_tensor().gelu_erf().unwrap();
     let ours = gelu(x.as_tensor()).unwrap();
-    let diff = (ours - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (ours - reference)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(diff < 1e-6, "{diff}");
 }
 
 /// Reference attention from candle's differentiable primitives.
-fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, heads: usize, scale: f64) -> Tensor {
+fn reference_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> Tensor {
     let (b, s, h) = q.dims3().unwrap();
     let dh = h / heads;
-    let split = |t: &Tensor| t.reshape((b, s, heads, dh)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+    let split = |t: &Tensor| {
+        t.reshape((b, s, heads, dh))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
     let scores = (split(q).matmul(&split(k).t().unwrap()).unwrap() * scale).unwrap();
     let bias = ((mask.unsqueeze(1).unwrap().unsqueeze(1).unwrap() - 1.0).unwrap() * 1e9).unwrap();
     let scores = scores.broadcast_add(&bias).unwrap();
     let max = scores.max_keepdim(3).unwrap();
     let e = scores.broadcast_sub(&max).unwrap().exp().unwrap();
     let p = e.broadcast_div(&e.sum_keepdim(3).unwrap()).unwrap();
-    p.matmul(&split(v)).unwrap().transpose(1, 2).unwrap().reshape((b, s, h)).unwrap()
+    p.matmul(&split(v))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((b, s, h))
+        .unwrap()
 }
 
 #[test]
 fn attention_matches_reference_and_finite_differences() {
-    let mk = |seed| Var::from_tensor(&normal(1, 2 * 5 * 8, 1.0, &mut seed_rng(seed)).unwrap().reshape((2, 5, 8)).unwrap()).unwrap();
+    let mk = |seed| {
+        Var::from_tensor(
+            &normal(1, 2 * 5 * 8, 1.0, &mut seed_rng(seed))
+                .unwrap()
+                .reshape((2, 5, 8))
+                .unwrap(),
+        )
+        .unwrap()
+    };
     let (q, k, v) = (mk(31), mk(32), mk(33));
-    let mask = Tensor::new(&[[1f32, 1., 1., 0., 0.], [1., 1., 1., 1., 1.]], &Device::Cpu).unwrap();
-    let ours = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, 2, 0.5, None).unwrap();
+    let mask = Tensor::new(
+        &[[1f32, 1., 1., 0., 0.], [1., 1., 1., 1., 1.]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let ours = attention(
+        q.as_tensor(),
+        k.as_tensor(),
+        v.as_tensor(),
+        &mask,
+        2,
+        0.5,
+        None,
+    )
+    .unwrap();
     let reference = reference_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, 2, 0.5);
-    let diff = (ours - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (ours - reference)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(diff < 1e-5, "{diff}");
-    fd_check(&[q, k, v], &[0, 1, 2], &|t| attention(&t[0], &t[1], &t[2], &mask, 2, 0.5, None).unwrap());
+    fd_check(&[q, k, v], &[0, 1, 2], &|t| {
+        attention(&t[0], &t[1], &t[2], &mask, 2, 0.5, None).unwrap()
+    });
 }
 
 #[test]
 fn attention_dropout_gradients_match_finite_differences() {
-    let mk = |seed| Var::from_tensor(&normal(1, 4 * 8, 1.0, &mut seed_rng(seed)).unwrap().reshape((1, 4, 8)).unwrap()).unwrap();
+    let mk = |seed| {
+        Var::from_tensor(
+            &normal(1, 4 * 8, 1.0, &mut seed_rng(seed))
+                .unwrap()
+                .reshape((1, 4, 8))
+                .unwrap(),
+        )
+        .unwrap()
+    };
     let (q, k, v) = (mk(41), mk(42), mk(43));
     let mask = Tensor::new(&[[1f32, 1., 1., 1.]], &Device::Cpu).unwrap();
     // The same seed draws the same dropout mask on every call.

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// The default model directory (`PREFINE_MODEL_DIR` or `models/all-MiniLM-L6-v2`). Fails loudly
@@ -27,7 +30,11 @@ pub fn shared_dir() -> PathBuf {
     let dir = std::env::var_os("PREFINE_SHARED")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("../shared"));
-    assert!(dir.join("reference").is_dir(), "shared folder missing at {}", dir.display());
+    assert!(
+        dir.join("reference").is_dir(),
+        "shared folder missing at {}",
+        dir.display()
+    );
     dir
 }
 
@@ -49,7 +56,10 @@ pub fn flat(v: &serde_json::Value) -> Vec<f32> {
 /// Max absolute difference.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// `Vec<Vec<u32>>` from a JSON 2-d integer array.
@@ -57,6 +67,12 @@ pub fn ids(v: &serde_json::Value) -> Vec<Vec<u32>> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        })
         .collect()
 }
