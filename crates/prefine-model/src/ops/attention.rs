@@ -87,9 +87,23 @@ impl CustomOp3 for Attention {
         let nh = self.heads;
         let dh = h / nh;
         let mut ctx = vec![0f32; b * s * h];
-        let mut probs = vec![0f32; b * nh * s * s];
+        // Probabilities are kept only when a backward pass will need them.
+        let mut probs = if self.keep_probs {
+            vec![0f32; b * nh * s * s]
+        } else {
+            Vec::new()
+        };
         let out = SharedMut(ctx.as_mut_ptr());
-        probs.par_chunks_mut(s * s).enumerate().for_each(|(bh, p)| {
+        let probs_ptr = SharedMut(probs.as_mut_ptr());
+        (0..b * nh).into_par_iter().for_each(|bh| {
+            let mut scratch = Vec::new();
+            let p: &mut [f32] = if self.keep_probs {
+                // SAFETY: each task owns the [s, s] block `bh` of `probs`.
+                unsafe { std::slice::from_raw_parts_mut(probs_ptr.get().add(bh * s * s), s * s) }
+            } else {
+                scratch.resize(s * s, 0f32);
+                &mut scratch
+            };
             let (bi, hi) = (bh / nh, bh % nh);
             let base = bi * s * h + hi * dh;
             let qm = MatRef {

@@ -53,6 +53,24 @@ pub(crate) fn gemm(
         return;
     }
     let work = m * n * k;
+    #[cfg(target_arch = "x86_64")]
+    if super::sgemm::available() && std::env::var_os("PREFINE_GEMM_CRATE").is_none() {
+        // SAFETY: AVX-512F detected; `dst` holds m x n elements; operands cover their extents.
+        unsafe {
+            super::sgemm::sgemm(
+                m,
+                n,
+                k,
+                a,
+                b,
+                dst.as_mut_ptr(),
+                n,
+                accumulate,
+                work > 48 * 48 * 48,
+            )
+        };
+        return;
+    }
     let parallelism = if work > 48 * 48 * 48 {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
@@ -105,6 +123,11 @@ pub(crate) unsafe fn gemm_into_strided(
     b: MatRef,
 ) {
     if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if super::sgemm::available() && std::env::var_os("PREFINE_GEMM_CRATE").is_none() {
+        super::sgemm::sgemm(m, n, k, a, b, dst, dst_rs as usize, accumulate, false);
         return;
     }
     gemm::gemm(

@@ -16,6 +16,7 @@ mod gelu;
 mod kernels;
 mod layer_norm;
 mod linear;
+pub mod sgemm;
 mod softmax;
 
 pub use attention::attention;

@@ -1,0 +1,303 @@
+//! Single-precision GEMM with an AVX-512 micro-kernel (BLIS-style packing and blocking).
+//!
+//! The `gemm` crate only uses AVX-512 on nightly Rust; on this project's stable toolchain it runs
+//! its AVX2 kernel, which on an AVX-512 Xeon reaches about half of the FMA throughput. This
+//! kernel keeps a 12x32 tile of `C` in 24 zmm registers and streams packed panels of `A` and `B`.
+//! It is used when the CPU has AVX-512F; otherwise callers fall back to the `gemm` crate.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::kernels::MatRef;
+
+const MR: usize = 12;
+const NR: usize = 32;
+const KC: usize = 256;
+const MC: usize = 96;
+const NC: usize = 2048;
+
+/// Whether the AVX-512 path can run on this CPU.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint row blocks of C.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    #[inline(always)]
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Packs `B[p0..p0+kc, j0..j0+nc]` into NR-wide column panels, zero-padded.
+fn pack_b(b: MatRef, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut Vec<f32>) {
+    let panels = nc.div_ceil(NR);
+    out.clear();
+    out.resize(panels * kc * NR, 0.0);
+    out.par_chunks_mut(kc * NR)
+        .enumerate()
+        .for_each(|(jp, panel)| {
+            let jbase = j0 + jp * NR;
+            let width = NR.min(j0 + nc - jbase);
+            for p in 0..kc {
+                let row = &mut panel[p * NR..p * NR + width];
+                let src = ((p0 + p) as isize * b.rs + jbase as isize * b.cs) as usize;
+                if b.cs == 1 {
+                    row.copy_from_slice(&b.data[src..src + width]);
+                } else {
+                    for (j, r) in row.iter_mut().enumerate() {
+                        *r = b.data[(src as isize + j as isize * b.cs) as usize];
+                    }
+                }
+            }
+        });
+}
+
+/// Packs `A[i0..i0+mc, p0..p0+kc]` into MR-tall row panels, zero-padded.
+fn pack_a(a: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32]) {
+    let panels = mc.div_ceil(MR);
+    for ip in 0..panels {
+        let ibase = i0 + ip * MR;
+        let height = MR.min(i0 + mc - ibase);
+        let panel = &mut out[ip * kc * MR..(ip + 1) * kc * MR];
+        if a.rs == 1 {
+            // Column-major A: the MR values of one column are contiguous.
+            for p in 0..kc {
+                let src = (ibase as isize + (p0 + p) as isize * a.cs) as usize;
+                panel[p * MR..p * MR + height].copy_from_slice(&a.data[src..src + height]);
+                panel[p * MR + height..(p + 1) * MR].fill(0.0);
+            }
+        } else {
+            for i in 0..MR {
+                if i < height {
+                    let base = (ibase + i) as isize * a.rs + p0 as isize * a.cs;
+                    for p in 0..kc {
+                        panel[p * MR + i] = a.data[(base + p as isize * a.cs) as usize];
+                    }
+                } else {
+                    for p in 0..kc {
+                        panel[p * MR + i] = 0.0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `C[m, n] (+)= A[m, k] · B[k, n]` with `C` row-major (row stride `ldc`), on up to `threads`
+/// rayon tasks.
+///
+/// # Safety
+/// The CPU must support AVX-512F ([`available`]); `c` must be valid for `m` rows of `n` elements
+/// at stride `ldc`, not aliased by `a` or `b`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                std::ptr::write_bytes(c.add(i * ldc), 0, n);
+            }
+        }
+        return;
+    }
+    let out = OutPtr(c);
+    let mut bpack = Vec::new();
+    for j0 in (0..n).step_by(NC) {
+        let nc = NC.min(n - j0);
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            let overwrite = p0 == 0 && !accumulate;
+            pack_b(b, p0, kc, j0, nc, &mut bpack);
+            let bp = &bpack;
+            let npanels = nc.div_ceil(NR);
+            let mblocks = m.div_ceil(MC);
+            // Enough tasks for every thread even when m is small (batch-1 inference): split the
+            // column panels into groups.
+            let threads = if parallel {
+                rayon::current_num_threads()
+            } else {
+                1
+            };
+            let groups = if mblocks >= 2 * threads {
+                1
+            } else {
+                npanels.min((2 * threads).div_ceil(mblocks))
+            };
+            let per_group = npanels.div_ceil(groups);
+            let task = |t: usize| {
+                let (ib, g) = (t / groups, t % groups);
+                let i0 = ib * MC;
+                let mc = MC.min(m - i0);
+                let (first, last) = (g * per_group, ((g + 1) * per_group).min(npanels));
+                if first >= last {
+                    return;
+                }
+                let mut apack = vec![0f32; mc.div_ceil(MR) * kc * MR];
+                pack_a(a, i0, mc, p0, kc, &mut apack);
+                for jp in first..last {
+                    let jr = jp * NR;
+                    let nr = NR.min(nc - jr);
+                    let bpanel = bp.as_ptr().add(jp * kc * NR);
+                    for ir in (0..mc).step_by(MR) {
+                        let mr = MR.min(mc - ir);
+                        let apanel = apack.as_ptr().add((ir / MR) * kc * MR);
+                        let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
+                        kernel_12x32(kc, apanel, bpanel, cptr, ldc, mr, nr, overwrite);
+                    }
+                }
+            };
+            let tasks = mblocks * groups;
+            if threads > 1 && tasks > 1 {
+                (0..tasks).into_par_iter().for_each(task);
+            } else {
+                (0..tasks).for_each(task);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_12x32(
+    kc: usize,
+    ap: *const f32,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    overwrite: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for p in 0..kc {
+        let b0 = _mm512_loadu_ps(bp.add(p * NR));
+        let b1 = _mm512_loadu_ps(bp.add(p * NR + 16));
+        let arow = ap.add(p * MR);
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*arow.add(i));
+            row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+            row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+        }
+    }
+    let m0: __mmask16 = if nr >= 16 {
+        0xFFFF
+    } else {
+        ((1u32 << nr) - 1) as u16
+    };
+    let m1: __mmask16 = if nr >= 32 {
+        0xFFFF
+    } else if nr > 16 {
+        ((1u32 << (nr - 16)) - 1) as u16
+    } else {
+        0
+    };
+    for (i, row) in acc.iter().enumerate().take(mr) {
+        let cr = c.add(i * ldc);
+        if overwrite {
+            _mm512_mask_storeu_ps(cr, m0, row[0]);
+            _mm512_mask_storeu_ps(cr.add(16), m1, row[1]);
+        } else {
+            let c0 = _mm512_maskz_loadu_ps(m0, cr);
+            let c1 = _mm512_maskz_loadu_ps(m1, cr.add(16));
+            _mm512_mask_storeu_ps(cr, m0, _mm512_add_ps(c0, row[0]));
+            _mm512_mask_storeu_ps(cr.add(16), m1, _mm512_add_ps(c1, row[1]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) -> Vec<f32> {
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for p in 0..k {
+                    s += a.data[(i as isize * a.rs + p as isize * a.cs) as usize] as f64
+                        * b.data[(p as isize * b.rs + j as isize * b.cs) as usize] as f64;
+                }
+                c[i * n + j] = s as f32;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn matches_naive_on_awkward_shapes_and_strides() {
+        if !available() {
+            eprintln!("no AVX-512F on this CPU: the sgemm kernel is not used here");
+            return;
+        }
+        let mut seed = 1u32;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (13, 33, 7),
+            (100, 50, 300),
+            (12, 32, 256),
+            (200, 70, 513),
+            (5, 2100, 3),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let am = if ta {
+                    MatRef::transposed(&a, m)
+                } else {
+                    MatRef::row_major(&a, k)
+                };
+                let bm = if tb {
+                    MatRef::transposed(&b, k)
+                } else {
+                    MatRef::row_major(&b, n)
+                };
+                let want = naive(m, n, k, am, bm);
+                for acc in [false, true] {
+                    let mut c = vec![if acc { 1.0 } else { 7.0 }; m * n];
+                    unsafe { sgemm(m, n, k, am, bm, c.as_mut_ptr(), n, acc, true) };
+                    for (x, w) in c.iter().zip(&want) {
+                        let w = if acc { w + 1.0 } else { *w };
+                        assert!(
+                            (x - w).abs() < 1e-4 * (1.0 + w.abs()),
+                            "{m}x{n}x{k} ta={ta} tb={tb} acc={acc}: {x} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
