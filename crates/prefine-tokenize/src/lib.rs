@@ -9,8 +9,10 @@
 //! assert_eq!(batch.input_ids[0][0], 101);
 //! ```
 
+pub mod align;
 mod error;
 mod tokenizer;
 
 pub use error::{Error, Result};
+pub use align::{split_words, windows, WindowConfig, WordWindow};
 pub use tokenizer::{EncodedBatch, EncodedText, Overflow, TextTokenizer, TokenizeConfig};
