@@ -8,4 +8,4 @@ pub mod loss;
 pub mod optim;
 
 pub use error::{Error, Result};
-pub use optim::{AdamW, AdamWConfig};
+pub use optim::{AdamW, AdamWConfig, LinearSchedule};

@@ -89,6 +89,9 @@ struct Slot {
     decay: bool,
     m: Vec<f32>,
     v: Vec<f32>,
+    /// Accumulated gradient since the last update (empty until the first `accumulate`).
+    grad: Vec<f32>,
+    has_grad: bool,
 }
 
 /// The optimizer state.
@@ -112,6 +115,8 @@ impl AdamW {
                     decay,
                     m: vec![0.0; n],
                     v: vec![0.0; n],
+                    grad: Vec::new(),
+                    has_grad: false,
                 }
             })
             .collect();
@@ -142,8 +147,51 @@ impl AdamW {
         self.step
     }
 
-    /// Applies one update from `grads`. Parameters without a gradient are left unchanged.
+    /// Applies one update from `grads` (no clipping, no accumulation).
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.accumulate(grads)?;
+        self.apply(1.0)
+    }
+
+    /// Adds the gradients of one micro-batch to the accumulation buffers.
+    pub fn accumulate(&mut self, grads: &GradStore) -> Result<()> {
+        for slot in &mut self.slots {
+            let Some(g) = grads.get(slot.var.as_tensor()) else { continue };
+            let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
+            if slot.has_grad {
+                slot.grad.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
+            } else {
+                slot.grad = g;
+                slot.has_grad = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// L2 norm of the accumulated gradient over all parameters.
+    pub fn grad_norm(&self) -> f64 {
+        self.slots
+            .iter()
+            .filter(|s| s.has_grad)
+            .map(|s| s.grad.par_iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>())
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    /// Scale that clips the accumulated gradient to `max_norm` (PyTorch `clip_grad_norm_`), given
+    /// the gradient is first multiplied by `pre_scale` (e.g. `1 / accumulation steps`).
+    pub fn clip_scale(&self, max_norm: f64, pre_scale: f64) -> f64 {
+        let norm = self.grad_norm() * pre_scale;
+        if max_norm > 0.0 && norm > max_norm {
+            pre_scale * max_norm / (norm + 1e-6)
+        } else {
+            pre_scale
+        }
+    }
+
+    /// Updates every parameter that has an accumulated gradient (multiplied by `grad_scale`),
+    /// then clears the buffers.
+    pub fn apply(&mut self, grad_scale: f64) -> Result<()> {
         self.step += 1;
         let c = &self.config;
         let t = self.step as i32;
@@ -152,42 +200,62 @@ impl AdamW {
         let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
         let step_size = (c.lr / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
+        let gs = grad_scale as f32;
         for slot in &mut self.slots {
-            let Some(g) = grads.get(slot.var.as_tensor()) else {
+            if !slot.has_grad {
                 continue;
-            };
-            let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
+            }
+            if slot.grad.iter().any(|x| !x.is_finite()) {
+                return Err(Error::NonFinite {
+                    what: format!("gradient of {}", slot.name),
+                    step: self.step,
+                });
+            }
             let mut p: Vec<f32> = slot.var.as_tensor().flatten_all()?.to_vec1()?;
-            let decay = if slot.decay {
-                (1.0 - c.lr * c.weight_decay) as f32
-            } else {
-                1.0
-            };
+            let decay = if slot.decay { (1.0 - c.lr * c.weight_decay) as f32 } else { 1.0 };
             let chunk = 16 * 1024;
             p.par_chunks_mut(chunk)
                 .zip(slot.m.par_chunks_mut(chunk))
                 .zip(slot.v.par_chunks_mut(chunk))
-                .zip(g.par_chunks(chunk))
+                .zip(slot.grad.par_chunks(chunk))
                 .for_each(|(((p, m), v), g)| {
                     for i in 0..p.len() {
-                        let gi = g[i];
+                        let gi = g[i] * gs;
                         m[i] = b1 * m[i] + (1.0 - b1) * gi;
                         v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
                         let denom = v[i].sqrt() / bc2_sqrt + eps;
                         p[i] = p[i] * decay - step_size * m[i] / denom;
                     }
                 });
-            if p.iter().any(|x| !x.is_finite()) {
-                return Err(Error::NonFinite {
-                    what: slot.name.clone(),
-                    step: self.step,
-                });
-            }
+            slot.has_grad = false;
             let shape = slot.var.shape().clone();
-            slot.var
-                .set(&Tensor::from_vec(p, shape, slot.var.device())?)?;
+            slot.var.set(&Tensor::from_vec(p, shape, slot.var.device())?)?;
         }
         Ok(())
+    }
+}
+
+/// Linear warm-up from 0 to the peak learning rate, then linear decay to 0
+/// (transformers' `get_linear_schedule_with_warmup`).
+#[derive(Debug, Clone, Copy)]
+pub struct LinearSchedule {
+    /// Peak learning rate.
+    pub peak: f64,
+    /// Warm-up steps.
+    pub warmup: u64,
+    /// Total optimizer steps.
+    pub total: u64,
+}
+
+impl LinearSchedule {
+    /// Learning rate for optimizer step `step` (0-based, as transformers counts).
+    pub fn lr(&self, step: u64) -> f64 {
+        if step < self.warmup {
+            self.peak * step as f64 / self.warmup.max(1) as f64
+        } else {
+            let rest = self.total.saturating_sub(self.warmup).max(1) as f64;
+            self.peak * (self.total.saturating_sub(step) as f64 / rest).max(0.0)
+        }
     }
 }
 
@@ -231,6 +299,41 @@ mod tests {
                 "{got:?} vs {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn accumulation_and_clipping_equal_one_big_step() {
+        let make = || Var::from_tensor(&Tensor::new(&[1f32, -2.0, 3.0], &Device::Cpu).unwrap()).unwrap();
+        let (a, b) = (make(), make());
+        let cfg = AdamWConfig { lr: 0.1, ..Default::default() };
+        let mut big = AdamW::new(vec![("w".into(), a.clone(), true)], cfg.clone()).unwrap();
+        let mut acc = AdamW::new(vec![("w".into(), b.clone(), true)], cfg).unwrap();
+        let x1 = Tensor::new(&[0.5f32, 1.0, -1.0], &Device::Cpu).unwrap();
+        let x2 = Tensor::new(&[2.0f32, 0.0, 1.0], &Device::Cpu).unwrap();
+        // Mean loss over two micro-batches == one batch with both.
+        let loss = |v: &Var, x: &Tensor| (v.as_tensor() * x).unwrap().sqr().unwrap().sum_all().unwrap();
+        let both = ((loss(&a, &x1) + loss(&a, &x2)).unwrap() / 2.0).unwrap();
+        big.accumulate(&both.backward().unwrap()).unwrap();
+        let s = big.clip_scale(1.0, 1.0);
+        big.apply(s).unwrap();
+        acc.accumulate(&loss(&b, &x1).backward().unwrap()).unwrap();
+        acc.accumulate(&loss(&b, &x2).backward().unwrap()).unwrap();
+        let s = acc.clip_scale(1.0, 0.5);
+        acc.apply(s).unwrap();
+        let (va, vb): (Vec<f32>, Vec<f32>) = (a.as_tensor().to_vec1().unwrap(), b.as_tensor().to_vec1().unwrap());
+        for (x, y) in va.iter().zip(&vb) {
+            assert!((x - y).abs() < 1e-6, "{va:?} vs {vb:?}");
+        }
+    }
+
+    #[test]
+    fn linear_schedule_matches_transformers() {
+        let s = LinearSchedule { peak: 1.0, warmup: 10, total: 110 };
+        assert_eq!(s.lr(0), 0.0);
+        assert!((s.lr(5) - 0.5).abs() < 1e-12);
+        assert!((s.lr(10) - 1.0).abs() < 1e-12);
+        assert!((s.lr(60) - 0.5).abs() < 1e-12);
+        assert_eq!(s.lr(110), 0.0);
     }
 
     #[test]
