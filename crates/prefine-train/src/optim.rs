@@ -198,6 +198,8 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2 = 1.0 - c.beta2.powi(t);
         let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
+        // 1 - beta in f64 first, as PyTorch does (0.999f32 is not exactly 0.999).
+        let (ob1, ob2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
         let step_size = (c.lr / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
         let gs = grad_scale as f32;
@@ -221,8 +223,8 @@ impl AdamW {
                 .for_each(|(((p, m), v), g)| {
                     for i in 0..p.len() {
                         let gi = g[i] * gs;
-                        m[i] = b1 * m[i] + (1.0 - b1) * gi;
-                        v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                        m[i] = b1 * m[i] + ob1 * gi;
+                        v[i] = b2 * v[i] + ob2 * gi * gi;
                         let denom = v[i].sqrt() / bc2_sqrt + eps;
                         p[i] = p[i] * decay - step_size * m[i] / denom;
                     }
