@@ -17,6 +17,8 @@
 //! # let _ = tags;
 //! ```
 
+#![warn(missing_docs)]
+
 mod conll;
 mod error;
 mod labels;

@@ -18,6 +18,8 @@
 //! assert_eq!(m.per_type["LOC"].support, 1);
 //! ```
 
+#![warn(missing_docs)]
+
 mod error;
 mod ner;
 mod numeric;
