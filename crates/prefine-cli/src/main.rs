@@ -26,6 +26,14 @@ struct Cli {
 enum Command {
     /// Embed texts: one JSON line per text, {"text", "embedding"}.
     Embed(commands::embed::EmbedArgs),
+    /// Fine-tune a head / LoRA group / the whole model on a labelled task directory.
+    Finetune(commands::finetune::FinetuneArgs),
+    /// Evaluate a fine-tuned output directory on a data file; prints the metric object as JSON.
+    Evaluate(commands::evaluate::EvaluateArgs),
+    /// Predict with a fine-tuned output directory; one JSON line per text.
+    Predict(commands::predict::PredictArgs),
+    /// Score a predicted CoNLL file against a gold one (conlleval-style report).
+    Score(commands::score::ScoreArgs),
     /// Run a standard benchmark workload (../shared/bench/WORKLOAD.md) and print one JSON line.
     Bench(commands::bench::BenchArgs),
 }
@@ -51,6 +59,10 @@ fn main() {
     let result = match cli.command {
         Command::Embed(a) => commands::embed::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Finetune(a) => commands::finetune::run(a),
+        Command::Evaluate(a) => commands::evaluate::run(a),
+        Command::Predict(a) => commands::predict::run(a),
+        Command::Score(a) => commands::score::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -610,6 +610,20 @@ impl Encoder {
         Ok(())
     }
 
+    /// Folds a group into the base weights for good and forgets the group (used to start full
+    /// fine-tuning from a pre-finetuned adapter).
+    pub fn bake_group(&mut self, name: &str) -> Result<()> {
+        self.merge_group(name)?;
+        for block in &mut self.blocks {
+            for lin in block.linears.values_mut() {
+                lin.merged = None;
+                lin.loras.remove(name);
+            }
+        }
+        self.groups.remove(name);
+        Ok(())
+    }
+
     /// Undoes [`Encoder::merge_group`].
     pub fn unmerge(&mut self) -> Result<()> {
         for block in &mut self.blocks {

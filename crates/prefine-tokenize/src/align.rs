@@ -47,12 +47,17 @@ pub fn subwords(tok: &TextTokenizer, words: &[&str]) -> Result<(Vec<u32>, Vec<us
         .inner()
         .encode(words.to_vec(), false)
         .map_err(|e| Error::Encode(e.to_string()))?;
-    let unk = tok.token_to_id("[UNK]").or_else(|| tok.token_to_id("<unk>")).unwrap_or(0);
+    let unk = tok
+        .token_to_id("[UNK]")
+        .or_else(|| tok.token_to_id("<unk>"))
+        .unwrap_or(0);
     let mut ids = Vec::with_capacity(enc.get_ids().len());
     let mut word_of = Vec::with_capacity(enc.get_ids().len());
     let mut next_word = 0usize;
     for (&id, w) in enc.get_ids().iter().zip(enc.get_word_ids()) {
-        let Some(w) = w.map(|w| w as usize) else { continue };
+        let Some(w) = w.map(|w| w as usize) else {
+            continue;
+        };
         // Words skipped by the tokenizer get an [UNK] so they are not lost.
         while next_word < w {
             ids.push(unk);
@@ -78,10 +83,17 @@ pub fn windows(tok: &TextTokenizer, words: &[&str], cfg: WindowConfig) -> Result
     let sep = tok.token_to_id("[SEP]").or_else(|| tok.token_to_id("</s>"));
     let (cls, sep) = match (cls, sep) {
         (Some(c), Some(s)) => (c, s),
-        _ => return Err(Error::Encode("the vocabulary has no [CLS]/[SEP] tokens".into())),
+        _ => {
+            return Err(Error::Encode(
+                "the vocabulary has no [CLS]/[SEP] tokens".into(),
+            ))
+        }
     };
     if cfg.max_length < 3 {
-        return Err(Error::Encode(format!("max_length {} leaves no room for tokens", cfg.max_length)));
+        return Err(Error::Encode(format!(
+            "max_length {} leaves no room for tokens",
+            cfg.max_length
+        )));
     }
     let budget = cfg.max_length - 2;
     if cfg.stride >= budget {
@@ -155,7 +167,8 @@ pub fn split_words(text: &str) -> Vec<(&str, (usize, usize))> {
     let mut out = Vec::new();
     let mut start: Option<usize> = None;
     for (i, ch) in text.char_indices() {
-        let punct = ch.is_ascii_punctuation() || (!ch.is_alphanumeric() && !ch.is_whitespace() && !ch.is_control());
+        let punct = ch.is_ascii_punctuation()
+            || (!ch.is_alphanumeric() && !ch.is_whitespace() && !ch.is_control());
         if ch.is_whitespace() || ch.is_control() || punct {
             if let Some(s) = start.take() {
                 out.push((&text[s..i], (s, i)));

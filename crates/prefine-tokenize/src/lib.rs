@@ -13,6 +13,6 @@ pub mod align;
 mod error;
 mod tokenizer;
 
-pub use error::{Error, Result};
 pub use align::{split_words, windows, WindowConfig, WordWindow};
+pub use error::{Error, Result};
 pub use tokenizer::{EncodedBatch, EncodedText, Overflow, TextTokenizer, TokenizeConfig};

@@ -7,15 +7,31 @@ use prefine_tokenize::{split_words, windows, TextTokenizer, TokenizeConfig, Wind
 fn tokenizer() -> TextTokenizer {
     let dir = std::env::var_os("PREFINE_MODEL_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2"));
-    assert!(dir.join("tokenizer.json").exists(), "run scripts/setup.sh first ({})", dir.display());
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        dir.join("tokenizer.json").exists(),
+        "run scripts/setup.sh first ({})",
+        dir.display()
+    );
     TextTokenizer::from_model_dir(dir, TokenizeConfig::default()).unwrap()
 }
 
 #[test]
 fn first_subword_carries_the_word() {
     let tok = tokenizer();
-    let words = ["EU", "rejects", "German", "call", "to", "prefinetuning", "British", "lamb", "."];
+    let words = [
+        "EU",
+        "rejects",
+        "German",
+        "call",
+        "to",
+        "prefinetuning",
+        "British",
+        "lamb",
+        ".",
+    ];
     let w = windows(&tok, &words, WindowConfig::default()).unwrap();
     assert_eq!(w.len(), 1);
     let owned: Vec<usize> = w[0].owner_word.iter().flatten().copied().collect();
@@ -31,7 +47,10 @@ fn long_sentences_become_overlapping_windows_and_no_word_is_lost() {
     let tok = tokenizer();
     let words: Vec<String> = (0..300).map(|i| format!("word{i}")).collect();
     let refs: Vec<&str> = words.iter().map(String::as_str).collect();
-    let cfg = WindowConfig { max_length: 64, stride: 16 };
+    let cfg = WindowConfig {
+        max_length: 64,
+        stride: 16,
+    };
     let w = windows(&tok, &refs, cfg).unwrap();
     assert!(w.len() > 5);
     let mut seen = vec![0; words.len()];
@@ -41,7 +60,10 @@ fn long_sentences_become_overlapping_windows_and_no_word_is_lost() {
             seen[*o] += 1;
         }
     }
-    assert!(seen.iter().all(|&c| c == 1), "every word owned exactly once: {seen:?}");
+    assert!(
+        seen.iter().all(|&c| c == 1),
+        "every word owned exactly once: {seen:?}"
+    );
 }
 
 #[test]

@@ -19,6 +19,26 @@ pub enum Error {
         /// The optimizer step.
         step: u64,
     },
+    /// Unusable training or evaluation data.
+    #[error("data: {0}")]
+    Data(String),
+    /// A file could not be read or written.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A dataset reader error (names file and line).
+    #[error(transparent)]
+    Dataset(#[from] prefine_data::Error),
+    /// A metrics error.
+    #[error(transparent)]
+    Metrics(#[from] prefine_eval::Error),
+    /// A tokenizer error.
+    #[error(transparent)]
+    Tokenize(#[from] prefine_tokenize::Error),
     /// An error from the model crate.
     #[error(transparent)]
     Model(#[from] prefine_model::Error),

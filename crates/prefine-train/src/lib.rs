@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod error;
+pub mod finetune;
 pub mod loss;
 pub mod optim;
 

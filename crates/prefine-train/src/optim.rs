@@ -156,7 +156,9 @@ impl AdamW {
     /// Adds the gradients of one micro-batch to the accumulation buffers.
     pub fn accumulate(&mut self, grads: &GradStore) -> Result<()> {
         for slot in &mut self.slots {
-            let Some(g) = grads.get(slot.var.as_tensor()) else { continue };
+            let Some(g) = grads.get(slot.var.as_tensor()) else {
+                continue;
+            };
             let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
             if slot.has_grad {
                 slot.grad.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
@@ -173,7 +175,12 @@ impl AdamW {
         self.slots
             .iter()
             .filter(|s| s.has_grad)
-            .map(|s| s.grad.par_iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>())
+            .map(|s| {
+                s.grad
+                    .par_iter()
+                    .map(|&g| (g as f64) * (g as f64))
+                    .sum::<f64>()
+            })
             .sum::<f64>()
             .sqrt()
     }
@@ -214,7 +221,11 @@ impl AdamW {
                 });
             }
             let mut p: Vec<f32> = slot.var.as_tensor().flatten_all()?.to_vec1()?;
-            let decay = if slot.decay { (1.0 - c.lr * c.weight_decay) as f32 } else { 1.0 };
+            let decay = if slot.decay {
+                (1.0 - c.lr * c.weight_decay) as f32
+            } else {
+                1.0
+            };
             let chunk = 16 * 1024;
             p.par_chunks_mut(chunk)
                 .zip(slot.m.par_chunks_mut(chunk))
@@ -231,7 +242,8 @@ impl AdamW {
                 });
             slot.has_grad = false;
             let shape = slot.var.shape().clone();
-            slot.var.set(&Tensor::from_vec(p, shape, slot.var.device())?)?;
+            slot.var
+                .set(&Tensor::from_vec(p, shape, slot.var.device())?)?;
         }
         Ok(())
     }
@@ -305,15 +317,26 @@ mod tests {
 
     #[test]
     fn accumulation_and_clipping_equal_one_big_step() {
-        let make = || Var::from_tensor(&Tensor::new(&[1f32, -2.0, 3.0], &Device::Cpu).unwrap()).unwrap();
+        let make =
+            || Var::from_tensor(&Tensor::new(&[1f32, -2.0, 3.0], &Device::Cpu).unwrap()).unwrap();
         let (a, b) = (make(), make());
-        let cfg = AdamWConfig { lr: 0.1, ..Default::default() };
+        let cfg = AdamWConfig {
+            lr: 0.1,
+            ..Default::default()
+        };
         let mut big = AdamW::new(vec![("w".into(), a.clone(), true)], cfg.clone()).unwrap();
         let mut acc = AdamW::new(vec![("w".into(), b.clone(), true)], cfg).unwrap();
         let x1 = Tensor::new(&[0.5f32, 1.0, -1.0], &Device::Cpu).unwrap();
         let x2 = Tensor::new(&[2.0f32, 0.0, 1.0], &Device::Cpu).unwrap();
         // Mean loss over two micro-batches == one batch with both.
-        let loss = |v: &Var, x: &Tensor| (v.as_tensor() * x).unwrap().sqr().unwrap().sum_all().unwrap();
+        let loss = |v: &Var, x: &Tensor| {
+            (v.as_tensor() * x)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
         let both = ((loss(&a, &x1) + loss(&a, &x2)).unwrap() / 2.0).unwrap();
         big.accumulate(&both.backward().unwrap()).unwrap();
         let s = big.clip_scale(1.0, 1.0);
@@ -322,7 +345,10 @@ mod tests {
         acc.accumulate(&loss(&b, &x2).backward().unwrap()).unwrap();
         let s = acc.clip_scale(1.0, 0.5);
         acc.apply(s).unwrap();
-        let (va, vb): (Vec<f32>, Vec<f32>) = (a.as_tensor().to_vec1().unwrap(), b.as_tensor().to_vec1().unwrap());
+        let (va, vb): (Vec<f32>, Vec<f32>) = (
+            a.as_tensor().to_vec1().unwrap(),
+            b.as_tensor().to_vec1().unwrap(),
+        );
         for (x, y) in va.iter().zip(&vb) {
             assert!((x - y).abs() < 1e-6, "{va:?} vs {vb:?}");
         }
@@ -330,7 +356,11 @@ mod tests {
 
     #[test]
     fn linear_schedule_matches_transformers() {
-        let s = LinearSchedule { peak: 1.0, warmup: 10, total: 110 };
+        let s = LinearSchedule {
+            peak: 1.0,
+            warmup: 10,
+            total: 110,
+        };
         assert_eq!(s.lr(0), 0.0);
         assert!((s.lr(5) - 0.5).abs() < 1e-12);
         assert!((s.lr(10) - 1.0).abs() < 1e-12);

@@ -2,6 +2,10 @@
 
 pub mod bench;
 pub mod embed;
+pub mod evaluate;
+pub mod finetune;
+pub mod predict;
+pub mod score;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,147 @@
+//! `prefine finetune`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use prefine_train::finetune::{run_finetune, FinetuneConfig};
+
+/// Arguments of `prefine finetune`. Every option can also be set in `--config FILE` (TOML, the
+/// keys of `FinetuneConfig`); flags given here override the file.
+#[derive(Args)]
+pub struct FinetuneArgs {
+    /// Backbone: a Hugging Face model directory.
+    #[arg(long, default_value_os_t = super::default_model_dir())]
+    model: PathBuf,
+    /// Directory with train/dev/test files (NER: .conll; TC: .jsonl, .csv or .tsv).
+    #[arg(long)]
+    data: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// ner | tc
+    #[arg(long)]
+    task: Option<String>,
+    /// head | lora | full
+    #[arg(long)]
+    mode: Option<String>,
+    /// TOML file with any FinetuneConfig keys.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Fraction of the training data (seeded subsample).
+    #[arg(long)]
+    fraction: Option<f64>,
+    /// Cap on training examples.
+    #[arg(long)]
+    max_train: Option<usize>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Batch size.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    grad_accumulation: Option<usize>,
+    /// Early-stopping patience in epochs.
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Pre-finetuned family adapter (PEFT directory) to start from.
+    #[arg(long)]
+    init_adapter: Option<PathBuf>,
+    /// TC pooling: mean | cls | pooler.
+    #[arg(long)]
+    pooling: Option<String>,
+    /// Repair I-X after O into B-X when reading CoNLL.
+    #[arg(long)]
+    repair_iob: bool,
+}
+
+/// Builds the config: file first, then flags.
+pub fn build_config(a: &FinetuneArgs) -> Result<FinetuneConfig> {
+    let mut table: toml::Table = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            // Validate the file on its own first, so unknown keys are reported with their line
+            // (task and mode may come from flags).
+            if let Err(e) = FinetuneConfig::from_toml_str(&text, p) {
+                let msg = e.to_string();
+                if !(msg.contains("missing field `task`") || msg.contains("missing field `mode`")) {
+                    return Err(e.into());
+                }
+            }
+            toml::from_str(&text)?
+        }
+        None => toml::Table::new(),
+    };
+    let mut set = |k: &str, v: Option<toml::Value>| {
+        if let Some(v) = v {
+            table.insert(k.to_string(), v);
+        }
+    };
+    set("task", a.task.clone().map(toml::Value::String));
+    set("mode", a.mode.clone().map(toml::Value::String));
+    set("fraction", a.fraction.map(toml::Value::Float));
+    set(
+        "max_train",
+        a.max_train.map(|v| toml::Value::Integer(v as i64)),
+    );
+    set("seed", a.seed.map(|v| toml::Value::Integer(v as i64)));
+    set("epochs", a.epochs.map(|v| toml::Value::Integer(v as i64)));
+    set("lr", a.lr.map(toml::Value::Float));
+    set(
+        "batch_size",
+        a.batch_size.map(|v| toml::Value::Integer(v as i64)),
+    );
+    set(
+        "grad_accumulation",
+        a.grad_accumulation.map(|v| toml::Value::Integer(v as i64)),
+    );
+    set(
+        "patience",
+        a.patience.map(|v| toml::Value::Integer(v as i64)),
+    );
+    set(
+        "init_adapter",
+        a.init_adapter
+            .as_ref()
+            .map(|p| toml::Value::String(p.display().to_string())),
+    );
+    set("pooling", a.pooling.clone().map(toml::Value::String));
+    if a.repair_iob {
+        set("repair_iob", Some(toml::Value::Boolean(true)));
+    }
+    if !table.contains_key("task") || !table.contains_key("mode") {
+        anyhow::bail!(
+            "--task (ner|tc) and --mode (head|lora|full) are required (as flags or in --config)"
+        );
+    }
+    let text = toml::to_string(&table)?;
+    let origin = a
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("<command line>"));
+    Ok(FinetuneConfig::from_toml_str(&text, &origin)?)
+}
+
+/// Runs `prefine finetune`.
+pub fn run(a: FinetuneArgs) -> Result<()> {
+    let cfg = build_config(&a)?;
+    let report = run_finetune(&cfg, &a.model, &a.data, &a.out)?;
+    tracing::info!(
+        "best epoch {}, train {:.1}s, wall {:.1}s; wrote {}",
+        report.best_epoch,
+        report.train_seconds,
+        report.wall_seconds,
+        a.out.display()
+    );
+    println!("{}", serde_json::to_string(&report.metrics)?);
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! [`FinetuneConfig`]: every setting of a downstream fine-tuning run, with serde defaults, read
+//! from TOML (unknown keys are errors with their line) and validated before any work starts.
+
+use std::path::Path;
+
+use prefine_model::{LoraConfig, LoraTarget, Pooling};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The task family of a downstream application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// Named-entity recognition (token classification, CoNLL files).
+    Ner,
+    /// Text classification (sequence classification, JSONL/CSV/TSV files).
+    Tc,
+}
+
+/// What is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Only the head (backbone and adapters frozen): a linear probe.
+    Head,
+    /// A new LoRA group plus the head.
+    Lora,
+    /// Every weight.
+    Full,
+}
+
+/// Sentence pooling of the TC head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TcPooling {
+    /// Mean over real tokens (sentence-transformers' pooling).
+    #[default]
+    Mean,
+    /// The `[CLS]` state.
+    Cls,
+    /// The checkpoint's BERT pooler (`tanh(W h_cls + b)`), as `BertForSequenceClassification`.
+    Pooler,
+}
+
+impl TcPooling {
+    /// The plain pooling used when no pooler is involved.
+    pub fn pooling(self) -> Pooling {
+        match self {
+            TcPooling::Mean => Pooling::Mean,
+            _ => Pooling::Cls,
+        }
+    }
+}
+
+fn d_epochs() -> usize {
+    3
+}
+fn d_batch() -> usize {
+    32
+}
+fn d_eval_batch() -> usize {
+    64
+}
+fn d_max_length() -> usize {
+    128
+}
+fn d_stride() -> usize {
+    32
+}
+fn d_warmup() -> f64 {
+    0.1
+}
+fn d_wd() -> f64 {
+    0.01
+}
+fn d_clip() -> f64 {
+    1.0
+}
+fn d_one() -> usize {
+    1
+}
+fn d_seed() -> u64 {
+    13
+}
+fn d_fraction() -> f64 {
+    1.0
+}
+fn d_lora() -> LoraConfig {
+    LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.1,
+        targets: vec![LoraTarget::Query, LoraTarget::Value],
+        layers: None,
+        use_rslora: false,
+    }
+}
+
+/// Settings of `prefine finetune`. Every field can be set in a TOML file; CLI flags override.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// `ner` or `tc`.
+    pub task: TaskKind,
+    /// `head`, `lora` or `full`.
+    pub mode: Mode,
+    /// Epochs over the training set.
+    #[serde(default = "d_epochs")]
+    pub epochs: usize,
+    /// Peak learning rate; default 5e-5 (`full`), 5e-4 (`lora`), 1e-3 (`head`).
+    #[serde(default)]
+    pub lr: Option<f64>,
+    /// Examples per optimizer step (before accumulation).
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    /// Micro-batches accumulated into one optimizer step.
+    #[serde(default = "d_one")]
+    pub grad_accumulation: usize,
+    /// Batch size for evaluation.
+    #[serde(default = "d_eval_batch")]
+    pub eval_batch_size: usize,
+    /// Maximum subword tokens per input, special tokens included.
+    #[serde(default = "d_max_length")]
+    pub max_length: usize,
+    /// Overlap (in subwords) of consecutive windows of a long NER sentence.
+    #[serde(default = "d_stride")]
+    pub stride: usize,
+    /// Fraction of the optimizer steps used for linear warm-up.
+    #[serde(default = "d_warmup")]
+    pub warmup_ratio: f64,
+    /// Decoupled weight decay (not applied to biases and layer norms).
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    /// Global gradient-norm clipping (0 disables).
+    #[serde(default = "d_clip")]
+    pub max_grad_norm: f64,
+    /// Seed for sampling, shuffling, initialisation and dropout.
+    #[serde(default = "d_seed")]
+    pub seed: u64,
+    /// Fraction of the training set to use (seeded subsample).
+    #[serde(default = "d_fraction")]
+    pub fraction: f64,
+    /// Cap on training examples after `fraction`.
+    #[serde(default)]
+    pub max_train: Option<usize>,
+    /// Stop after this many epochs without dev improvement.
+    #[serde(default)]
+    pub patience: Option<usize>,
+    /// Dropout of the head input; default: the model's `hidden_dropout_prob`.
+    #[serde(default)]
+    pub head_dropout: Option<f64>,
+    /// TC pooling.
+    #[serde(default)]
+    pub pooling: TcPooling,
+    /// The LoRA group trained in `lora` mode.
+    #[serde(default = "d_lora")]
+    pub lora: LoraConfig,
+    /// A pre-finetuned family adapter (PEFT directory) applied under the new head: in `lora`
+    /// mode it initialises the new group; in `head` mode it stays frozen; in `full` mode it is
+    /// merged into the backbone first.
+    #[serde(default)]
+    pub init_adapter: Option<std::path::PathBuf>,
+    /// Convert `I-X` after `O` into `B-X` when reading CoNLL files.
+    #[serde(default)]
+    pub repair_iob: bool,
+}
+
+impl FinetuneConfig {
+    /// Defaults for a task and mode.
+    pub fn new(task: TaskKind, mode: Mode) -> Self {
+        let text = format!(
+            "task = {:?}\nmode = {:?}",
+            serde_plain(&task),
+            serde_plain(&mode)
+        );
+        toml::from_str(&text).expect("defaults parse")
+    }
+
+    /// Reads a TOML file; unknown keys and bad values are reported with the file and line.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            field: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Parses TOML text; `path` is used in messages.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
+        let cfg: Self = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .map_or(String::new(), |l| format!(" line {l}:"));
+            Error::Config {
+                field: format!("{}:{line}", path.display()),
+                reason: e.message().to_string(),
+            }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The learning rate after defaults.
+    pub fn learning_rate(&self) -> f64 {
+        self.lr.unwrap_or(match self.mode {
+            Mode::Full => 5e-5,
+            Mode::Lora => 5e-4,
+            Mode::Head => 1e-3,
+        })
+    }
+
+    /// Checks every value.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |f: &str, r: String| {
+            Err(Error::Config {
+                field: f.into(),
+                reason: r,
+            })
+        };
+        if self.epochs == 0 {
+            return bad("epochs", "must be at least 1".into());
+        }
+        if self.batch_size == 0 || self.eval_batch_size == 0 || self.grad_accumulation == 0 {
+            return bad(
+                "batch_size",
+                "batch sizes and grad_accumulation must be positive".into(),
+            );
+        }
+        let lr = self.learning_rate();
+        if !(lr.is_finite() && lr > 0.0) {
+            return bad("lr", format!("{lr} is not a positive number"));
+        }
+        if self.max_length < 8 {
+            return bad(
+                "max_length",
+                format!("{} is too small (at least 8)", self.max_length),
+            );
+        }
+        if self.stride + 2 >= self.max_length {
+            return bad(
+                "stride",
+                format!("{} must be below max_length - 2", self.stride),
+            );
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return bad(
+                "warmup_ratio",
+                format!("{} is not in [0, 1)", self.warmup_ratio),
+            );
+        }
+        if !(self.weight_decay >= 0.0 && self.max_grad_norm >= 0.0) {
+            return bad("weight_decay/max_grad_norm", "must be non-negative".into());
+        }
+        if !(self.fraction > 0.0 && self.fraction <= 1.0) {
+            return bad("fraction", format!("{} is not in (0, 1]", self.fraction));
+        }
+        if self.max_train == Some(0) {
+            return bad("max_train", "must be at least 1".into());
+        }
+        if let Some(p) = self.head_dropout {
+            if !(0.0..1.0).contains(&p) {
+                return bad("head_dropout", format!("{p} is not in [0, 1)"));
+            }
+        }
+        if self.task == TaskKind::Ner && self.pooling != TcPooling::Mean {
+            return bad("pooling", "only applies to tc".into());
+        }
+        Ok(())
+    }
+
+    /// The resolved config as TOML (saved next to every artifact).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+fn serde_plain<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_round_trip() {
+        let c = FinetuneConfig::new(TaskKind::Ner, Mode::Lora);
+        assert_eq!(c.epochs, 3);
+        assert_eq!(c.learning_rate(), 5e-4);
+        assert_eq!(c.lora.rank, 8);
+        let back = FinetuneConfig::from_toml_str(&c.to_toml(), Path::new("c.toml")).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line() {
+        let err = FinetuneConfig::from_toml_str(
+            "task = \"ner\"\nmode = \"full\"\nepochz = 3\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("c.toml") && err.contains("line 3") && err.contains("epochz"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_rejected_before_work() {
+        let err = FinetuneConfig::from_toml_str(
+            "task = \"tc\"\nmode = \"full\"\nfraction = 1.5\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("fraction"), "{err}");
+        let err = FinetuneConfig::from_toml_str(
+            "task = \"tc\"\nmode = \"full\"\n[lora]\nrank = 0\n",
+            Path::new("c.toml"),
+        );
+        assert!(err.is_ok(), "lora is validated when the group is created");
+    }
+}

@@ -1,0 +1,420 @@
+//! Downstream fine-tuning: what every application does with the shared backbone. Reads a task
+//! directory (`train`/`dev`/`test` files), trains a head (and a LoRA group, or everything),
+//! selects the best dev epoch, and writes a self-contained output directory.
+
+pub mod artifact;
+pub mod config;
+pub mod curves;
+pub mod data;
+pub mod eval;
+pub mod features;
+pub mod model;
+pub mod predict;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Tensor;
+use prefine_data::{subsample, LabelSet};
+use prefine_model::{seed_rng, Encoder};
+use prefine_tokenize::{TextTokenizer, TokenizeConfig};
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::loss::masked_cross_entropy;
+use crate::optim::{AdamW, AdamWConfig, LinearSchedule};
+pub use config::{FinetuneConfig, Mode, TaskKind, TcPooling};
+use data::{read_file, split_file, SplitData};
+use features::{bucketed_batches, ner_features, pad_batch, tc_features};
+use model::TaskModel;
+
+/// The best epoch so far: dev score, epoch, trainable values, dev metrics.
+type BestEpoch = (f64, usize, Vec<(candle_core::Var, Tensor)>, Value);
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct FinetuneReport {
+    /// `{"dev": ..., "test": ...}` as written to `metrics.json`.
+    pub metrics: Value,
+    /// The best epoch (1-based).
+    pub best_epoch: usize,
+    /// Seconds spent in training steps.
+    pub train_seconds: f64,
+    /// Seconds for the whole run.
+    pub wall_seconds: f64,
+}
+
+/// Appends one JSON line to a log file.
+fn append_jsonl(path: &Path, v: &Value) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::File {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    writeln!(f, "{v}").map_err(|e| Error::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Scores the model on a split: the JSON metric object and the headline number.
+fn evaluate_split(
+    model: &TaskModel,
+    tok: &TextTokenizer,
+    split: &SplitData,
+    labels: &LabelSet,
+    cfg: &FinetuneConfig,
+) -> Result<(Value, f64)> {
+    match split {
+        SplitData::Ner(s) => {
+            let p = eval::predict_ner(
+                model,
+                tok,
+                s,
+                labels,
+                cfg.max_length,
+                cfg.stride,
+                cfg.eval_batch_size,
+            )?;
+            let scores = eval::score_ner(s, &p.tags, labels)?;
+            Ok((scores.to_json(false), scores.strict.f1))
+        }
+        SplitData::Tc(e) => {
+            let p = eval::predict_tc(model, tok, e, labels, cfg.eval_batch_size)?;
+            let (m, unseen) = eval::score_tc(e, &p, labels)?;
+            Ok((eval::tc_json(&m, &unseen), m.accuracy))
+        }
+    }
+}
+
+/// One training example, tokenised.
+enum Example {
+    Ner(features::NerFeature),
+    Tc(features::TcFeature),
+}
+
+impl Example {
+    fn ids(&self) -> &[u32] {
+        match self {
+            Example::Ner(f) => &f.ids,
+            Example::Tc(f) => &f.ids,
+        }
+    }
+}
+
+/// Runs `prefine finetune`: `model_dir` is the backbone, `data_dir` holds the splits, results go
+/// to `out`.
+pub fn run_finetune(
+    cfg: &FinetuneConfig,
+    model_dir: &Path,
+    data_dir: &Path,
+    out: &Path,
+) -> Result<FinetuneReport> {
+    let t_start = Instant::now();
+    cfg.validate()?;
+    // Fail early on an unwritable output directory, before any work.
+    std::fs::create_dir_all(out).map_err(|e| Error::File {
+        path: out.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let probe = out.join(".prefine-write-test");
+    std::fs::write(&probe, b"").map_err(|e| Error::File {
+        path: out.to_path_buf(),
+        reason: format!("not writable: {e}"),
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    let log_path = out.join("log.jsonl");
+    let _ = std::fs::remove_file(&log_path);
+
+    let read = |split: &str| -> Result<SplitData> {
+        read_file(
+            &split_file(data_dir, cfg.task, split)?,
+            cfg.task,
+            cfg.repair_iob,
+        )
+    };
+    let train_full = read("train")?;
+    let dev = read("dev")?;
+    let test = match split_file(data_dir, cfg.task, "test") {
+        Ok(p) => Some(read_file(&p, cfg.task, cfg.repair_iob)?),
+        Err(_) => None,
+    };
+    let keep = subsample(train_full.len(), cfg.fraction, cfg.max_train, cfg.seed)?;
+    let train = match &train_full {
+        SplitData::Ner(v) => SplitData::Ner(keep.iter().map(|&i| v[i].clone()).collect()),
+        SplitData::Tc(v) => SplitData::Tc(keep.iter().map(|&i| v[i].clone()).collect()),
+    };
+    let labels = match &train {
+        SplitData::Ner(s) => LabelSet::from_ner(s),
+        SplitData::Tc(e) => LabelSet::from_examples(e),
+    };
+    tracing::info!(
+        "{} training examples ({} of {}), {} labels",
+        train.len(),
+        keep.len(),
+        train_full.len(),
+        labels.len()
+    );
+
+    let (encoder, _) = Encoder::from_model_dir(model_dir)?;
+    let tok = TextTokenizer::from_model_dir(
+        model_dir,
+        TokenizeConfig {
+            max_length: cfg.max_length,
+            ..Default::default()
+        },
+    )?;
+    let mut rng = seed_rng(cfg.seed);
+    let model = TaskModel::for_training(encoder, cfg, labels.len(), &mut rng)?;
+
+    let examples: Vec<Example> = match &train {
+        SplitData::Ner(s) => ner_features(&tok, s, &labels, cfg.max_length, cfg.stride)?
+            .into_iter()
+            .map(Example::Ner)
+            .collect(),
+        SplitData::Tc(e) => {
+            let (f, truncated) = tc_features(&tok, e, &labels)?;
+            if truncated > 0 {
+                tracing::warn!(
+                    "{truncated} training text(s) truncated to {} tokens",
+                    cfg.max_length
+                );
+            }
+            f.into_iter().map(Example::Tc).collect()
+        }
+    };
+    let lengths: Vec<usize> = examples.iter().map(|e| e.ids().len()).collect();
+    let params = model.trainable();
+    let n_trainable: usize = params.iter().map(|(_, v, _)| v.elem_count()).sum();
+    tracing::info!(
+        "{} trainable parameters in {} tensors",
+        n_trainable,
+        params.len()
+    );
+    let mut opt = AdamW::new(
+        params,
+        AdamWConfig {
+            lr: cfg.learning_rate(),
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let batches_per_epoch = examples.len().div_ceil(cfg.batch_size);
+    let steps_per_epoch = batches_per_epoch.div_ceil(cfg.grad_accumulation) as u64;
+    let total = steps_per_epoch * cfg.epochs as u64;
+    let schedule = LinearSchedule {
+        peak: cfg.learning_rate(),
+        warmup: (cfg.warmup_ratio * total as f64) as u64,
+        total,
+    };
+
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} {bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    let mut shuffle_rng = seed_rng(cfg.seed.wrapping_add(1));
+    let mut dropout_rng = seed_rng(cfg.seed.wrapping_add(2));
+    let mut step = 0u64;
+    let mut losses: Vec<(u64, f32)> = Vec::new();
+    let mut dev_curve: Vec<(u64, f64)> = Vec::new();
+    let mut best: Option<BestEpoch> = None;
+    let mut since_best = 0usize;
+    let mut train_seconds = 0.0;
+    for epoch in 1..=cfg.epochs {
+        let t0 = Instant::now();
+        let batches = bucketed_batches(&lengths, cfg.batch_size, Some(&mut shuffle_rng));
+        let mut pending = 0usize;
+        let mut epoch_loss = 0f64;
+        for (bi, batch) in batches.iter().enumerate() {
+            let seqs: Vec<&[u32]> = batch.iter().map(|&i| examples[i].ids()).collect();
+            let input = pad_batch(&seqs, tok.pad_id())?;
+            let (b, s) = input.dims()?;
+            let logits = model.logits(&input, Some(&mut dropout_rng))?;
+            let loss = match &examples[batch[0]] {
+                Example::Ner(_) => {
+                    let mut lab = vec![0u32; b * s];
+                    let mut w = vec![0f32; b * s];
+                    for (r, &i) in batch.iter().enumerate() {
+                        if let Example::Ner(f) = &examples[i] {
+                            for (p, o) in f.owned.iter().enumerate() {
+                                if let Some((_, Some(l))) = o {
+                                    lab[r * s + p] = *l;
+                                    w[r * s + p] = 1.0;
+                                }
+                            }
+                        }
+                    }
+                    let lab = Tensor::from_vec(lab, (b, s), &candle_core::Device::Cpu)?;
+                    let w = Tensor::from_vec(w, (b, s), &candle_core::Device::Cpu)?;
+                    masked_cross_entropy(&logits, &lab, &w)?
+                }
+                Example::Tc(_) => {
+                    let (lab, w): (Vec<u32>, Vec<f32>) = batch
+                        .iter()
+                        .map(|&i| match &examples[i] {
+                            Example::Tc(f) => (f.label.unwrap_or(0), f.label.map_or(0.0, |_| 1.0)),
+                            Example::Ner(_) => (0, 0.0),
+                        })
+                        .unzip();
+                    let lab = Tensor::from_vec(lab, b, &candle_core::Device::Cpu)?;
+                    let w = Tensor::from_vec(w, b, &candle_core::Device::Cpu)?;
+                    masked_cross_entropy(&logits, &lab, &w)?
+                }
+            };
+            let lv = loss.to_scalar::<f32>()?;
+            if !lv.is_finite() {
+                return Err(Error::NonFinite {
+                    what: "loss".into(),
+                    step,
+                });
+            }
+            opt.accumulate(&loss.backward()?)?;
+            pending += 1;
+            epoch_loss += lv as f64;
+            if pending == cfg.grad_accumulation || bi + 1 == batches.len() {
+                opt.set_lr(schedule.lr(step));
+                let scale = opt.clip_scale(cfg.max_grad_norm, 1.0 / pending as f64);
+                opt.apply(scale)?;
+                pending = 0;
+                step += 1;
+                losses.push((step, lv));
+                bar.set_message(format!("epoch {epoch}/{} loss {lv:.4}", cfg.epochs));
+                bar.inc(1);
+            }
+        }
+        let epoch_s = t0.elapsed().as_secs_f64();
+        train_seconds += epoch_s;
+        let (dev_json, dev_score) = evaluate_split(&model, &tok, &dev, &labels, cfg)?;
+        dev_curve.push((step, dev_score));
+        append_jsonl(
+            &log_path,
+            &json!({"epoch": epoch, "step": step, "train_loss": epoch_loss / batches.len().max(1) as f64,
+                    "lr": opt.lr(), "epoch_seconds": epoch_s, "dev": dev_json}),
+        )?;
+        bar.println(format!(
+            "epoch {epoch}: dev {} = {dev_score:.4}",
+            if cfg.task == TaskKind::Ner {
+                "f1"
+            } else {
+                "accuracy"
+            }
+        ));
+        if best.as_ref().is_none_or(|b| dev_score > b.0) {
+            best = Some((dev_score, epoch, model.snapshot()?, dev_json.clone()));
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if cfg.patience.is_some_and(|p| since_best >= p) {
+                bar.println(format!(
+                    "early stopping after epoch {epoch} (no improvement for {since_best})"
+                ));
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let (_, best_epoch, snap, dev_json) = best.expect("at least one epoch ran");
+    TaskModel::restore(&snap)?;
+    let test_json = match &test {
+        Some(t) => evaluate_split(&model, &tok, t, &labels, cfg)?.0,
+        None => Value::Null,
+    };
+    save_artifact_and_metrics(
+        out,
+        &model,
+        cfg,
+        &labels,
+        model_dir,
+        &dev_json,
+        &test_json,
+        best_epoch,
+        train_seconds,
+        t_start,
+        &losses,
+        &dev_curve,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn save_artifact_and_metrics(
+    out: &Path,
+    model: &TaskModel,
+    cfg: &FinetuneConfig,
+    labels: &LabelSet,
+    model_dir: &Path,
+    dev: &Value,
+    test: &Value,
+    best_epoch: usize,
+    train_seconds: f64,
+    t_start: Instant,
+    losses: &[(u64, f32)],
+    dev_curve: &[(u64, f64)],
+) -> Result<FinetuneReport> {
+    artifact::save_artifact(out, model, cfg, labels, model_dir)?;
+    let metric = if cfg.task == TaskKind::Ner {
+        "f1 (strict)"
+    } else {
+        "accuracy"
+    };
+    curves::write_curves(&out.join("curves.svg"), losses, dev_curve, metric)?;
+    let wall = t_start.elapsed().as_secs_f64();
+    let metrics = json!({"dev": dev, "test": test, "best_epoch": best_epoch,
+                         "train_seconds": train_seconds, "wall_seconds": wall});
+    let text = serde_json::to_vec_pretty(&metrics).expect("json");
+    prefine_model::weights::write_atomic(&out.join("metrics.json"), &text)?;
+    Ok(FinetuneReport {
+        metrics,
+        best_epoch,
+        train_seconds,
+        wall_seconds: wall,
+    })
+}
+
+/// Evaluates a saved application on a data file: the same metric object as `metrics.json`.
+pub fn evaluate_file(
+    adapter_dir: &Path,
+    model_dir: Option<&Path>,
+    data: &Path,
+    lenient: bool,
+) -> Result<Value> {
+    let art = artifact::load_artifact(adapter_dir, model_dir)?;
+    let cfg = FinetuneConfig {
+        max_length: art.manifest.max_length,
+        stride: art.manifest.stride,
+        ..FinetuneConfig::new(art.manifest.task, art.manifest.mode)
+    };
+    let split = read_file(data, art.manifest.task, false)?;
+    Ok(match &split {
+        SplitData::Ner(s) => {
+            let p = eval::predict_ner(
+                &art.model,
+                &art.tokenizer,
+                s,
+                &art.labels,
+                cfg.max_length,
+                cfg.stride,
+                cfg.eval_batch_size,
+            )?;
+            eval::score_ner(s, &p.tags, &art.labels)?.to_json(lenient)
+        }
+        SplitData::Tc(_) => {
+            evaluate_split(&art.model, &art.tokenizer, &split, &art.labels, &cfg)?.0
+        }
+    })
+}
+
+/// Where the task splits live: `<root>/<family>/<name>`.
+pub fn task_dir(root: &Path, task: TaskKind, name: &str) -> PathBuf {
+    root.join(match task {
+        TaskKind::Ner => "ner",
+        TaskKind::Tc => "tc",
+    })
+    .join(name)
+}
