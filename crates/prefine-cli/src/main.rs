@@ -27,7 +27,7 @@ enum Command {
     /// Embed texts: one JSON line per text, {"text", "embedding"}.
     Embed(commands::embed::EmbedArgs),
     /// Fine-tune a head / LoRA group / the whole model on a labelled task directory.
-    Finetune(commands::finetune::FinetuneArgs),
+    Finetune(Box<commands::finetune::FinetuneArgs>),
     /// Evaluate a fine-tuned output directory on a data file; prints the metric object as JSON.
     Evaluate(commands::evaluate::EvaluateArgs),
     /// Predict with a fine-tuned output directory; one JSON line per text.
@@ -59,7 +59,7 @@ fn main() {
     let result = match cli.command {
         Command::Embed(a) => commands::embed::run(a),
         Command::Bench(a) => commands::bench::run(a),
-        Command::Finetune(a) => commands::finetune::run(a),
+        Command::Finetune(a) => commands::finetune::run(*a),
         Command::Evaluate(a) => commands::evaluate::run(a),
         Command::Predict(a) => commands::predict::run(a),
         Command::Score(a) => commands::score::run(a),
