@@ -23,7 +23,10 @@ pub fn exp(x: f32) -> f32 {
     let p = p.mul_add(r, 1.666_666_5e-1);
     let p = p.mul_add(r, 5e-1);
     let p = p.mul_add(r * r, r) + 1.0;
-    let bits = ((n as i32 + 127) as u32) << 23;
+    // SAFETY: after the clamp, n is an integer in [-126, 127], so the conversion is exact (a
+    // plain `as` would add NaN/saturation handling that blocks vectorisation).
+    let n_int: i32 = unsafe { n.to_int_unchecked() };
+    let bits = ((n_int + 127) as u32) << 23;
     p * f32::from_bits(bits)
 }
 
@@ -72,6 +75,11 @@ pub fn gelu_grad(x: f32) -> f32 {
 pub fn map_into(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32 + Copy) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected above.
+            unsafe { map_into_avx512(dst, src, f) };
+            return;
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the features were detected above.
@@ -92,11 +100,37 @@ unsafe fn map_into_avx2(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32 + C
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn map_into_avx512(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32 + Copy) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = f(*s);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn zip_map_into_avx512(
+    dst: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(f32, f32) -> f32 + Copy,
+) {
+    for ((d, x), y) in dst.iter_mut().zip(a).zip(b) {
+        *d = f(*x, *y);
+    }
+}
+
 /// `dst[i] = f(a[i], b[i])`, compiled for AVX2+FMA when available.
 #[inline(always)]
 pub fn zip_map_into(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected above.
+            unsafe { zip_map_into_avx512(dst, a, b, f) };
+            return;
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the features were detected above.

@@ -32,6 +32,67 @@ impl<'a> MatRef<'a> {
     }
 }
 
+/// A new row-major `[m, n]` matrix `a · b`, allocated without zero-filling (every element is
+/// written by the GEMM before the vector is exposed).
+pub(crate) fn gemm_new(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) -> Vec<f32> {
+    let len = m * n;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    if k == 0 || len == 0 {
+        out.resize(len, 0.0);
+        return out;
+    }
+    let work = m * n * k;
+    // SAFETY: `out` has capacity for m x n elements; in overwrite mode (accumulate = false) both
+    // GEMM paths write every element of the m x n block before anything reads it, and only raw
+    // pointers touch the memory until `set_len`.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if super::sgemm::available() && std::env::var_os("PREFINE_GEMM_CRATE").is_none() {
+            super::sgemm::sgemm(
+                m,
+                n,
+                k,
+                a,
+                b,
+                out.as_mut_ptr(),
+                n,
+                false,
+                work > 48 * 48 * 48,
+            );
+            out.set_len(len);
+            return out;
+        }
+        let parallelism = if work > 48 * 48 * 48 {
+            gemm::Parallelism::Rayon(rayon::current_num_threads())
+        } else {
+            gemm::Parallelism::None
+        };
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.data.as_ptr(),
+            a.cs,
+            a.rs,
+            b.data.as_ptr(),
+            b.cs,
+            b.rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        out.set_len(len);
+    }
+    out
+}
+
 /// `dst[m, n] (+)= a[m, k] · b[k, n]`, with `dst` row-major and contiguous.
 pub(crate) fn gemm(
     m: usize,

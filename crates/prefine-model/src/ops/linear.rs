@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::kernels::{column_sums, gemm, MatRef};
+use super::kernels::{column_sums, gemm, gemm_new, MatRef};
 use super::{f32_slice, with_f32};
 
 static WEIGHT_GRADS: AtomicUsize = AtomicUsize::new(0);
@@ -34,12 +34,21 @@ fn dims(x: &Layout, w: &Layout) -> Result<(usize, usize, usize, Shape)> {
 }
 
 fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, out: usize, inp: usize) -> Vec<f32> {
-    let mut y = vec![0f32; m * out];
-    if let Some(b) = b {
-        for row in y.chunks_exact_mut(out) {
-            row.copy_from_slice(b);
-        }
+    let Some(b) = b else {
+        return gemm_new(
+            m,
+            out,
+            inp,
+            MatRef::row_major(x, inp),
+            MatRef::transposed(w, inp),
+        );
+    };
+    // The bias is the GEMM's starting value (no separate pass).
+    let mut y = Vec::with_capacity(m * out);
+    for _ in 0..m {
+        y.extend_from_slice(b);
     }
+    let b = Some(b);
     gemm(
         m,
         out,
@@ -66,17 +75,13 @@ fn backward(
     let dx = if need.0 {
         let v = with_f32(&dy, "linear.backward", |g| {
             with_f32(w, "linear.backward", |wv| {
-                let mut dx = vec![0f32; m * inp];
-                gemm(
+                gemm_new(
                     m,
                     inp,
                     out,
-                    &mut dx,
-                    false,
                     MatRef::row_major(g, out),
                     MatRef::row_major(wv, inp),
-                );
-                dx
+                )
             })
         })??;
         Some(Tensor::from_vec(v, x.shape(), dev)?)
@@ -87,17 +92,13 @@ fn backward(
         WEIGHT_GRADS.fetch_add(1, Ordering::Relaxed);
         let v = with_f32(&dy, "linear.backward", |g| {
             with_f32(x, "linear.backward", |xv| {
-                let mut dw = vec![0f32; out * inp];
-                gemm(
+                gemm_new(
                     out,
                     inp,
                     m,
-                    &mut dw,
-                    false,
                     MatRef::transposed(g, out),
                     MatRef::row_major(xv, inp),
-                );
-                dw
+                )
             })
         })??;
         Some(Tensor::from_vec(v, (out, inp), dev)?)
