@@ -28,6 +28,8 @@ enum Command {
     Embed(commands::embed::EmbedArgs),
     /// Fine-tune a head / LoRA group / the whole model on a labelled task directory.
     Finetune(Box<commands::finetune::FinetuneArgs>),
+    /// Pre-finetune the backbone: NER, TC, naive multi-task, or MTPF-TPL (task-primary LoRA).
+    Pretrain(commands::pretrain::PretrainArgs),
     /// Evaluate a fine-tuned output directory on a data file; prints the metric object as JSON.
     Evaluate(commands::evaluate::EvaluateArgs),
     /// Predict with a fine-tuned output directory; one JSON line per text.
@@ -61,6 +63,7 @@ fn main() {
         Command::Bench(a) => commands::bench::run(a),
         Command::Finetune(a) => commands::finetune::run(*a),
         Command::Evaluate(a) => commands::evaluate::run(a),
+        Command::Pretrain(a) => commands::pretrain::run(a),
         Command::Predict(a) => commands::predict::run(a),
         Command::Score(a) => commands::score::run(a),
     };

@@ -68,6 +68,8 @@ pub struct Forward<'a> {
     pub group: Option<&'a str>,
     /// `Some(rng)` means training: dropout is on and draws from `rng`.
     pub dropout_rng: Option<&'a mut SeedRng>,
+    /// A second active group (its deltas are added too; freeze it to keep it fixed).
+    pub also: Option<&'a str>,
 }
 
 impl<'a> Forward<'a> {
@@ -76,6 +78,7 @@ impl<'a> Forward<'a> {
         Self {
             group,
             dropout_rng: None,
+            also: None,
         }
     }
     /// Training (dropout on) with the given group.
@@ -83,6 +86,7 @@ impl<'a> Forward<'a> {
         Self {
             group,
             dropout_rng: Some(rng),
+            also: None,
         }
     }
 }
@@ -388,6 +392,15 @@ impl Encoder {
         Ok(Self::from_tensors(config, tensors, Path::new("<random>"))?.0)
     }
 
+    /// An independent copy of the base weights (no LoRA groups), frozen.
+    pub fn deep_copy_base(&self) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        for (name, p) in self.base_params() {
+            tensors.insert(name, p.t().detach().copy()?);
+        }
+        Ok(Self::from_tensors(self.config.clone(), tensors, Path::new("<copy>"))?.0)
+    }
+
     /// The architecture.
     pub fn config(&self) -> &EncoderConfig {
         &self.config
@@ -405,7 +418,7 @@ impl Encoder {
 
     /// Runs the encoder: `[batch, seq, hidden]` last hidden states.
     pub fn forward(&self, input: &EncoderInput, mut fwd: Forward<'_>) -> Result<Tensor> {
-        if let Some(g) = fwd.group {
+        for g in [fwd.group, fwd.also].into_iter().flatten() {
             if !self.groups.contains_key(g) {
                 return Err(Error::UnknownGroup(g.to_string()));
             }
@@ -468,7 +481,7 @@ impl Encoder {
         x: &Tensor,
         fwd: &mut Forward<'_>,
     ) -> Result<Tensor> {
-        block.linears[&t].forward(x, fwd.group, fwd.dropout_rng.as_deref_mut())
+        block.linears[&t].forward(x, fwd.group, fwd.also, fwd.dropout_rng.as_deref_mut())
     }
 
     fn block_forward(

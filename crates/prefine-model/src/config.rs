@@ -282,6 +282,14 @@ impl EncoderConfig {
         self.hidden_size / self.num_attention_heads
     }
 
+    /// A small BERT config with a real vocabulary size (to pair with a real tokenizer in tests).
+    pub fn tiny_bert_with_vocab(vocab_size: usize) -> Self {
+        let mut raw = Self::tiny_bert().raw;
+        raw["vocab_size"] = serde_json::json!(vocab_size);
+        raw["max_position_embeddings"] = serde_json::json!(512);
+        Self::from_json_str(&raw.to_string(), Path::new("<tiny_bert>")).expect("valid tiny config")
+    }
+
     /// A small random-initialisable BERT config for tests.
     pub fn tiny_bert() -> Self {
         let raw = serde_json::json!({

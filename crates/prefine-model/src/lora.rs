@@ -225,32 +225,37 @@ impl LoraLinear {
         (d[0], d[1])
     }
 
-    /// Forward with the LoRA pair of `group` added (if this layer has one).
+    /// Forward with the LoRA pair of `group` added (if this layer has one), and that of `also`
+    /// (a second active group, e.g. the frozen other family in MTPF-TPL).
     pub fn forward(
         &self,
         x: &Tensor,
         group: Option<&str>,
-        rng: Option<&mut SeedRng>,
+        also: Option<&str>,
+        mut rng: Option<&mut SeedRng>,
     ) -> Result<Tensor> {
         if let Some(m) = &self.merged {
-            if group != Some(m.as_str()) {
+            if group != Some(m.as_str()) || also.is_some() {
                 return Err(Error::Input(format!(
                     "LoRA group {m:?} is merged into the base weights; unmerge it before running with {group:?}"
                 )));
             }
             return Ok(ops::linear(x, &self.weight.t(), &self.bias.t())?);
         }
-        let y = ops::linear(x, &self.weight.t(), &self.bias.t())?;
-        let Some(pair) = group.and_then(|g| self.loras.get(g)) else {
-            return Ok(y);
-        };
-        let xin = match rng {
-            Some(rng) if pair.dropout > 0.0 => ops::dropout(x, pair.dropout, rng)?,
-            _ => x.clone(),
-        };
-        let h = ops::linear_no_bias(&xin, &pair.a.t())?;
-        let d = ops::linear_no_bias(&h, &pair.b.t())?;
-        Ok((y + (d * pair.scale)?)?)
+        let mut y = ops::linear(x, &self.weight.t(), &self.bias.t())?;
+        for g in [group, also].into_iter().flatten() {
+            let Some(pair) = self.loras.get(g) else {
+                continue;
+            };
+            let xin = match rng.as_deref_mut() {
+                Some(rng) if pair.dropout > 0.0 => ops::dropout(x, pair.dropout, rng)?,
+                _ => x.clone(),
+            };
+            let h = ops::linear_no_bias(&xin, &pair.a.t())?;
+            let d = ops::linear_no_bias(&h, &pair.b.t())?;
+            y = (y + (d * pair.scale)?)?;
+        }
+        Ok(y)
     }
 
     /// Folds `group`'s delta into the base weight.

@@ -7,6 +7,7 @@ pub mod error;
 pub mod finetune;
 pub mod loss;
 pub mod optim;
+pub mod pretrain;
 
 pub use error::{Error, Result};
 pub use optim::{AdamW, AdamWConfig, LinearSchedule};

@@ -92,7 +92,15 @@ struct Slot {
     /// Accumulated gradient since the last update (empty until the first `accumulate`).
     grad: Vec<f32>,
     has_grad: bool,
+    /// Updates applied to this parameter (PyTorch keeps the step count per parameter, so a
+    /// parameter that skips steps gets its own bias correction).
+    steps: u64,
+    /// Multiplier of the scheduled learning rate (e.g. adapters faster than the backbone).
+    lr_mult: f64,
 }
+
+/// `(name, variable, first moment, second moment, steps)` of one parameter.
+pub type SlotState<'a> = (&'a str, &'a Var, &'a [f32], &'a [f32], u64);
 
 /// The optimizer state.
 pub struct AdamW {
@@ -117,6 +125,8 @@ impl AdamW {
                     v: vec![0.0; n],
                     grad: Vec::new(),
                     has_grad: false,
+                    steps: 0,
+                    lr_mult: 1.0,
                 }
             })
             .collect();
@@ -125,6 +135,56 @@ impl AdamW {
             slots,
             step: 0,
         })
+    }
+
+    /// Sets the learning-rate multiplier of every parameter whose name satisfies `pred`.
+    pub fn set_lr_mult(&mut self, pred: impl Fn(&str) -> bool, mult: f64) {
+        for s in &mut self.slots {
+            if pred(&s.name) {
+                s.lr_mult = mult;
+            }
+        }
+    }
+
+    /// `(name, variable, m, v, steps)` of every parameter, for checkpoints.
+    pub fn state(&self) -> Vec<SlotState<'_>> {
+        self.slots
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    &s.var,
+                    s.m.as_slice(),
+                    s.v.as_slice(),
+                    s.steps,
+                )
+            })
+            .collect()
+    }
+
+    /// Restores the moments and step counts saved by [`AdamW::state`] (matched by name).
+    pub fn restore_state(
+        &mut self,
+        step: u64,
+        state: &std::collections::HashMap<String, (Vec<f32>, Vec<f32>, u64)>,
+    ) -> Result<()> {
+        for s in &mut self.slots {
+            let (m, v, n) = state.get(&s.name).ok_or_else(|| Error::Config {
+                field: "checkpoint".into(),
+                reason: format!("no optimizer state for {}", s.name),
+            })?;
+            if m.len() != s.m.len() || v.len() != s.v.len() {
+                return Err(Error::Config {
+                    field: "checkpoint".into(),
+                    reason: format!("optimizer state of {} has the wrong size", s.name),
+                });
+            }
+            s.m.clone_from(m);
+            s.v.clone_from(v);
+            s.steps = *n;
+        }
+        self.step = step;
+        Ok(())
     }
 
     /// The usual decay rule: no weight decay on biases and layer-norm weights.
@@ -201,14 +261,9 @@ impl AdamW {
     pub fn apply(&mut self, grad_scale: f64) -> Result<()> {
         self.step += 1;
         let c = &self.config;
-        let t = self.step as i32;
-        let bc1 = 1.0 - c.beta1.powi(t);
-        let bc2 = 1.0 - c.beta2.powi(t);
         let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
         // 1 - beta in f64 first, as PyTorch does (0.999f32 is not exactly 0.999).
         let (ob1, ob2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
-        let step_size = (c.lr / bc1) as f32;
-        let bc2_sqrt = bc2.sqrt() as f32;
         let gs = grad_scale as f32;
         for slot in &mut self.slots {
             if !slot.has_grad {
@@ -220,9 +275,14 @@ impl AdamW {
                     step: self.step,
                 });
             }
+            slot.steps += 1;
+            let t = slot.steps as i32;
+            let lr = c.lr * slot.lr_mult;
+            let step_size = (lr / (1.0 - c.beta1.powi(t))) as f32;
+            let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt() as f32;
             let mut p: Vec<f32> = slot.var.as_tensor().flatten_all()?.to_vec1()?;
             let decay = if slot.decay {
-                (1.0 - c.lr * c.weight_decay) as f32
+                (1.0 - lr * c.weight_decay) as f32
             } else {
                 1.0
             };

@@ -5,6 +5,7 @@ pub mod embed;
 pub mod evaluate;
 pub mod finetune;
 pub mod predict;
+pub mod pretrain;
 pub mod score;
 
 use std::path::PathBuf;

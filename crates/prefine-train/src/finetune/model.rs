@@ -109,6 +109,7 @@ impl TaskModel {
         let fwd = Forward {
             group: self.group.as_deref(),
             dropout_rng: rng.as_deref_mut(),
+            also: None,
         };
         let hidden = self.encoder.forward(input, fwd)?;
         Ok(match &self.head {

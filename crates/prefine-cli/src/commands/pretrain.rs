@@ -1,0 +1,80 @@
+//! `prefine pretrain`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use prefine_train::pretrain::{resolve_config, Pretrainer, Strategy};
+
+/// Arguments of `prefine pretrain`.
+#[derive(Args)]
+pub struct PretrainArgs {
+    /// ner | tc | naive | tpl
+    #[arg(long)]
+    strategy: Option<String>,
+    /// Backbone to start from.
+    #[arg(long, default_value_os_t = super::default_model_dir())]
+    model: PathBuf,
+    /// Output directory: backbone/, adapters/{ner,tc}/ (tpl), metrics.jsonl, config.toml, checkpoint/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Optimizer steps (overrides the config).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// TOML file with PretrainConfig keys.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data root holding pretrain/ (default $PREFINE_DATA or ../shared/data).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Continue from OUT/checkpoint.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// Runs `prefine pretrain`.
+pub fn run(a: PretrainArgs) -> Result<()> {
+    let strategy = match a.strategy.as_deref() {
+        None => None,
+        Some("ner") => Some(Strategy::Ner),
+        Some("tc") => Some(Strategy::Tc),
+        Some("naive") => Some(Strategy::Naive),
+        Some("tpl") => Some(Strategy::Tpl),
+        Some(s) => anyhow::bail!("--strategy {s:?}: expected ner, tc, naive or tpl"),
+    };
+    let cfg = resolve_config(a.config.as_deref(), strategy, a.max_steps)?;
+    let data = prefine_data::DataRoot::resolve(a.data.as_deref())?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let mut t = Pretrainer::from_paths(cfg, &a.model, data.path())?;
+    let ckpt = a.out.join("checkpoint");
+    if a.resume {
+        t.load_checkpoint(&ckpt)
+            .with_context(|| format!("resuming from {}", ckpt.display()))?;
+        tracing::info!("resumed at step {}", t.step());
+    } else {
+        let _ = std::fs::remove_file(a.out.join("metrics.jsonl"));
+    }
+    let report = t.run(&a.out)?;
+    t.save_outputs(&a.out, &a.model)?;
+    t.save_checkpoint(&ckpt)?;
+    eprintln!(
+        "pre-finetuning done: {} steps in {:.0}s",
+        report.steps, report.seconds
+    );
+    for (f, l) in &report.last_loss {
+        eprintln!("  {f} loss (last 100 batches): {l:.4}");
+    }
+    if !report.mean_conflict.is_empty() {
+        eprintln!("  NER-vs-TC gradient cosine per layer (mean over diagnostics):");
+        for (k, v) in &report.mean_conflict {
+            eprintln!("    {k:<12} {v:+.3}");
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({"steps": report.steps, "seconds": report.seconds, "last_loss": report.last_loss,
+                           "mean_conflict": report.mean_conflict, "out": a.out})
+    );
+    Ok(())
+}

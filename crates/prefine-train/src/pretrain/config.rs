@@ -1,0 +1,299 @@
+//! [`PretrainConfig`]: the settings of `prefine pretrain`, TOML with serde defaults, validated.
+
+use std::path::{Path, PathBuf};
+
+use prefine_model::{LoraConfig, LoraTarget};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Which objectives train which weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// NER objective only, backbone trained.
+    Ner,
+    /// TC objective only, backbone trained.
+    Tc,
+    /// Both objectives on the same weights.
+    Naive,
+    /// MTPF-TPL: task-primary LoRA groups `ner` and `tc` on the last layers plus the shared backbone.
+    Tpl,
+}
+
+/// How the other family's group behaves on a batch (TPL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OtherGroup {
+    /// Bypassed.
+    #[default]
+    Off,
+    /// Active, without gradient.
+    Frozen,
+}
+
+/// How batches are drawn across families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampling {
+    /// p ∝ n (pool sizes).
+    Proportional,
+    /// p ∝ n^(1/T).
+    #[default]
+    Temperature,
+    /// Alternate.
+    RoundRobin,
+}
+
+/// Where the concept (entity-type) embeddings come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConceptEncoder {
+    /// The text encoder itself (with the active group).
+    #[default]
+    Shared,
+    /// A separate trainable copy of the backbone.
+    Separate,
+}
+
+fn d_steps() -> u64 {
+    2000
+}
+fn d_ner_batch() -> usize {
+    16
+}
+fn d_tc_batch() -> usize {
+    32
+}
+fn d_len() -> usize {
+    128
+}
+fn d_lr() -> f64 {
+    5e-5
+}
+fn d_adapter_lr() -> f64 {
+    5e-4
+}
+fn d_wd() -> f64 {
+    0.01
+}
+fn d_warmup() -> f64 {
+    0.06
+}
+fn d_clip() -> f64 {
+    1.0
+}
+fn d_seed() -> u64 {
+    42
+}
+fn d_tau() -> f64 {
+    0.05
+}
+fn d_true() -> bool {
+    true
+}
+fn d_half() -> f64 {
+    0.5
+}
+fn d_t() -> f64 {
+    2.0
+}
+fn d_one() -> f64 {
+    1.0
+}
+fn d_k() -> usize {
+    2
+}
+fn d_conflict() -> u64 {
+    100
+}
+fn d_ckpt() -> u64 {
+    500
+}
+fn d_log() -> u64 {
+    10
+}
+fn d_lora() -> LoraConfig {
+    LoraConfig {
+        rank: 16,
+        alpha: 32.0,
+        dropout: 0.0,
+        targets: LoraTarget::ALL.to_vec(),
+        layers: None,
+        use_rslora: false,
+    }
+}
+fn d_scale() -> f64 {
+    10.0
+}
+
+/// Settings of `prefine pretrain`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// `ner`, `tc`, `naive` or `tpl`.
+    pub strategy: Strategy,
+    /// Optimizer steps.
+    #[serde(default = "d_steps")]
+    pub max_steps: u64,
+    /// Sentences per NER batch.
+    #[serde(default = "d_ner_batch")]
+    pub ner_batch_size: usize,
+    /// Pairs per TC batch.
+    #[serde(default = "d_tc_batch")]
+    pub tc_batch_size: usize,
+    /// Maximum subwords per text.
+    #[serde(default = "d_len")]
+    pub max_length: usize,
+    /// Backbone learning rate.
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    /// LoRA (and objective-head) learning rate.
+    #[serde(default = "d_adapter_lr")]
+    pub adapter_lr: f64,
+    /// Weight decay (not on biases and layer norms).
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    /// Warm-up fraction of `max_steps`.
+    #[serde(default = "d_warmup")]
+    pub warmup_ratio: f64,
+    /// Gradient-norm clipping.
+    #[serde(default = "d_clip")]
+    pub max_grad_norm: f64,
+    /// Seed of every RNG.
+    #[serde(default = "d_seed")]
+    pub seed: u64,
+    /// NER pool directory (`train.conll`, `sources.json`, `concept_names.json`);
+    /// default `<data>/pretrain/ner/mixed_concepts`.
+    #[serde(default)]
+    pub ner_data: Option<PathBuf>,
+    /// Weak pairs (`{"anchor","positive"}` JSONL); default `<data>/pretrain/tc/weak_pairs_pool/pairs.jsonl`.
+    #[serde(default)]
+    pub tc_pairs: Option<PathBuf>,
+    /// Weakly labelled texts; default `<data>/pretrain/tc/weak_labelled_pool/train.jsonl`.
+    #[serde(default)]
+    pub tc_labelled: Option<PathBuf>,
+    /// Fraction of TC batches drawn from the pairs pool (the rest from the labelled pool).
+    #[serde(default = "d_half")]
+    pub tc_pairs_fraction: f64,
+    /// InfoNCE temperature.
+    #[serde(default = "d_tau")]
+    pub temperature: f64,
+    /// Symmetric InfoNCE (anchor→positive and positive→anchor).
+    #[serde(default = "d_true")]
+    pub symmetric: bool,
+    /// Concept encoder for the NER objective.
+    #[serde(default)]
+    pub concept_encoder: ConceptEncoder,
+    /// Learn a logit scale and bias on the token–concept cosine.
+    #[serde(default = "d_true")]
+    pub learned_scale: bool,
+    /// Initial (or fixed) logit scale.
+    #[serde(default = "d_scale")]
+    pub initial_scale: f64,
+    /// Family sampling.
+    #[serde(default)]
+    pub sampling: Sampling,
+    /// T of temperature sampling.
+    #[serde(default = "d_t")]
+    pub sampling_temperature: f64,
+    /// Loss weight of NER batches.
+    #[serde(default = "d_one")]
+    pub ner_weight: f64,
+    /// Loss weight of TC batches.
+    #[serde(default = "d_one")]
+    pub tc_weight: f64,
+    /// TPL: number of last layers with LoRA groups.
+    #[serde(default = "d_k")]
+    pub tpl_last_k: usize,
+    /// TPL: LoRA settings of both groups (`layers` is set from `tpl_last_k`).
+    #[serde(default = "d_lora")]
+    pub tpl_lora: LoraConfig,
+    /// TPL: the other family's group on a batch.
+    #[serde(default)]
+    pub tpl_other_group: OtherGroup,
+    /// Gradient-conflict diagnostics every N steps (0 = never).
+    #[serde(default = "d_conflict")]
+    pub conflict_every: u64,
+    /// Checkpoint every N steps (0 = only at the end).
+    #[serde(default = "d_ckpt")]
+    pub checkpoint_every: u64,
+    /// A metrics line every N steps.
+    #[serde(default = "d_log")]
+    pub log_every: u64,
+}
+
+impl PretrainConfig {
+    /// Defaults for a strategy.
+    pub fn new(strategy: Strategy) -> Self {
+        let s = serde_json::to_value(strategy).expect("ser");
+        toml::from_str(&format!("strategy = {s}")).expect("defaults parse")
+    }
+
+    /// Parses TOML text (`path` in messages); unknown keys are errors with their line.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
+        let cfg: Self = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .map_or(String::new(), |l| format!(" line {l}:"));
+            Error::Config {
+                field: format!("{}:{line}", path.display()),
+                reason: e.message().to_string(),
+            }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |f: &str, r: String| {
+            Err(Error::Config {
+                field: f.into(),
+                reason: r,
+            })
+        };
+        if self.max_steps == 0 {
+            return bad("max_steps", "must be at least 1".into());
+        }
+        if self.ner_batch_size == 0 || self.tc_batch_size < 2 {
+            return bad(
+                "batch sizes",
+                "ner_batch_size >= 1 and tc_batch_size >= 2 (in-batch negatives)".into(),
+            );
+        }
+        if self.max_length < 8 {
+            return bad("max_length", "must be at least 8".into());
+        }
+        for (k, v) in [
+            ("lr", self.lr),
+            ("adapter_lr", self.adapter_lr),
+            ("temperature", self.temperature),
+            ("initial_scale", self.initial_scale),
+            ("sampling_temperature", self.sampling_temperature),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(k, format!("{v} is not a positive number"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.tc_pairs_fraction) {
+            return bad("tc_pairs_fraction", "must be in [0, 1]".into());
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return bad("warmup_ratio", "must be in [0, 1)".into());
+        }
+        if self.ner_weight < 0.0 || self.tc_weight < 0.0 {
+            return bad("ner_weight/tc_weight", "must be non-negative".into());
+        }
+        if self.tpl_last_k == 0 {
+            return bad("tpl_last_k", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The resolved config as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("serialisable")
+    }
+}

@@ -1,0 +1,640 @@
+//! Pre-finetuning: the NER concept-contrastive objective, the TC contrastive objective, and the
+//! strategies that combine them: `ner`, `tc`, `naive` (both on the same weights) and `tpl`
+//! (MTPF-TPL: task-primary LoRA groups `ner` and `tc` on the last K layers; a batch of family F
+//! runs through the backbone plus group F, and F's loss updates group F and the backbone).
+
+pub mod config;
+pub mod conflict;
+pub mod ner_objective;
+pub mod sampler;
+pub mod tc_objective;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Tensor, Var};
+use prefine_model::peft::{save_adapter, PeftTaskType};
+use prefine_model::weights::{load_safetensors, save_safetensors, write_atomic};
+use prefine_model::{seed_rng, Encoder, Forward, SeedRng};
+use prefine_tokenize::{TextTokenizer, TokenizeConfig};
+use serde_json::json;
+
+pub use config::{ConceptEncoder, OtherGroup, PretrainConfig, Sampling, Strategy};
+use ner_objective::{build_batch, ner_loss, sample_indices, ConceptScorer, NerPool};
+use sampler::{Family, FamilySampler};
+use tc_objective::{sample_batch, tc_loss, TcPool};
+
+use crate::error::{Error, Result};
+use crate::optim::{AdamW, AdamWConfig, LinearSchedule};
+
+/// What a finished (or interrupted) run reports.
+#[derive(Debug, Clone, Default)]
+pub struct PretrainReport {
+    /// Steps done.
+    pub steps: u64,
+    /// Mean loss per family over the last 100 steps of that family.
+    pub last_loss: BTreeMap<String, f64>,
+    /// Mean conflict cosine per layer over all diagnostics.
+    pub mean_conflict: BTreeMap<String, f64>,
+    /// Wall seconds.
+    pub seconds: f64,
+}
+
+/// The pre-finetuning state: model, objectives, data, optimizer and RNGs.
+pub struct Pretrainer {
+    cfg: PretrainConfig,
+    /// The backbone (with the `ner`/`tc` groups for TPL).
+    pub encoder: Encoder,
+    concept_encoder: Option<Encoder>,
+    scorer: ConceptScorer,
+    tok: TextTokenizer,
+    ner_pool: Option<NerPool>,
+    tc_pool: Option<TcPool>,
+    sampler: FamilySampler,
+    opt: AdamW,
+    schedule: LinearSchedule,
+    sample_rng: SeedRng,
+    dropout_rng: SeedRng,
+    step: u64,
+    conflicts: Vec<BTreeMap<String, f64>>,
+    recent: BTreeMap<Family, Vec<f32>>,
+}
+
+fn group_of(f: Family) -> &'static str {
+    f.name()
+}
+
+impl Pretrainer {
+    /// Sets everything up. `ner_pool` is needed for `ner`/`naive`/`tpl`, `tc_pool` for
+    /// `tc`/`naive`/`tpl`.
+    pub fn new(
+        cfg: PretrainConfig,
+        mut encoder: Encoder,
+        tok: TextTokenizer,
+        ner_pool: Option<NerPool>,
+        tc_pool: Option<TcPool>,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let families: Vec<Family> = match cfg.strategy {
+            Strategy::Ner => vec![Family::Ner],
+            Strategy::Tc => vec![Family::Tc],
+            Strategy::Naive | Strategy::Tpl => vec![Family::Ner, Family::Tc],
+        };
+        let mut pools = Vec::new();
+        for f in &families {
+            let n = match f {
+                Family::Ner => ner_pool
+                    .as_ref()
+                    .map(NerPool::len)
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| Error::Data("the NER pool is missing or empty".into()))?,
+                Family::Tc => tc_pool
+                    .as_ref()
+                    .map(TcPool::len)
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| Error::Data("the TC pools are missing or empty".into()))?,
+            };
+            pools.push((*f, n));
+        }
+        let mut rng = seed_rng(cfg.seed);
+        encoder.set_backbone_trainable(true);
+        if let Some(p) = &mut encoder.pooler {
+            p.weight.set_trainable(false);
+            p.bias.set_trainable(false);
+        }
+        if cfg.strategy == Strategy::Tpl {
+            let layers = encoder.config().num_hidden_layers;
+            if cfg.tpl_last_k > layers {
+                return Err(Error::Config {
+                    field: "tpl_last_k".into(),
+                    reason: format!("{} > {layers} layers", cfg.tpl_last_k),
+                });
+            }
+            let lora = cfg.tpl_lora.clone().last_layers(cfg.tpl_last_k, layers);
+            encoder.add_lora_group("ner", &lora, &mut rng)?;
+            encoder.add_lora_group("tc", &lora, &mut rng)?;
+        }
+        let concept_encoder = match (cfg.concept_encoder, families.contains(&Family::Ner)) {
+            (ConceptEncoder::Separate, true) => {
+                let mut c = encoder.deep_copy_base()?;
+                c.set_backbone_trainable(true);
+                c.pooler = None;
+                Some(c)
+            }
+            _ => None,
+        };
+        let scorer = ConceptScorer::new(cfg.initial_scale, cfg.learned_scale)?;
+        let mut params: Vec<(String, Var, bool)> = encoder
+            .trainable_params()
+            .into_iter()
+            .map(|(n, p)| {
+                let d = AdamW::decays(&n);
+                (n, p.var().clone(), d)
+            })
+            .collect();
+        if let Some(c) = &concept_encoder {
+            for (n, p) in c.trainable_params() {
+                params.push((
+                    format!("concept_encoder.{n}"),
+                    p.var().clone(),
+                    AdamW::decays(&n),
+                ));
+            }
+        }
+        if cfg.learned_scale && families.contains(&Family::Ner) {
+            params.push((
+                "objective.ner.log_scale".into(),
+                scorer.log_scale.var().clone(),
+                false,
+            ));
+            params.push((
+                "objective.ner.bias".into(),
+                scorer.bias.var().clone(),
+                false,
+            ));
+        }
+        let mut opt = AdamW::new(
+            params,
+            AdamWConfig {
+                lr: cfg.lr,
+                weight_decay: cfg.weight_decay,
+                ..Default::default()
+            },
+        )?;
+        opt.set_lr_mult(
+            |n| n.contains(".lora_") || n.starts_with("objective."),
+            cfg.adapter_lr / cfg.lr,
+        );
+        let schedule = LinearSchedule {
+            peak: cfg.lr,
+            warmup: (cfg.warmup_ratio * cfg.max_steps as f64) as u64,
+            total: cfg.max_steps,
+        };
+        let sampler = FamilySampler::new(&pools, cfg.sampling, cfg.sampling_temperature);
+        Ok(Self {
+            sample_rng: seed_rng(cfg.seed.wrapping_add(1)),
+            dropout_rng: seed_rng(cfg.seed.wrapping_add(2)),
+            cfg,
+            encoder,
+            concept_encoder,
+            scorer,
+            tok,
+            ner_pool,
+            tc_pool,
+            sampler,
+            opt,
+            schedule,
+            step: 0,
+            conflicts: Vec::new(),
+            recent: BTreeMap::new(),
+        })
+    }
+
+    /// Loads the backbone, tokenizer and pools named by the config (data paths default under
+    /// `data_root`).
+    pub fn from_paths(cfg: PretrainConfig, model_dir: &Path, data_root: &Path) -> Result<Self> {
+        let (encoder, _) = Encoder::from_model_dir(model_dir)?;
+        let tok = TextTokenizer::from_model_dir(
+            model_dir,
+            TokenizeConfig {
+                max_length: cfg.max_length.max(512),
+                ..Default::default()
+            },
+        )?;
+        let needs_ner = cfg.strategy != Strategy::Tc;
+        let needs_tc = cfg.strategy != Strategy::Ner;
+        let ner_pool = if needs_ner {
+            let dir = cfg
+                .ner_data
+                .clone()
+                .unwrap_or_else(|| data_root.join("pretrain/ner/mixed_concepts"));
+            Some(NerPool::load(&dir)?)
+        } else {
+            None
+        };
+        let tc_pool = if needs_tc {
+            let pairs = cfg
+                .tc_pairs
+                .clone()
+                .unwrap_or_else(|| data_root.join("pretrain/tc/weak_pairs_pool/pairs.jsonl"));
+            let lab = cfg
+                .tc_labelled
+                .clone()
+                .unwrap_or_else(|| data_root.join("pretrain/tc/weak_labelled_pool/train.jsonl"));
+            let pairs = (cfg.tc_pairs_fraction > 0.0).then_some(pairs);
+            let lab = (cfg.tc_pairs_fraction < 1.0).then_some(lab);
+            Some(TcPool::load(pairs.as_deref(), lab.as_deref())?)
+        } else {
+            None
+        };
+        Self::new(cfg, encoder, tok, ner_pool, tc_pool)
+    }
+
+    /// Steps done so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The config.
+    pub fn config(&self) -> &PretrainConfig {
+        &self.cfg
+    }
+
+    /// Sets which group trains on a batch of `fam` (TPL) and returns `(group, also)`.
+    fn route(&mut self, fam: Family) -> Result<(Option<&'static str>, Option<&'static str>)> {
+        if self.cfg.strategy != Strategy::Tpl {
+            return Ok((None, None));
+        }
+        let other = match fam {
+            Family::Ner => Family::Tc,
+            Family::Tc => Family::Ner,
+        };
+        self.encoder.set_group_trainable(group_of(fam), true)?;
+        self.encoder.set_group_trainable(group_of(other), false)?;
+        let also = (self.cfg.tpl_other_group == OtherGroup::Frozen).then_some(group_of(other));
+        Ok((Some(group_of(fam)), also))
+    }
+
+    /// The loss of one batch of `fam` drawn from `rng`; dropout from `dropout` when training.
+    fn loss(&mut self, fam: Family, rng_kind: RngKind, train: bool) -> Result<Tensor> {
+        let (group, also) = self.route(fam)?;
+        let mut diag_rng = match rng_kind {
+            RngKind::Training => None,
+            RngKind::Diagnostic(seed) => Some(seed_rng(seed)),
+        };
+        let rng = match diag_rng.as_mut() {
+            Some(r) => r,
+            None => &mut self.sample_rng,
+        };
+        let dropout = if train {
+            Some(&mut self.dropout_rng)
+        } else {
+            None
+        };
+        match fam {
+            Family::Ner => {
+                let pool = self.ner_pool.as_ref().expect("checked in new");
+                let idx = sample_indices(pool.len(), self.cfg.ner_batch_size, rng);
+                let batch = build_batch(pool, &idx, &self.tok, self.cfg.max_length)?;
+                let fwd = Forward {
+                    group,
+                    also,
+                    dropout_rng: dropout,
+                };
+                let (cenc, cgroup) = match &self.concept_encoder {
+                    Some(c) => (c, None),
+                    None => (&self.encoder, group),
+                };
+                Ok((ner_loss(
+                    &self.encoder,
+                    fwd,
+                    cenc,
+                    cgroup,
+                    &self.scorer,
+                    &batch,
+                    pool,
+                    &self.tok,
+                )? * self.cfg.ner_weight)?)
+            }
+            Family::Tc => {
+                let pool = self.tc_pool.as_ref().expect("checked in new");
+                let batch = sample_batch(
+                    pool,
+                    self.cfg.tc_batch_size,
+                    self.cfg.tc_pairs_fraction,
+                    rng,
+                );
+                let l = tc_loss(
+                    &self.encoder,
+                    group,
+                    also,
+                    dropout,
+                    &self.tok,
+                    &batch,
+                    self.cfg.max_length,
+                    self.cfg.temperature,
+                    self.cfg.symmetric,
+                )?;
+                Ok((l * self.cfg.tc_weight)?)
+            }
+        }
+    }
+
+    /// One optimizer step on one batch; returns its family and loss.
+    pub fn train_step(&mut self) -> Result<(Family, f32)> {
+        let fam = self.sampler.next(&mut self.sample_rng);
+        let loss = self.loss(fam, RngKind::Training, true)?;
+        let lv = loss.to_scalar::<f32>()?;
+        if !lv.is_finite() {
+            return Err(Error::NonFinite {
+                what: format!("{} loss", fam.name()),
+                step: self.step + 1,
+            });
+        }
+        self.opt.accumulate(&loss.backward()?)?;
+        self.opt.set_lr(self.schedule.lr(self.step));
+        let scale = self.opt.clip_scale(self.cfg.max_grad_norm, 1.0);
+        self.opt.apply(scale)?;
+        self.step += 1;
+        let r = self.recent.entry(fam).or_default();
+        r.push(lv);
+        if r.len() > 100 {
+            r.remove(0);
+        }
+        Ok((fam, lv))
+    }
+
+    /// Per-layer cosine between the NER and TC gradients of the shared backbone on one fresh
+    /// batch of each (dropout off; no update).
+    pub fn conflict(&mut self) -> Result<BTreeMap<String, f64>> {
+        let seed = self.cfg.seed ^ (self.step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let g_ner = {
+            let l = self.loss(Family::Ner, RngKind::Diagnostic(seed), false)?;
+            conflict::backbone_grads(&self.encoder, &l.backward()?)?
+        };
+        let g_tc = {
+            let l = self.loss(Family::Tc, RngKind::Diagnostic(seed.wrapping_add(1)), false)?;
+            conflict::backbone_grads(&self.encoder, &l.backward()?)?
+        };
+        Ok(conflict::cosines(&g_ner, &g_tc))
+    }
+
+    /// Runs until `max_steps`, logging to `out/metrics.jsonl` and checkpointing to
+    /// `out/checkpoint`.
+    pub fn run(&mut self, out: &Path) -> Result<PretrainReport> {
+        let t0 = Instant::now();
+        std::fs::create_dir_all(out).map_err(|e| Error::File {
+            path: out.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let metrics_path = out.join("metrics.jsonl");
+        let mut metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(|e| Error::File {
+                path: metrics_path.clone(),
+                reason: e.to_string(),
+            })?;
+        let bar = indicatif::ProgressBar::new(self.cfg.max_steps);
+        bar.set_position(self.step);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} {bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}]",
+            )
+            .expect("template"),
+        );
+        let two_families = matches!(self.cfg.strategy, Strategy::Naive | Strategy::Tpl);
+        while self.step < self.cfg.max_steps {
+            let (fam, lv) = self.train_step()?;
+            let mut line = json!({"step": self.step, "family": fam.name(), "loss": lv, "lr": self.opt.lr(), "elapsed_s": t0.elapsed().as_secs_f64()});
+            if two_families
+                && self.cfg.conflict_every > 0
+                && self.step.is_multiple_of(self.cfg.conflict_every)
+            {
+                let c = self.conflict()?;
+                line["conflict"] = json!(c);
+                self.conflicts.push(c);
+            }
+            if self.step.is_multiple_of(self.cfg.log_every.max(1))
+                || line.get("conflict").is_some()
+                || self.step == self.cfg.max_steps
+            {
+                writeln!(metrics, "{line}").map_err(|e| Error::File {
+                    path: metrics_path.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+            let msg: Vec<String> = self
+                .recent
+                .iter()
+                .map(|(f, v)| {
+                    format!(
+                        "{} {:.4}",
+                        f.name(),
+                        v.iter().sum::<f32>() / v.len().max(1) as f32
+                    )
+                })
+                .collect();
+            bar.set_message(msg.join(" "));
+            bar.set_position(self.step);
+            if self.cfg.checkpoint_every > 0
+                && self.step.is_multiple_of(self.cfg.checkpoint_every)
+                && self.step < self.cfg.max_steps
+            {
+                self.save_checkpoint(&out.join("checkpoint"))?;
+            }
+        }
+        bar.finish_and_clear();
+        Ok(self.report(t0.elapsed().as_secs_f64()))
+    }
+
+    fn report(&self, seconds: f64) -> PretrainReport {
+        let mut mean_conflict: BTreeMap<String, f64> = BTreeMap::new();
+        for c in &self.conflicts {
+            for (k, v) in c {
+                *mean_conflict.entry(k.clone()).or_default() += v / self.conflicts.len() as f64;
+            }
+        }
+        PretrainReport {
+            steps: self.step,
+            last_loss: self
+                .recent
+                .iter()
+                .map(|(f, v)| {
+                    (
+                        f.name().to_string(),
+                        v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64,
+                    )
+                })
+                .collect(),
+            mean_conflict,
+            seconds,
+        }
+    }
+
+    /// Writes `backbone/` (HF directory) and, for TPL, `adapters/ner` and `adapters/tc` (PEFT).
+    pub fn save_outputs(&self, out: &Path, tokenizer_from: &Path) -> Result<()> {
+        let backbone = out.join("backbone");
+        self.encoder
+            .save_pretrained(&backbone, Some(tokenizer_from))?;
+        if self.cfg.strategy == Strategy::Tpl {
+            let base = std::fs::canonicalize(&backbone).unwrap_or(backbone.clone());
+            for g in ["ner", "tc"] {
+                save_adapter(
+                    &self.encoder,
+                    g,
+                    PeftTaskType::FeatureExtraction,
+                    &BTreeMap::new(),
+                    &base.display().to_string(),
+                    &out.join("adapters").join(g),
+                )?;
+            }
+        }
+        write_atomic(&out.join("config.toml"), self.cfg.to_toml().as_bytes())?;
+        Ok(())
+    }
+
+    /// Writes a checkpoint (weights, optimizer moments, step counts, RNG positions) atomically:
+    /// into a temporary directory, then renamed over the previous one.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        let tmp = dir.with_extension("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::File {
+            path: tmp.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut params = BTreeMap::new();
+        let mut moments = BTreeMap::new();
+        let mut steps = serde_json::Map::new();
+        for (name, var, m, v, n) in self.opt.state() {
+            params.insert(name.to_string(), var.as_tensor().detach());
+            moments.insert(
+                format!("m.{name}"),
+                Tensor::from_slice(m, m.len(), &candle_core::Device::Cpu)?,
+            );
+            moments.insert(
+                format!("v.{name}"),
+                Tensor::from_slice(v, v.len(), &candle_core::Device::Cpu)?,
+            );
+            steps.insert(name.to_string(), json!(n));
+        }
+        save_safetensors(&tmp.join("params.safetensors"), &params)?;
+        save_safetensors(&tmp.join("optimizer.safetensors"), &moments)?;
+        let state = json!({
+            "step": self.step,
+            "optimizer_step": self.opt.steps(),
+            "slot_steps": steps,
+            "sample_rng_word_pos": self.sample_rng.get_word_pos().to_string(),
+            "dropout_rng_word_pos": self.dropout_rng.get_word_pos().to_string(),
+            "round_robin": self.sampler.position(),
+            "conflicts": self.conflicts,
+        });
+        write_atomic(
+            &tmp.join("state.json"),
+            serde_json::to_string_pretty(&state)
+                .expect("json")
+                .as_bytes(),
+        )?;
+        let old = dir.with_extension("old");
+        let _ = std::fs::remove_dir_all(&old);
+        if dir.exists() {
+            std::fs::rename(dir, &old).map_err(|e| Error::File {
+                path: dir.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        }
+        std::fs::rename(&tmp, dir).map_err(|e| Error::File {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+
+    /// Restores a checkpoint written by [`Pretrainer::save_checkpoint`] into this (freshly
+    /// built, same config) trainer.
+    pub fn load_checkpoint(&mut self, dir: &Path) -> Result<()> {
+        let bad = |r: String| Error::File {
+            path: dir.to_path_buf(),
+            reason: r,
+        };
+        let text =
+            std::fs::read_to_string(dir.join("state.json")).map_err(|e| bad(e.to_string()))?;
+        let state: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let params = load_safetensors(&dir.join("params.safetensors"))?;
+        let moments = load_safetensors(&dir.join("optimizer.safetensors"))?;
+        let mut opt_state = HashMap::new();
+        for (name, var, _, _, _) in self.opt.state() {
+            let t = params
+                .get(name)
+                .ok_or_else(|| bad(format!("no weights for {name}")))?;
+            var.set(t)?;
+            let m: Vec<f32> = moments
+                .get(&format!("m.{name}"))
+                .ok_or_else(|| bad(format!("no moments for {name}")))?
+                .to_vec1()?;
+            let v: Vec<f32> = moments
+                .get(&format!("v.{name}"))
+                .ok_or_else(|| bad(format!("no moments for {name}")))?
+                .to_vec1()?;
+            let n = state["slot_steps"][name].as_u64().unwrap_or(0);
+            opt_state.insert(name.to_string(), (m, v, n));
+        }
+        self.opt
+            .restore_state(state["optimizer_step"].as_u64().unwrap_or(0), &opt_state)?;
+        let pos = |k: &str| -> Result<u128> {
+            state[k]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad(format!("bad {k}")))
+        };
+        self.sample_rng.set_word_pos(pos("sample_rng_word_pos")?);
+        self.dropout_rng.set_word_pos(pos("dropout_rng_word_pos")?);
+        self.sampler
+            .set_position(state["round_robin"].as_u64().unwrap_or(0) as usize);
+        self.step = state["step"]
+            .as_u64()
+            .ok_or_else(|| bad("bad step".into()))?;
+        self.conflicts = serde_json::from_value(state["conflicts"].clone()).unwrap_or_default();
+        Ok(())
+    }
+}
+
+/// Which RNG draws a batch.
+#[derive(Debug, Clone, Copy)]
+enum RngKind {
+    /// The training stream (checkpointed).
+    Training,
+    /// A throw-away stream for diagnostics, seeded.
+    Diagnostic(u64),
+}
+
+/// Reads a config file (or defaults for `strategy`), applies overrides and validates.
+pub fn resolve_config(
+    file: Option<&Path>,
+    strategy: Option<Strategy>,
+    max_steps: Option<u64>,
+) -> Result<PretrainConfig> {
+    let mut table: toml::Table = match file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::File {
+                path: p.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            toml::from_str(&text).map_err(|e| Error::Config {
+                field: p.display().to_string(),
+                reason: e.to_string(),
+            })?
+        }
+        None => toml::Table::new(),
+    };
+    if let Some(s) = strategy {
+        table.insert(
+            "strategy".into(),
+            toml::Value::String(
+                serde_json::to_value(s)
+                    .expect("ser")
+                    .as_str()
+                    .expect("str")
+                    .into(),
+            ),
+        );
+    }
+    if let Some(n) = max_steps {
+        table.insert("max_steps".into(), toml::Value::Integer(n as i64));
+    }
+    if !table.contains_key("strategy") {
+        return Err(Error::Config {
+            field: "strategy".into(),
+            reason: "missing (ner, tc, naive or tpl)".into(),
+        });
+    }
+    let origin: PathBuf = file
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("<command line>"));
+    PretrainConfig::from_toml_str(&toml::to_string(&table).expect("toml"), &origin)
+}

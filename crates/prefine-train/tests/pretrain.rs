@@ -1,0 +1,266 @@
+//! Pre-finetuning on a tiny random BERT (real tokenizer, small in-memory pools): objectives
+//! learn, negatives are restricted by source, TPL routes gradients, and resume is exact.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use prefine_data::{NerSentence, TcExample};
+use prefine_model::{seed_rng, Encoder, EncoderConfig};
+use prefine_tokenize::{TextTokenizer, TokenizeConfig};
+use prefine_train::pretrain::ner_objective::{build_batch, NerPool, Source};
+use prefine_train::pretrain::sampler::Family;
+use prefine_train::pretrain::tc_objective::TcPool;
+use prefine_train::pretrain::{PretrainConfig, Pretrainer, Strategy};
+
+fn tokenizer() -> TextTokenizer {
+    let d = std::env::var_os("PREFINE_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        d.join("tokenizer.json").exists(),
+        "run scripts/setup.sh first"
+    );
+    TextTokenizer::from_model_dir(d, TokenizeConfig::default()).unwrap()
+}
+
+fn tiny() -> Encoder {
+    Encoder::random(EncoderConfig::tiny_bert_with_vocab(30522), &mut seed_rng(3)).unwrap()
+}
+
+fn sent(words: &str, tags: &str) -> NerSentence {
+    NerSentence {
+        tokens: words.split(' ').map(str::to_string).collect(),
+        tags: tags.split(' ').map(str::to_string).collect(),
+    }
+}
+
+fn ner_pool() -> NerPool {
+    let sentences = vec![
+        sent("Barack Obama visited Paris", "B-PER I-PER O B-LOC"),
+        sent(
+            "Angela Merkel met Macron in Berlin",
+            "B-PER I-PER O B-PER O B-LOC",
+        ),
+        sent("The p53 protein binds DNA", "O B-GENE O O O"),
+        sent("Mutations in BRCA1 cause cancer", "O O B-GENE O O"),
+    ];
+    let src = |name: &str, range, types: &[&str]| Source {
+        name: name.into(),
+        range,
+        types: types.iter().map(|t| t.to_string()).collect::<BTreeSet<_>>(),
+    };
+    let mut concept_names = BTreeMap::new();
+    concept_names.insert("PER".to_string(), "person".to_string());
+    concept_names.insert("LOC".to_string(), "location".to_string());
+    concept_names.insert("GENE".to_string(), "gene".to_string());
+    NerPool {
+        sentences,
+        source_of: vec![0, 0, 1, 1],
+        sources: vec![
+            src("news", (0, 2), &["PER", "LOC"]),
+            src("bio", (2, 4), &["GENE"]),
+        ],
+        concept_names,
+    }
+}
+
+fn tc_pool() -> TcPool {
+    let pairs = vec![
+        (
+            "stocks fall sharply".to_string(),
+            "markets drop as shares slide".to_string(),
+        ),
+        (
+            "team wins the final".to_string(),
+            "the club lifts the trophy".to_string(),
+        ),
+        (
+            "new phone released".to_string(),
+            "the company launches a smartphone".to_string(),
+        ),
+        (
+            "heavy rain expected".to_string(),
+            "storms forecast for the weekend".to_string(),
+        ),
+    ];
+    let labelled: Vec<TcExample> = [
+        ("good movie", "s:pos"),
+        ("great film", "s:pos"),
+        ("bad plot", "s:neg"),
+        ("awful acting", "s:neg"),
+    ]
+    .iter()
+    .map(|(t, l)| TcExample {
+        text: t.to_string(),
+        label: l.to_string(),
+    })
+    .collect();
+    let mut by_label: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, e) in labelled.iter().enumerate() {
+        by_label.entry(e.label.clone()).or_default().push(i);
+    }
+    TcPool {
+        pairs,
+        labelled,
+        by_label,
+    }
+}
+
+fn cfg(strategy: Strategy, steps: u64) -> PretrainConfig {
+    PretrainConfig {
+        max_steps: steps,
+        ner_batch_size: 4,
+        tc_batch_size: 4,
+        lr: 1e-3,
+        adapter_lr: 1e-2,
+        warmup_ratio: 0.0,
+        conflict_every: 0,
+        checkpoint_every: 0,
+        ..PretrainConfig::new(strategy)
+    }
+}
+
+fn trainer(c: PretrainConfig) -> Pretrainer {
+    Pretrainer::new(c, tiny(), tokenizer(), Some(ner_pool()), Some(tc_pool())).unwrap()
+}
+
+fn mean_loss(t: &mut Pretrainer, n: usize) -> f32 {
+    (0..n).map(|_| t.train_step().unwrap().1).sum::<f32>() / n as f32
+}
+
+#[test]
+fn ner_and_tc_objectives_learn() {
+    for s in [Strategy::Ner, Strategy::Tc] {
+        let mut t = trainer(cfg(s, 1000));
+        let first = mean_loss(&mut t, 5);
+        for _ in 0..30 {
+            t.train_step().unwrap();
+        }
+        let last = mean_loss(&mut t, 5);
+        assert!(first.is_finite() && last.is_finite());
+        assert!(last < first * 0.8, "{s:?}: loss {first} -> {last}");
+    }
+}
+
+#[test]
+fn negatives_are_restricted_to_the_source_types() {
+    let pool = ner_pool();
+    let tok = tokenizer();
+    let b = build_batch(&pool, &[0, 2], &tok, 64).unwrap();
+    assert_eq!(b.concepts, vec!["GENE", "LOC", "PER"]);
+    let valid: Vec<Vec<f32>> = b.valid.to_vec2().unwrap();
+    let targets: Vec<Vec<f32>> = b.targets.to_vec2().unwrap();
+    let n_first = valid.len()
+        - tok
+            .inner()
+            .encode("The p53 protein binds DNA", false)
+            .unwrap()
+            .get_ids()
+            .len();
+    // News tokens are scored against PER and LOC only; bio tokens against GENE only.
+    for row in &valid[..n_first] {
+        assert_eq!(row, &vec![0.0, 1.0, 1.0]);
+    }
+    for row in &valid[n_first..] {
+        assert_eq!(row, &vec![1.0, 0.0, 0.0]);
+    }
+    // "Barack" is a positive for PER; every subword of "p53" for GENE.
+    assert_eq!(targets[0], vec![0.0, 0.0, 1.0]);
+    assert!(targets[n_first..].iter().any(|r| r[0] == 1.0));
+}
+
+#[test]
+fn tpl_routes_gradients_to_the_family_group_and_the_backbone() {
+    let mut t = trainer(cfg(Strategy::Tpl, 100));
+    let snapshot = |t: &Pretrainer, g: &str| -> Vec<f32> {
+        t.encoder
+            .group_pairs(g)
+            .iter()
+            .flat_map(|(_, _, p)| p.a.t().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    };
+    let backbone = |t: &Pretrainer| -> Vec<f32> {
+        t.encoder.base_params()[5]
+            .1
+            .t()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let mut seen = BTreeSet::new();
+    for _ in 0..12 {
+        let (ner_before, tc_before, bb_before) =
+            (snapshot(&t, "ner"), snapshot(&t, "tc"), backbone(&t));
+        let (fam, _) = t.train_step().unwrap();
+        seen.insert(fam);
+        let (ner_after, tc_after, bb_after) =
+            (snapshot(&t, "ner"), snapshot(&t, "tc"), backbone(&t));
+        assert_ne!(
+            bb_before, bb_after,
+            "the backbone learns from {fam:?} batches"
+        );
+        match fam {
+            Family::Ner => {
+                assert_eq!(tc_before, tc_after, "group tc untouched on NER batches");
+                assert_ne!(ner_before, ner_after);
+            }
+            Family::Tc => {
+                assert_eq!(ner_before, ner_after, "group ner untouched on TC batches");
+                assert_ne!(tc_before, tc_after);
+            }
+        }
+    }
+    assert_eq!(seen.len(), 2, "both families were sampled");
+    let c = t.conflict().unwrap();
+    assert!(
+        c.contains_key("embeddings") && c.contains_key("layer.01"),
+        "{c:?}"
+    );
+    assert!(c.values().all(|v| (-1.0..=1.0).contains(v)));
+}
+
+#[test]
+fn resume_from_a_checkpoint_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = PretrainConfig {
+        conflict_every: 2,
+        ..cfg(Strategy::Tpl, 6)
+    };
+    let mut straight = trainer(c.clone());
+    for _ in 0..6 {
+        straight.train_step().unwrap();
+    }
+    let mut first = trainer(c.clone());
+    for _ in 0..3 {
+        first.train_step().unwrap();
+    }
+    first.save_checkpoint(&tmp.path().join("ckpt")).unwrap();
+    drop(first);
+    let mut resumed = trainer(c);
+    resumed.load_checkpoint(&tmp.path().join("ckpt")).unwrap();
+    assert_eq!(resumed.step(), 3);
+    for _ in 0..3 {
+        resumed.train_step().unwrap();
+    }
+    let all = |t: &Pretrainer| -> Vec<Vec<f32>> {
+        let mut v: Vec<Vec<f32>> = t
+            .encoder
+            .base_params()
+            .iter()
+            .map(|(_, p)| p.t().flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        for g in ["ner", "tc"] {
+            for (_, _, p) in t.encoder.group_pairs(g) {
+                v.push(p.b.t().flatten_all().unwrap().to_vec1().unwrap());
+            }
+        }
+        v
+    };
+    assert!(
+        all(&straight) == all(&resumed),
+        "bit-identical parameters after resume"
+    );
+}
