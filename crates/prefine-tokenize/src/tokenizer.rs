@@ -14,6 +14,9 @@ pub enum Overflow {
     TruncateWithWarning,
     /// Refuse the text with an error that names it.
     Error,
+    /// Keep the first `max_length` tokens silently (the caller counts truncations through
+    /// [`EncodedText::truncated`]).
+    Truncate,
 }
 
 /// Settings of the tokenizer wrapper.
@@ -202,11 +205,13 @@ impl TextTokenizer {
                         ),
                     })
                 }
-                Overflow::TruncateWithWarning => {
-                    tracing::warn!(
-                        "text #{index} has {} tokens; truncated to the model limit of {max}",
-                        text.ids.len()
-                    );
+                Overflow::TruncateWithWarning | Overflow::Truncate => {
+                    if self.config.overflow == Overflow::TruncateWithWarning {
+                        tracing::warn!(
+                            "text #{index} has {} tokens; truncated to the model limit of {max}",
+                            text.ids.len()
+                        );
+                    }
                     let last = *text.ids.last().unwrap_or(&0);
                     let ends_with_special = self.config.add_special_tokens
                         && text.word_ids.last().is_some_and(|w| w.is_none());

@@ -198,8 +198,10 @@ impl Pretrainer {
         let (encoder, _) = Encoder::from_model_dir(model_dir)?;
         let tok = TextTokenizer::from_model_dir(
             model_dir,
+            // Weak pools hold long documents: truncation is expected there, not reported per text.
             TokenizeConfig {
-                max_length: cfg.max_length.max(512),
+                max_length: cfg.max_length,
+                overflow: prefine_tokenize::Overflow::Truncate,
                 ..Default::default()
             },
         )?;
