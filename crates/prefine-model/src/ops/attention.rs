@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rand::Rng;
 use rayon::prelude::*;
 
-use super::fast_math::{exp, zip_map_into};
+use super::fast_math::{dot as fdot, exp, sum as fsum, zip_map_inplace};
 use super::kernels::{gemm_into_strided, MatRef, SharedMut};
 use super::{f32_slice, with_f32};
 
@@ -47,12 +47,11 @@ impl Attention {
                 row.fill(1.0 / s as f32);
                 continue;
             }
-            let src = row.to_vec();
-            zip_map_into(row, &src, mask, |x, m| {
+            zip_map_inplace(row, mask, |x, m| {
                 let z = if m > 0.5 { x * scale - max } else { -100.0 };
                 exp(z) * m
             });
-            let inv = 1.0 / row.iter().sum::<f32>();
+            let inv = 1.0 / fsum(row);
             row.iter_mut().for_each(|v| *v *= inv);
         }
     }
@@ -242,7 +241,7 @@ impl CustomOp3 for Attention {
                             }
                             // dS = scale · P ∘ (dP − rowsum(dP ∘ P))
                             for (dr, pr) in dp.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
-                                let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                                let dot = fdot(dr, pr);
                                 dr.iter_mut()
                                     .zip(pr)
                                     .for_each(|(x, pp)| *x = scale * pp * (*x - dot));

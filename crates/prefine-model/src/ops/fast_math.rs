@@ -156,6 +156,62 @@ unsafe fn zip_map_into_avx2(
     }
 }
 
+/// Sum with 16 independent lanes (vectorisable; f32 addition order differs from a sequential
+/// sum by rounding only).
+#[inline(always)]
+pub fn sum(v: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = v.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Dot product with 16 lanes.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let ca = a.chunks_exact(16);
+    let cb = b.chunks_exact(16);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
+}
+
+/// `dst[i] = f(dst[i], b[i])` in place, compiled for AVX-512/AVX2 when available.
+#[inline(always)]
+pub fn zip_map_inplace(dst: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected above.
+            unsafe { zip_map_inplace_avx512(dst, b, f) };
+            return;
+        }
+    }
+    for (d, y) in dst.iter_mut().zip(b) {
+        *d = f(*d, *y);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn zip_map_inplace_avx512(dst: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
+    for (d, y) in dst.iter_mut().zip(b) {
+        *d = f(*d, *y);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

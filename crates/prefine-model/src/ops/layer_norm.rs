@@ -4,6 +4,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fast_math::sum as fsum;
 use super::{f32_slice, with_f32};
 
 struct LayerNorm {
@@ -14,8 +15,18 @@ struct LayerNorm {
 #[inline]
 fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = fsum(row) / n;
+    let mut acc = [0f32; 16];
+    let chunks = row.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..16 {
+            let d = c[i] - mean;
+            acc[i] += d * d;
+        }
+    }
+    let var =
+        (acc.iter().sum::<f32>() + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 

@@ -81,6 +81,21 @@ fn pack_a(a: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32]
                 panel[p * MR..p * MR + height].copy_from_slice(&a.data[src..src + height]);
                 panel[p * MR + height..(p + 1) * MR].fill(0.0);
             }
+        } else if a.cs == 1 {
+            // Row-major A: copy each row's contiguous run into its lane of the panel.
+            for i in 0..MR {
+                if i < height {
+                    let start = (ibase + i) * a.rs as usize + p0;
+                    let row = &a.data[start..start + kc];
+                    for (p, &v) in row.iter().enumerate() {
+                        panel[p * MR + i] = v;
+                    }
+                } else {
+                    for p in 0..kc {
+                        panel[p * MR + i] = 0.0;
+                    }
+                }
+            }
         } else {
             for i in 0..MR {
                 if i < height {
