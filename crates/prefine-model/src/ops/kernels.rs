@@ -32,61 +32,108 @@ impl<'a> MatRef<'a> {
     }
 }
 
+/// Whether the AVX-512 kernel is used (`PREFINE_GEMM_CRATE=1` forces the `gemm` crate, for
+/// comparisons).
+fn use_own_kernel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OWN.get_or_init(|| {
+            super::sgemm::available() && std::env::var_os("PREFINE_GEMM_CRATE").is_none()
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `dst (+)= a[m, k] · b[k, n]` with `dst` row-major at row stride `ldc`; multi-threaded when
+/// `parallel`. The one place that picks the GEMM implementation.
+///
+/// # Safety
+/// `dst` must be valid for writes of `m` rows of `n` elements at stride `ldc` (and for reads
+/// when `accumulate`), not aliased by `a` or `b`, and untouched by other threads.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_ptr(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    a: MatRef,
+    b: MatRef,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if use_own_kernel() {
+        super::sgemm::sgemm(m, n, k, a, b, dst, ldc, accumulate, parallel);
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                std::ptr::write_bytes(dst.add(i * ldc), 0, n);
+            }
+        }
+        return;
+    }
+    let parallelism = if parallel {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        ldc as isize,
+        accumulate,
+        a.data.as_ptr(),
+        a.cs,
+        a.rs,
+        b.data.as_ptr(),
+        b.cs,
+        b.rs,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism,
+    );
+}
+
+/// Whether a GEMM is big enough to split across threads.
+fn worth_parallel(m: usize, n: usize, k: usize) -> bool {
+    m * n * k > 48 * 48 * 48
+}
+
 /// A new row-major `[m, n]` matrix `a · b`, allocated without zero-filling (every element is
 /// written by the GEMM before the vector is exposed).
 pub(crate) fn gemm_new(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) -> Vec<f32> {
     let len = m * n;
     let mut out: Vec<f32> = Vec::with_capacity(len);
-    if k == 0 || len == 0 {
-        out.resize(len, 0.0);
-        return out;
-    }
-    let work = m * n * k;
-    // SAFETY: `out` has capacity for m x n elements; in overwrite mode (accumulate = false) both
-    // GEMM paths write every element of the m x n block before anything reads it, and only raw
-    // pointers touch the memory until `set_len`.
+    // SAFETY: `out` has capacity for m x n elements; in overwrite mode both GEMM paths write
+    // every element before anything reads it, and only raw pointers touch the memory until
+    // `set_len`.
     unsafe {
-        #[cfg(target_arch = "x86_64")]
-        if super::sgemm::available() && std::env::var_os("PREFINE_GEMM_CRATE").is_none() {
-            super::sgemm::sgemm(
-                m,
-                n,
-                k,
-                a,
-                b,
-                out.as_mut_ptr(),
-                n,
-                false,
-                work > 48 * 48 * 48,
-            );
-            out.set_len(len);
-            return out;
-        }
-        let parallelism = if work > 48 * 48 * 48 {
-            gemm::Parallelism::Rayon(rayon::current_num_threads())
-        } else {
-            gemm::Parallelism::None
-        };
-        gemm::gemm(
+        gemm_ptr(
             m,
             n,
             k,
             out.as_mut_ptr(),
-            1,
-            n as isize,
+            n,
             false,
-            a.data.as_ptr(),
-            a.cs,
-            a.rs,
-            b.data.as_ptr(),
-            b.cs,
-            b.rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
+            a,
+            b,
+            worth_parallel(m, n, k),
         );
         out.set_len(len);
     }
@@ -104,65 +151,29 @@ pub(crate) fn gemm(
     b: MatRef,
 ) {
     assert!(dst.len() >= m * n, "gemm: destination too small");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
-        return;
-    }
-    let work = m * n * k;
-    #[cfg(target_arch = "x86_64")]
-    if super::sgemm::available() && std::env::var_os("PREFINE_GEMM_CRATE").is_none() {
-        // SAFETY: AVX-512F detected; `dst` holds m x n elements; operands cover their extents.
-        unsafe {
-            super::sgemm::sgemm(
-                m,
-                n,
-                k,
-                a,
-                b,
-                dst.as_mut_ptr(),
-                n,
-                accumulate,
-                work > 48 * 48 * 48,
-            )
-        };
-        return;
-    }
-    let parallelism = if work > 48 * 48 * 48 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the operand extents are implied by (m, n, k) and the strides; callers build them
-    // from slices whose lengths cover those extents (checked by the debug asserts below).
-    debug_assert!(a.data.len() as isize > (m as isize - 1) * a.rs + (k as isize - 1) * a.cs);
-    debug_assert!(b.data.len() as isize > (k as isize - 1) * b.rs + (n as isize - 1) * b.cs);
+    debug_assert!(
+        m == 0
+            || k == 0
+            || a.data.len() as isize > (m as isize - 1) * a.rs + (k as isize - 1) * a.cs
+    );
+    debug_assert!(
+        n == 0
+            || k == 0
+            || b.data.len() as isize > (k as isize - 1) * b.rs + (n as isize - 1) * b.cs
+    );
+    // SAFETY: `dst` is an exclusive slice of at least m x n elements.
     unsafe {
-        gemm::gemm(
+        gemm_ptr(
             m,
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            n,
             accumulate,
-            a.data.as_ptr(),
-            a.cs,
-            a.rs,
-            b.data.as_ptr(),
-            b.cs,
-            b.rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+            a,
+            b,
+            worth_parallel(m, n, k),
+        )
     }
 }
 
@@ -183,35 +194,7 @@ pub(crate) unsafe fn gemm_into_strided(
     a: MatRef,
     b: MatRef,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if super::sgemm::available() && std::env::var_os("PREFINE_GEMM_CRATE").is_none() {
-        super::sgemm::sgemm(m, n, k, a, b, dst, dst_rs as usize, accumulate, false);
-        return;
-    }
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs,
-        accumulate,
-        a.data.as_ptr(),
-        a.cs,
-        a.rs,
-        b.data.as_ptr(),
-        b.cs,
-        b.rs,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    );
+    gemm_ptr(m, n, k, dst, dst_rs as usize, accumulate, a, b, false);
 }
 
 /// A raw pointer that may be shared across rayon tasks writing disjoint elements.
