@@ -242,6 +242,29 @@ impl LoraLinear {
             }
             return Ok(ops::linear(x, &self.weight.t(), &self.bias.t())?);
         }
+        let active: Vec<&LoraPair> = [group, also]
+            .into_iter()
+            .flatten()
+            .filter_map(|g| self.loras.get(g))
+            .collect();
+        // A frozen base with one pair and no dropout: one fused op (the common LoRA fine-tuning case).
+        if let [pair] = active.as_slice() {
+            let no_dropout = pair.dropout == 0.0 || rng.is_none();
+            if no_dropout
+                && !self.weight.trainable()
+                && !self.bias.trainable()
+                && pair.a.trainable() == pair.b.trainable()
+            {
+                return Ok(ops::frozen_lora_linear(
+                    x,
+                    &self.weight.t(),
+                    &self.bias.t(),
+                    &pair.a.t(),
+                    &pair.b.t(),
+                    pair.scale,
+                )?);
+            }
+        }
         let mut y = ops::linear(x, &self.weight.t(), &self.bias.t())?;
         for g in [group, also].into_iter().flatten() {
             let Some(pair) = self.loras.get(g) else {

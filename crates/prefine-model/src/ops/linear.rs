@@ -9,6 +9,11 @@ use super::{f32_slice, with_f32};
 
 static WEIGHT_GRADS: AtomicUsize = AtomicUsize::new(0);
 
+/// Records one weight-gradient GEMM (for ops outside this module).
+pub(crate) fn count_weight_grad() {
+    WEIGHT_GRADS.fetch_add(1, Ordering::Relaxed);
+}
+
 /// How many weight-gradient GEMMs the linear op has run since the process started. Tests use it
 /// to prove that frozen weights get no gradient computed.
 pub fn weight_grad_count() -> usize {

@@ -16,6 +16,7 @@ mod gelu;
 mod kernels;
 mod layer_norm;
 mod linear;
+mod lora_linear;
 pub mod sgemm;
 mod softmax;
 
@@ -24,6 +25,7 @@ pub use dropout::{dropout, DropoutMask};
 pub use gelu::gelu;
 pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_no_bias, weight_grad_count};
+pub use lora_linear::frozen_lora_linear;
 pub use softmax::masked_softmax;
 
 use candle_core::{CpuStorage, Layout, Result, Tensor};

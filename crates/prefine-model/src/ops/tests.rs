@@ -333,3 +333,39 @@ fn attention_dropout_gradients_match_finite_differences() {
         attention(&t[0], &t[1], &t[2], &mask, 2, 0.5, Some((0.3, &mut rng))).unwrap()
     });
 }
+
+#[test]
+fn frozen_lora_linear_matches_composition_and_finite_differences() {
+    let x = Var::from_tensor(
+        &normal(1, 2 * 3 * 6, 1.0, &mut seed_rng(51))
+            .unwrap()
+            .reshape((2, 3, 6))
+            .unwrap(),
+    )
+    .unwrap();
+    let a = var(2, 6, 52);
+    let b = var(5, 2, 53);
+    let w = normal(5, 6, 1.0, &mut seed_rng(54)).unwrap();
+    let bias = normal(1, 5, 1.0, &mut seed_rng(55))
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    let fused =
+        frozen_lora_linear(x.as_tensor(), &w, &bias, a.as_tensor(), b.as_tensor(), 1.5).unwrap();
+    let h = linear_no_bias(x.as_tensor(), a.as_tensor()).unwrap();
+    let composed = (linear(x.as_tensor(), &w, &bias).unwrap()
+        + (linear_no_bias(&h, b.as_tensor()).unwrap() * 1.5).unwrap())
+    .unwrap();
+    let diff = (fused - composed)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-5, "{diff}");
+    fd_check(&[x, a, b], &[0, 1, 2], &|t| {
+        frozen_lora_linear(&t[0], &w, &bias, &t[1], &t[2], 1.5).unwrap()
+    });
+}
