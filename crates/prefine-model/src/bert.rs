@@ -104,6 +104,17 @@ impl Norm {
     fn forward(&self, x: &Tensor, eps: f64) -> Result<Tensor> {
         Ok(ops::layer_norm(x, &self.weight.t(), &self.bias.t(), eps)?)
     }
+
+    /// `LayerNorm(x + residual)` in one op.
+    fn forward_residual(&self, x: &Tensor, residual: &Tensor, eps: f64) -> Result<Tensor> {
+        Ok(ops::add_layer_norm(
+            x,
+            residual,
+            &self.weight.t(),
+            &self.bias.t(),
+            eps,
+        )?)
+    }
 }
 
 /// Word, position and token-type embeddings followed by a layer norm.
@@ -506,7 +517,7 @@ impl Encoder {
         let attn = self.dropout(&attn, cfg.hidden_dropout_prob, fwd)?;
         let x = block
             .attention_norm
-            .forward(&(attn + x)?, cfg.layer_norm_eps)?;
+            .forward_residual(&attn, x, cfg.layer_norm_eps)?;
         let inter = self.lin(block, LoraTarget::Intermediate, &x, fwd)?;
         let inter = match cfg.hidden_act {
             Activation::GeluErf => ops::gelu(&inter)?,
@@ -515,7 +526,9 @@ impl Encoder {
         };
         let out = self.lin(block, LoraTarget::Output, &inter, fwd)?;
         let out = self.dropout(&out, cfg.hidden_dropout_prob, fwd)?;
-        block.output_norm.forward(&(out + x)?, cfg.layer_norm_eps)
+        block
+            .output_norm
+            .forward_residual(&out, &x, cfg.layer_norm_eps)
     }
 
     // ----- LoRA groups -----

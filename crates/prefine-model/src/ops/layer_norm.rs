@@ -1,5 +1,6 @@
 //! Layer normalisation over the last dimension, PyTorch semantics (biased variance, eps inside
-//! the square root), with its full backward.
+//! the square root), with its full backward; and the post-LN block's `LayerNorm(x + residual)`
+//! as one op (one graph node instead of an add and a norm).
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -7,9 +8,8 @@ use rayon::prelude::*;
 use super::fast_math::sum as fsum;
 use super::{f32_slice, with_f32};
 
-struct LayerNorm {
-    eps: f32,
-}
+/// Rows per parallel task.
+const ROWS: usize = 16;
 
 /// Mean and reciprocal standard deviation of one row.
 #[inline]
@@ -28,6 +28,96 @@ fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     let var =
         (acc.iter().sum::<f32>() + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()) / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// `y = (x - mean) * rstd * g + b` row by row.
+fn forward_rows(x: &[f32], g: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+    let d = g.len();
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(d * ROWS)
+        .zip(x.par_chunks(d * ROWS))
+        .for_each(|(yc, xc)| {
+            for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
+                let (mean, rstd) = row_stats(xr, eps);
+                for i in 0..d {
+                    yr[i] = (xr[i] - mean) * rstd * g[i] + b[i];
+                }
+            }
+        });
+    y
+}
+
+/// Gradients `(dx, dgamma, dbeta)` of layer norm at input `x` for output gradient `gy`
+/// (`dgamma`/`dbeta` are empty unless `need_params`).
+fn backward_rows(
+    x: &[f32],
+    g: &[f32],
+    gy: &[f32],
+    eps: f32,
+    need_params: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let d = g.len();
+    let mut dx = vec![0f32; x.len()];
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut(d * ROWS)
+        .zip(x.par_chunks(d * ROWS))
+        .zip(gy.par_chunks(d * ROWS))
+        .map(|((dxc, xc), gc)| {
+            let mut dg = if need_params {
+                vec![0f32; d]
+            } else {
+                Vec::new()
+            };
+            let mut db = if need_params {
+                vec![0f32; d]
+            } else {
+                Vec::new()
+            };
+            for ((dxr, xr), gr) in dxc
+                .chunks_exact_mut(d)
+                .zip(xc.chunks_exact(d))
+                .zip(gc.chunks_exact(d))
+            {
+                let (mean, rstd) = row_stats(xr, eps);
+                let mut sum_dxhat = 0f32;
+                let mut sum_dxhat_xhat = 0f32;
+                for i in 0..d {
+                    let xhat = (xr[i] - mean) * rstd;
+                    let dxhat = gr[i] * g[i];
+                    sum_dxhat += dxhat;
+                    sum_dxhat_xhat += dxhat * xhat;
+                    if need_params {
+                        dg[i] += gr[i] * xhat;
+                        db[i] += gr[i];
+                    }
+                }
+                let inv_d = 1.0 / d as f32;
+                let (m1, m2) = (sum_dxhat * inv_d, sum_dxhat_xhat * inv_d);
+                for i in 0..d {
+                    let xhat = (xr[i] - mean) * rstd;
+                    dxr[i] = rstd * (gr[i] * g[i] - m1 - xhat * m2);
+                }
+            }
+            (dg, db)
+        })
+        .collect();
+    let mut dg = Vec::new();
+    let mut db = Vec::new();
+    if need_params {
+        dg = vec![0f32; d];
+        db = vec![0f32; d];
+        for (pg, pb) in partials {
+            for i in 0..d {
+                dg[i] += pg[i];
+                db[i] += pb[i];
+            }
+        }
+    }
+    (dx, dg, db)
+}
+
+struct LayerNorm {
+    eps: f32,
 }
 
 impl CustomOp3 for LayerNorm {
@@ -55,18 +145,10 @@ impl CustomOp3 for LayerNorm {
                 b.len()
             );
         }
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d * 16)
-            .zip(x.par_chunks(d * 16))
-            .for_each(|(yc, xc)| {
-                for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
-                    let (mean, rstd) = row_stats(xr, self.eps);
-                    for i in 0..d {
-                        yr[i] = (xr[i] - mean) * rstd * g[i] + b[i];
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((
+            CpuStorage::F32(forward_rows(x, g, b, self.eps)),
+            l1.shape().clone(),
+        ))
     }
 
     fn bwd(
@@ -79,66 +161,10 @@ impl CustomOp3 for LayerNorm {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = gamma.elem_count();
         let need_params = gamma.track_op() || beta.track_op();
-        let eps = self.eps;
         let (dx, dg, db) = with_f32(x, "layer_norm.backward", |xv| {
             with_f32(gamma, "layer_norm.backward", |g| {
                 with_f32(dy, "layer_norm.backward", |gy| {
-                    let mut dx = vec![0f32; xv.len()];
-                    let rows_per_chunk = 16;
-                    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
-                        .par_chunks_mut(d * rows_per_chunk)
-                        .zip(xv.par_chunks(d * rows_per_chunk))
-                        .zip(gy.par_chunks(d * rows_per_chunk))
-                        .map(|((dxc, xc), gc)| {
-                            let mut dg = if need_params {
-                                vec![0f32; d]
-                            } else {
-                                Vec::new()
-                            };
-                            let mut db = if need_params {
-                                vec![0f32; d]
-                            } else {
-                                Vec::new()
-                            };
-                            for ((dxr, xr), gr) in dxc
-                                .chunks_exact_mut(d)
-                                .zip(xc.chunks_exact(d))
-                                .zip(gc.chunks_exact(d))
-                            {
-                                let (mean, rstd) = row_stats(xr, eps);
-                                let mut sum_dxhat = 0f32;
-                                let mut sum_dxhat_xhat = 0f32;
-                                for i in 0..d {
-                                    let xhat = (xr[i] - mean) * rstd;
-                                    let dxhat = gr[i] * g[i];
-                                    sum_dxhat += dxhat;
-                                    sum_dxhat_xhat += dxhat * xhat;
-                                    if need_params {
-                                        dg[i] += gr[i] * xhat;
-                                        db[i] += gr[i];
-                                    }
-                                }
-                                let inv_d = 1.0 / d as f32;
-                                let (m1, m2) = (sum_dxhat * inv_d, sum_dxhat_xhat * inv_d);
-                                for i in 0..d {
-                                    let xhat = (xr[i] - mean) * rstd;
-                                    dxr[i] = rstd * (gr[i] * g[i] - m1 - xhat * m2);
-                                }
-                            }
-                            (dg, db)
-                        })
-                        .collect();
-                    let mut dg = vec![0f32; d];
-                    let mut db = vec![0f32; d];
-                    if need_params {
-                        for (pg, pb) in partials {
-                            for i in 0..d {
-                                dg[i] += pg[i];
-                                db[i] += pb[i];
-                            }
-                        }
-                    }
-                    (dx, dg, db)
+                    backward_rows(xv, g, gy, self.eps, need_params)
                 })
             })
         })???;
@@ -168,5 +194,109 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
         &gamma.contiguous()?,
         &beta.contiguous()?,
         std::sync::Arc::new(Box::new(LayerNorm { eps: eps as f32 })),
+    )
+}
+
+/// `LayerNorm(x + residual)` with `gamma`/`beta` packed as a `[2, d]` tensor.
+struct AddLayerNorm {
+    eps: f32,
+}
+
+fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
+    let mut s = vec![0f32; a.len()];
+    s.par_chunks_mut(16 * 1024)
+        .zip(a.par_chunks(16 * 1024))
+        .zip(b.par_chunks(16 * 1024))
+        .for_each(|((s, a), b)| {
+            s.iter_mut()
+                .zip(a)
+                .zip(b)
+                .for_each(|((s, a), b)| *s = a + b)
+        });
+    s
+}
+
+impl CustomOp3 for AddLayerNorm {
+    fn name(&self) -> &'static str {
+        "prefine-add-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "add_layer_norm")?;
+        let r = f32_slice(s2, l2, "add_layer_norm")?;
+        let gb = f32_slice(s3, l3, "add_layer_norm")?;
+        let d = *l1.dims().last().unwrap_or(&0);
+        if l1.dims() != l2.dims() || gb.len() != 2 * d || d == 0 {
+            candle_core::bail!(
+                "add_layer_norm: shapes {:?} + {:?} with params {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let sum = add(x, r);
+        Ok((
+            CpuStorage::F32(forward_rows(&sum, &gb[..d], &gb[d..], self.eps)),
+            l1.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        r: &Tensor,
+        gb: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = gb.elem_count() / 2;
+        let need_params = gb.track_op();
+        let (dsum, dg, db) = with_f32(x, "add_layer_norm.backward", |xv| {
+            with_f32(r, "add_layer_norm.backward", |rv| {
+                with_f32(gb, "add_layer_norm.backward", |gbv| {
+                    with_f32(dy, "add_layer_norm.backward", |gy| {
+                        backward_rows(&add(xv, rv), &gbv[..d], gy, self.eps, need_params)
+                    })
+                })
+            })
+        })????;
+        let dev = x.device();
+        let dsum = Tensor::from_vec(dsum, x.shape(), dev)?;
+        let dgb = if need_params {
+            let mut v = dg;
+            v.extend(db);
+            Some(Tensor::from_vec(v, (2, d), dev)?)
+        } else {
+            None
+        };
+        Ok((
+            x.track_op().then(|| dsum.clone()),
+            r.track_op().then_some(dsum),
+            dgb,
+        ))
+    }
+}
+
+/// `LayerNorm(x + residual)` (the post-LN residual block), one op.
+pub fn add_layer_norm(
+    x: &Tensor,
+    residual: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let gb = Tensor::stack(&[gamma, beta], 0)?;
+    x.contiguous()?.apply_op3_arc(
+        &residual.contiguous()?,
+        &gb,
+        std::sync::Arc::new(Box::new(AddLayerNorm { eps: eps as f32 })),
     )
 }

@@ -23,7 +23,7 @@ mod softmax;
 pub use attention::attention;
 pub use dropout::{dropout, DropoutMask};
 pub use gelu::gelu;
-pub use layer_norm::layer_norm;
+pub use layer_norm::{add_layer_norm, layer_norm};
 pub use linear::{linear, linear_no_bias, weight_grad_count};
 pub use lora_linear::frozen_lora_linear;
 pub use softmax::masked_softmax;

@@ -369,3 +369,45 @@ fn frozen_lora_linear_matches_composition_and_finite_differences() {
         frozen_lora_linear(&t[0], &w, &bias, &t[1], &t[2], 1.5).unwrap()
     });
 }
+
+#[test]
+fn add_layer_norm_matches_composition_and_finite_differences() {
+    let x = var(4, 8, 61);
+    let r = var(4, 8, 62);
+    let g = var(1, 8, 63);
+    let b = var(1, 8, 64);
+    let fused = add_layer_norm(
+        x.as_tensor(),
+        r.as_tensor(),
+        &g.as_tensor().flatten_all().unwrap(),
+        &b.as_tensor().flatten_all().unwrap(),
+        1e-5,
+    )
+    .unwrap();
+    let composed = layer_norm(
+        &(x.as_tensor() + r.as_tensor()).unwrap(),
+        &g.as_tensor().flatten_all().unwrap(),
+        &b.as_tensor().flatten_all().unwrap(),
+        1e-5,
+    )
+    .unwrap();
+    let diff = (fused - composed)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-6, "{diff}");
+    fd_check(&[x, r, g, b], &[0, 1, 2, 3], &|t| {
+        add_layer_norm(
+            &t[0],
+            &t[1],
+            &t[2].flatten_all().unwrap(),
+            &t[3].flatten_all().unwrap(),
+            1e-5,
+        )
+        .unwrap()
+    });
+}
