@@ -236,9 +236,9 @@ impl PretrainConfig {
             let line = e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
-                .map_or(String::new(), |l| format!(" line {l}:"));
+                .map_or(String::new(), |l| format!(" line {l}"));
             Error::Config {
-                field: format!("{}:{line}", path.display()),
+                field: format!("{}{line}", path.display()),
                 reason: e.message().to_string(),
             }
         })?;
