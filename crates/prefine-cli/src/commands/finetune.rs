@@ -61,6 +61,9 @@ pub struct FinetuneArgs {
     /// Repair I-X after O into B-X when reading CoNLL.
     #[arg(long)]
     repair_iob: bool,
+    /// Tag scheme of the CoNLL files: iob2 | iob1 | bioes | bilou | auto (converted to IOB2).
+    #[arg(long)]
+    tag_scheme: Option<String>,
 }
 
 /// Builds the config: file first, then flags.
@@ -115,6 +118,7 @@ pub fn build_config(a: &FinetuneArgs) -> Result<FinetuneConfig> {
             .map(|p| toml::Value::String(p.display().to_string())),
     );
     set("pooling", a.pooling.clone().map(toml::Value::String));
+    set("tag_scheme", a.tag_scheme.clone().map(toml::Value::String));
     if a.repair_iob {
         set("repair_iob", Some(toml::Value::Boolean(true)));
     }

@@ -164,6 +164,10 @@ pub struct FinetuneConfig {
     /// Convert `I-X` after `O` into `B-X` when reading CoNLL files.
     #[serde(default)]
     pub repair_iob: bool,
+    /// Tag scheme of the CoNLL files (`iob2`, `iob1`, `bioes`, `bilou` or `auto`); tags are
+    /// converted to IOB2 on read.
+    #[serde(default)]
+    pub tag_scheme: prefine_data::TagScheme,
 }
 
 impl FinetuneConfig {

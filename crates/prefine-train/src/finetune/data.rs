@@ -56,12 +56,17 @@ pub fn split_file(dir: &Path, task: TaskKind, split: &str) -> Result<PathBuf> {
 
 /// Reads one data file of the task (format from the extension; CSV/TSV need `text` and `label`
 /// columns).
-pub fn read_file(path: &Path, task: TaskKind, repair_iob: bool) -> Result<SplitData> {
+pub fn read_file(
+    path: &Path,
+    task: TaskKind,
+    repair_iob: bool,
+    scheme: prefine_data::TagScheme,
+) -> Result<SplitData> {
     Ok(match task {
         TaskKind::Ner => {
             let opts = ConllOptions {
                 repair: repair_iob,
-                ..Default::default()
+                scheme,
             };
             SplitData::Ner(read_conll(path, &opts)?.sentences)
         }

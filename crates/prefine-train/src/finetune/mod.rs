@@ -135,12 +135,13 @@ pub fn run_finetune(
             &split_file(data_dir, cfg.task, split)?,
             cfg.task,
             cfg.repair_iob,
+            cfg.tag_scheme,
         )
     };
     let train_full = read("train")?;
     let dev = read("dev")?;
     let test = match split_file(data_dir, cfg.task, "test") {
-        Ok(p) => Some(read_file(&p, cfg.task, cfg.repair_iob)?),
+        Ok(p) => Some(read_file(&p, cfg.task, cfg.repair_iob, cfg.tag_scheme)?),
         Err(_) => None,
     };
     let keep = subsample(train_full.len(), cfg.fraction, cfg.max_train, cfg.seed)?;
@@ -390,7 +391,12 @@ pub fn evaluate_file(
         stride: art.manifest.stride,
         ..FinetuneConfig::new(art.manifest.task, art.manifest.mode)
     };
-    let split = read_file(data, art.manifest.task, false)?;
+    let split = read_file(
+        data,
+        art.manifest.task,
+        false,
+        prefine_data::TagScheme::Iob2,
+    )?;
     Ok(match &split {
         SplitData::Ner(s) => {
             let p = eval::predict_ner(
