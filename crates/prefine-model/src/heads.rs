@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::bert::Pooler;
 use crate::error::{Error, Result};
 use crate::ops;
-use crate::params::{uniform, Param, SeedRng};
+use crate::params::{normal, Param, SeedRng};
 
 /// How a sentence embedding is pooled from token states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
