@@ -56,7 +56,8 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// HF-style init: N(0, 0.02)-like uniform weights, zero bias. Trainable.
+    /// Hugging Face's init for BERT heads: weights N(0, 0.02²) (`initializer_range`), zero
+    /// bias. Trainable.
     pub fn init(hidden: usize, classes: usize, rng: &mut SeedRng) -> Result<Self> {
         if classes == 0 {
             return Err(Error::config(
@@ -64,8 +65,7 @@ impl Classifier {
                 "a classifier needs at least one class",
             ));
         }
-        let bound = 1.0 / (hidden as f64).sqrt();
-        let mut weight = Param::new(&uniform(classes, hidden, bound, rng)?)?;
+        let mut weight = Param::new(&normal(classes, hidden, 0.02, rng)?)?;
         let mut bias = Param::new(&Tensor::zeros(classes, DType::F32, &Device::Cpu)?)?;
         weight.set_trainable(true);
         bias.set_trainable(true);
