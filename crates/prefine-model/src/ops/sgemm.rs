@@ -18,6 +18,14 @@ const KC: usize = 256;
 const MC: usize = 96;
 const NC: usize = 2048;
 
+thread_local! {
+    /// Per-thread packing buffer for panels of A (reused across calls: no allocation or
+    /// zero-fill per task; `pack_a` writes every element it hands to the kernel).
+    static A_PACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread packing buffer for panels of B (the calling thread's).
+    static B_PACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Whether the AVX-512 path can run on this CPU.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -143,15 +151,45 @@ pub(crate) unsafe fn sgemm(
         }
         return;
     }
-    let out = OutPtr(c);
-    let mut bpack = Vec::new();
+    B_PACK.with(|cell| {
+        let mut bpack = cell.borrow_mut();
+        sgemm_blocks(
+            m,
+            n,
+            k,
+            a,
+            b,
+            OutPtr(c),
+            ldc,
+            accumulate,
+            parallel,
+            &mut bpack,
+        )
+    })
+}
+
+/// The blocked loops of [`sgemm`], with the caller's B packing buffer.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm_blocks(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    out: OutPtr,
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
+    bpack: &mut Vec<f32>,
+) {
     for j0 in (0..n).step_by(NC) {
         let nc = NC.min(n - j0);
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
             let overwrite = p0 == 0 && !accumulate;
-            pack_b(b, p0, kc, j0, nc, &mut bpack);
-            let bp = &bpack;
+            pack_b(b, p0, kc, j0, nc, bpack);
+            let bp: &Vec<f32> = bpack;
             let npanels = nc.div_ceil(NR);
             let mblocks = m.div_ceil(MC);
             // Enough tasks for every thread even when m is small (batch-1 inference): split the
@@ -175,19 +213,25 @@ pub(crate) unsafe fn sgemm(
                 if first >= last {
                     return;
                 }
-                let mut apack = vec![0f32; mc.div_ceil(MR) * kc * MR];
-                pack_a(a, i0, mc, p0, kc, &mut apack);
-                for jp in first..last {
-                    let jr = jp * NR;
-                    let nr = NR.min(nc - jr);
-                    let bpanel = bp.as_ptr().add(jp * kc * NR);
-                    for ir in (0..mc).step_by(MR) {
-                        let mr = MR.min(mc - ir);
-                        let apanel = apack.as_ptr().add((ir / MR) * kc * MR);
-                        let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
-                        kernel_12x32(kc, apanel, bpanel, cptr, ldc, mr, nr, overwrite);
+                A_PACK.with(|cell| {
+                    let mut apack = cell.borrow_mut();
+                    let need = mc.div_ceil(MR) * kc * MR;
+                    if apack.len() < need {
+                        apack.resize(need, 0.0);
                     }
-                }
+                    pack_a(a, i0, mc, p0, kc, &mut apack[..need]);
+                    for jp in first..last {
+                        let jr = jp * NR;
+                        let nr = NR.min(nc - jr);
+                        let bpanel = bp.as_ptr().add(jp * kc * NR);
+                        for ir in (0..mc).step_by(MR) {
+                            let mr = MR.min(mc - ir);
+                            let apanel = apack.as_ptr().add((ir / MR) * kc * MR);
+                            let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
+                            kernel_12x32(kc, apanel, bpanel, cptr, ldc, mr, nr, overwrite);
+                        }
+                    }
+                });
             };
             let tasks = mblocks * groups;
             if threads > 1 && tasks > 1 {
