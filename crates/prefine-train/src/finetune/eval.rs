@@ -81,7 +81,6 @@ pub fn predict_tc(
             out[fi] = p[row].clone();
         }
     }
-    let _ = labels;
     Ok(out)
 }
 

@@ -12,7 +12,7 @@ pub mod model;
 pub mod predict;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::Tensor;
@@ -414,13 +414,4 @@ pub fn evaluate_file(
             evaluate_split(&art.model, &art.tokenizer, &split, &art.labels, &cfg)?.0
         }
     })
-}
-
-/// Where the task splits live: `<root>/<family>/<name>`.
-pub fn task_dir(root: &Path, task: TaskKind, name: &str) -> PathBuf {
-    root.join(match task {
-        TaskKind::Ner => "ner",
-        TaskKind::Tc => "tc",
-    })
-    .join(name)
 }
