@@ -3,6 +3,7 @@
 //! of `../shared/bench/WORKLOAD.md`.
 
 pub mod bench;
+pub mod charts;
 pub mod error;
 pub mod finetune;
 pub mod loss;

@@ -154,6 +154,7 @@ pub fn load_artifact(adapter_dir: &Path, model_dir: Option<&Path>) -> Result<Loa
         encoder,
         head,
         group,
+        cache: None,
     };
     if model.num_labels() != labels.len() {
         return Err(Error::File {

@@ -83,6 +83,9 @@ fn d_one() -> usize {
 fn d_seed() -> u64 {
     13
 }
+fn d_cache_mb() -> usize {
+    2048
+}
 fn d_fraction() -> f64 {
     1.0
 }
@@ -168,6 +171,10 @@ pub struct FinetuneConfig {
     /// converted to IOB2 on read.
     #[serde(default)]
     pub tag_scheme: prefine_data::TagScheme,
+    /// `head` mode: MiB of frozen-backbone states kept for reuse across epochs and evaluations
+    /// (0 recomputes every pass, with backbone dropout as in the other modes).
+    #[serde(default = "d_cache_mb")]
+    pub feature_cache_mb: usize,
 }
 
 impl FinetuneConfig {

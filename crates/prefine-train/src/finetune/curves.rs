@@ -13,6 +13,7 @@ pub fn write_curves(
     dev: &[(u64, f64)],
     metric: &str,
 ) -> Result<()> {
+    crate::charts::register_fonts();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (800, 600)).into_drawing_area();

@@ -8,11 +8,13 @@ pub mod curves;
 pub mod data;
 pub mod eval;
 pub mod features;
+pub mod hidden_cache;
 pub mod model;
 pub mod predict;
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Tensor;
@@ -27,6 +29,7 @@ use crate::optim::{AdamW, AdamWConfig, LinearSchedule};
 pub use config::{FinetuneConfig, Mode, TaskKind, TcPooling};
 use data::{read_file, split_file, SplitData};
 use features::{bucketed_batches, ner_features, pad_batch, tc_features};
+use hidden_cache::HiddenCache;
 use model::TaskModel;
 
 /// The best epoch so far: dev score, epoch, trainable values, dev metrics.
@@ -114,6 +117,30 @@ pub fn run_finetune(
     data_dir: &Path,
     out: &Path,
 ) -> Result<FinetuneReport> {
+    run_finetune_with_cache(cfg, model_dir, data_dir, out, None)
+}
+
+/// The identity of the frozen encoder a `head`-mode run reads states from.
+pub fn cache_owner(cfg: &FinetuneConfig, model_dir: &Path) -> String {
+    format!(
+        "{}|{}",
+        model_dir.display(),
+        cfg.init_adapter
+            .as_ref()
+            .map_or(String::new(), |p| p.display().to_string())
+    )
+}
+
+/// [`run_finetune`] with a caller-held [`HiddenCache`] (`head` mode), so that runs on the same
+/// backbone, adapter and data (other fractions, seeds) reuse the encoder's states. A cache that
+/// belongs to another backbone or adapter is ignored.
+pub fn run_finetune_with_cache(
+    cfg: &FinetuneConfig,
+    model_dir: &Path,
+    data_dir: &Path,
+    out: &Path,
+    cache: Option<Arc<HiddenCache>>,
+) -> Result<FinetuneReport> {
     let t_start = Instant::now();
     cfg.validate()?;
     // Fail early on an unwritable output directory, before any work.
@@ -170,7 +197,14 @@ pub fn run_finetune(
         },
     )?;
     let mut rng = seed_rng(cfg.seed);
-    let model = TaskModel::for_training(encoder, cfg, labels.len(), &mut rng)?;
+    let mut model = TaskModel::for_training(encoder, cfg, labels.len(), &mut rng)?;
+    if cfg.mode == Mode::Head && cfg.feature_cache_mb > 0 {
+        let owner = cache_owner(cfg, model_dir);
+        model.cache = Some(match cache {
+            Some(c) if c.owner() == owner => c,
+            _ => Arc::new(HiddenCache::new(owner, cfg.feature_cache_mb)),
+        });
+    }
 
     let examples: Vec<Example> = match &train {
         SplitData::Ner(s) => ner_features(&tok, s, &labels, cfg.max_length, cfg.stride)?

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{Tensor, Var};
 use prefine_model::bert::Pooler;
@@ -13,6 +14,7 @@ use prefine_model::{
 };
 
 use super::config::{FinetuneConfig, Mode, TaskKind, TcPooling};
+use super::hidden_cache::HiddenCache;
 use crate::error::{Error, Result};
 use crate::optim::AdamW;
 
@@ -37,6 +39,8 @@ pub struct TaskModel {
     pub head: TaskHead,
     /// The active LoRA group.
     pub group: Option<String>,
+    /// Frozen-backbone states reused across epochs (`head` mode only).
+    pub cache: Option<Arc<HiddenCache>>,
 }
 
 impl TaskModel {
@@ -101,17 +105,23 @@ impl TaskModel {
             encoder,
             head,
             group,
+            cache: None,
         })
     }
 
     /// Logits: `[batch, seq, labels]` (NER) or `[batch, labels]` (TC). `rng` = training mode.
     pub fn logits(&self, input: &EncoderInput, mut rng: Option<&mut SeedRng>) -> Result<Tensor> {
-        let fwd = Forward {
-            group: self.group.as_deref(),
-            dropout_rng: rng.as_deref_mut(),
-            also: None,
+        let hidden = match &self.cache {
+            Some(c) => c.hidden(&self.encoder, self.group.as_deref(), input)?,
+            None => {
+                let fwd = Forward {
+                    group: self.group.as_deref(),
+                    dropout_rng: rng.as_deref_mut(),
+                    also: None,
+                };
+                self.encoder.forward(input, fwd)?
+            }
         };
-        let hidden = self.encoder.forward(input, fwd)?;
         Ok(match &self.head {
             TaskHead::Token(h) => h.forward(&hidden, rng)?,
             TaskHead::Sequence(h) => h.forward(&hidden, &input.attention_mask, rng)?,
