@@ -11,7 +11,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::lines::{is_blank, lines, read_bytes};
+use crate::lines::{elide, is_blank, lines, read_bytes};
 
 /// How many `file:line` locations of suspicious tag transitions a warning lists.
 const MAX_REPORTED_LOCATIONS: usize = 5;
@@ -322,7 +322,7 @@ fn read_raw_sentences(bytes: &[u8], path: &Path, scheme: TagScheme) -> Result<Ve
                 line_no,
                 format!(
                     "token '{}' has no tag (expected 'token<TAB>tag' or space-separated columns ending with the tag)",
-                    fields[0]
+                    elide(fields[0])
                 ),
             ));
         }
@@ -337,7 +337,8 @@ fn read_raw_sentences(bytes: &[u8], path: &Path, scheme: TagScheme) -> Result<Ve
                 path,
                 line_no,
                 format!(
-                    "invalid tag '{tag}' for scheme {scheme} (expected {})",
+                    "invalid tag '{}' for scheme {scheme} (expected {})",
+                    elide(tag),
                     scheme.expected()
                 ),
             ));
@@ -765,5 +766,21 @@ mod tests {
             convert_to_iob2(&v(&["I-A", "B-A", "O", "I-A"]), TagScheme::Iob1),
             v(&["B-A", "B-A", "O", "B-A"])
         );
+    }
+
+    #[test]
+    fn huge_tokens_and_tags_are_not_echoed_in_full() {
+        let huge = "x".repeat(100_000);
+        for text in [
+            format!("EU\tB-ORG\n{huge}\n"),
+            format!("EU\tB-ORG\nw\tQ{huge}\n"),
+        ] {
+            let msg = read(&text, ConllOptions::default())
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(":2: "), "{msg}");
+            assert!(msg.len() < 400, "{} bytes", msg.len());
+            assert!(msg.contains("characters)"), "{msg}");
+        }
     }
 }

@@ -50,3 +50,32 @@ pub(crate) fn is_blank(bytes: &[u8]) -> bool {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     bytes.iter().all(|b| b.is_ascii_whitespace())
 }
+
+/// Longest excerpt of the input that an error message quotes, in characters.
+const MAX_QUOTED_CHARS: usize = 80;
+
+/// `text` as quoted in an error message: at most [`MAX_QUOTED_CHARS`] characters, with the
+/// total length when cut, so that a huge malformed line is not echoed back in full.
+pub(crate) fn elide(text: &str) -> String {
+    let total = text.chars().count();
+    if total <= MAX_QUOTED_CHARS {
+        return text.to_string();
+    }
+    let head: String = text.chars().take(MAX_QUOTED_CHARS).collect();
+    format!("{head}... ({total} characters)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::elide;
+
+    #[test]
+    fn elide_keeps_short_text_and_cuts_long_text() {
+        assert_eq!(elide("B-PER"), "B-PER");
+        let long = "é".repeat(1000);
+        let e = elide(&long);
+        assert!(e.starts_with(&"é".repeat(80)));
+        assert!(e.ends_with("... (1000 characters)"), "{e}");
+        assert!(e.chars().count() < 120);
+    }
+}

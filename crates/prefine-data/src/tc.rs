@@ -42,8 +42,8 @@ pub fn parse_jsonl(bytes: &[u8], path: &Path) -> Result<Vec<TcExample>> {
         if line.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(line)
-            .map_err(|e| Error::parse(path, line_no, format!("invalid JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| Error::parse(path, line_no, json_error(&e)))?;
         let Value::Object(obj) = value else {
             return Err(Error::parse(
                 path,
@@ -122,7 +122,7 @@ pub fn parse_delimited(
         .from_reader(bytes);
     let header: Vec<String> = reader
         .headers()
-        .map_err(|e| csv_error(path, e))?
+        .map_err(|e| csv_error(path, bytes, e))?
         .iter()
         .map(|h| h.trim_start_matches('\u{feff}').to_string())
         .collect();
@@ -145,7 +145,7 @@ pub fn parse_delimited(
         match reader.read_record(&mut record) {
             Ok(true) => {}
             Ok(false) => break,
-            Err(e) => return Err(csv_error(path, e)),
+            Err(e) => return Err(csv_error(path, bytes, e)),
         }
         let line_no = record.position().map_or(0, |p| p.line() as usize);
         // Skip rows that are entirely empty (e.g. a trailing "\n\n").
@@ -164,9 +164,32 @@ pub fn parse_delimited(
     Ok(out)
 }
 
-/// Maps a `csv` error to ours, keeping the line number the `csv` crate reports.
-fn csv_error(path: &Path, e: csv::Error) -> Error {
+/// A `serde_json` error on one line, as `invalid JSON at column C: what` (every line is parsed
+/// on its own, so serde's "line 1" would only confuse).
+fn json_error(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let location = format!(" at line {} column {}", e.line(), e.column());
+    match full.strip_suffix(&location) {
+        Some(what) => format!("invalid JSON at column {}: {what}", e.column()),
+        None => format!("invalid JSON: {full}"),
+    }
+}
+
+/// True when the physical line starting at byte `start` holds an odd number of `"`: a quoted
+/// field opened there runs on into the following lines.
+fn opens_unclosed_quote(bytes: &[u8], start: usize) -> bool {
+    let rest = bytes.get(start..).unwrap_or_default();
+    let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+    line.iter().filter(|&&b| b == b'"').count() % 2 == 1
+}
+
+/// Maps a `csv` error to ours, keeping the line number the `csv` crate reports; `bytes` is the
+/// file, used to spot an unclosed quote behind a wrong field count.
+fn csv_error(path: &Path, bytes: &[u8], e: csv::Error) -> Error {
     let line = e.position().map(|p| p.line() as usize);
+    let quote_hint = e
+        .position()
+        .is_some_and(|p| opens_unclosed_quote(bytes, p.byte() as usize));
     let message = match e.kind() {
         csv::ErrorKind::Utf8 { err, .. } => format!(
             "invalid UTF-8 in field {} (files must be UTF-8)",
@@ -174,7 +197,15 @@ fn csv_error(path: &Path, e: csv::Error) -> Error {
         ),
         csv::ErrorKind::UnequalLengths {
             expected_len, len, ..
-        } => format!("expected {expected_len} fields like the header, found {len}"),
+        } => {
+            let mut m = format!("expected {expected_len} fields like the header, found {len}");
+            if quote_hint {
+                m.push_str(
+                    " (an unclosed quote: the quoted field opened on this line runs on into the following lines)",
+                );
+            }
+            m
+        }
         _ => e.to_string(),
     };
     match line {
@@ -415,6 +446,41 @@ mod tests {
         assert!(
             msg.contains("data.csv") && msg.contains("no examples"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn json_errors_give_the_column_not_serde_line_one() {
+        let msg =
+            jsonl_err(b"{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \"b\", \"label\": }\n");
+        assert!(
+            msg.contains("data.jsonl:2: invalid JSON at column 24: expected value"),
+            "{msg}"
+        );
+        assert!(!msg.contains("line 1"), "{msg}");
+    }
+
+    #[test]
+    fn unclosed_quote_is_named_as_such() {
+        let err = delimited(
+            b"text,label\ngood,positive\n\"bad, really,negative\nfine,positive\n",
+            b',',
+            "text",
+            "label",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("data.csv:3:") && err.contains("unclosed quote"),
+            "{err}"
+        );
+        // A ragged row without quotes gets no such hint.
+        let err = delimited(b"text,label\na,b,c\n", b',', "text", "label")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("data.csv:2:") && !err.contains("quote"),
+            "{err}"
         );
     }
 }
