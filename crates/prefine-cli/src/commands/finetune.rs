@@ -34,6 +34,9 @@ pub struct FinetuneArgs {
     /// Cap on training examples.
     #[arg(long)]
     max_train: Option<usize>,
+    /// Cap on dev and test examples (a fixed seeded subset).
+    #[arg(long)]
+    max_eval: Option<usize>,
     /// Seed.
     #[arg(long)]
     seed: Option<u64>,
@@ -95,6 +98,10 @@ pub fn build_config(a: &FinetuneArgs) -> Result<FinetuneConfig> {
     set(
         "max_train",
         a.max_train.map(|v| toml::Value::Integer(v as i64)),
+    );
+    set(
+        "max_eval",
+        a.max_eval.map(|v| toml::Value::Integer(v as i64)),
     );
     set("seed", a.seed.map(|v| toml::Value::Integer(v as i64)));
     set("epochs", a.epochs.map(|v| toml::Value::Integer(v as i64)));

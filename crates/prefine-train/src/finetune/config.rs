@@ -147,6 +147,9 @@ pub struct FinetuneConfig {
     /// Cap on training examples after `fraction`.
     #[serde(default)]
     pub max_train: Option<usize>,
+    /// Cap on dev and test examples (a fixed seeded subset; for budgeted runs).
+    #[serde(default)]
+    pub max_eval: Option<usize>,
     /// Stop after this many epochs without dev improvement.
     #[serde(default)]
     pub patience: Option<usize>,
@@ -269,6 +272,9 @@ impl FinetuneConfig {
         }
         if self.max_train == Some(0) {
             return bad("max_train", "must be at least 1".into());
+        }
+        if self.max_eval == Some(0) {
+            return bad("max_eval", "must be at least 1".into());
         }
         if let Some(p) = self.head_dropout {
             if !(0.0..1.0).contains(&p) {

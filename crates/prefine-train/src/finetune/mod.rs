@@ -94,6 +94,20 @@ fn evaluate_split(
     }
 }
 
+/// Keeps at most `max` examples of an evaluation split: the same seeded subset for every seed and
+/// fraction, so that budgeted runs stay comparable.
+fn cap_eval(split: SplitData, max: Option<usize>) -> Result<SplitData> {
+    let Some(max) = max else { return Ok(split) };
+    if split.len() <= max {
+        return Ok(split);
+    }
+    let keep = subsample(split.len(), 1.0, Some(max), 0)?;
+    Ok(match split {
+        SplitData::Ner(v) => SplitData::Ner(keep.iter().map(|&i| v[i].clone()).collect()),
+        SplitData::Tc(v) => SplitData::Tc(keep.iter().map(|&i| v[i].clone()).collect()),
+    })
+}
+
 /// One training example, tokenised.
 enum Example {
     Ner(features::NerFeature),
@@ -117,7 +131,16 @@ pub fn run_finetune(
     data_dir: &Path,
     out: &Path,
 ) -> Result<FinetuneReport> {
-    run_finetune_with_cache(cfg, model_dir, data_dir, out, None)
+    run_finetune_with(cfg, model_dir, data_dir, out, RunHooks::default())
+}
+
+/// What a caller (e.g. the evaluation suite) can hand to a fine-tuning run.
+#[derive(Default, Clone)]
+pub struct RunHooks {
+    /// Frozen-backbone states shared with other `head`-mode runs on the same encoder.
+    pub cache: Option<Arc<HiddenCache>>,
+    /// Where the run's progress bar is drawn (under the caller's own bars).
+    pub progress: Option<indicatif::MultiProgress>,
 }
 
 /// The identity of the frozen encoder a `head`-mode run reads states from.
@@ -131,16 +154,17 @@ pub fn cache_owner(cfg: &FinetuneConfig, model_dir: &Path) -> String {
     )
 }
 
-/// [`run_finetune`] with a caller-held [`HiddenCache`] (`head` mode), so that runs on the same
-/// backbone, adapter and data (other fractions, seeds) reuse the encoder's states. A cache that
-/// belongs to another backbone or adapter is ignored.
-pub fn run_finetune_with_cache(
+/// [`run_finetune`] with caller hooks: a held [`HiddenCache`] (`head` mode), so that runs on the
+/// same backbone, adapter and data (other fractions, seeds) reuse the encoder's states (a cache
+/// that belongs to another backbone or adapter is ignored), and a progress area.
+pub fn run_finetune_with(
     cfg: &FinetuneConfig,
     model_dir: &Path,
     data_dir: &Path,
     out: &Path,
-    cache: Option<Arc<HiddenCache>>,
+    hooks: RunHooks,
 ) -> Result<FinetuneReport> {
+    let RunHooks { cache, progress } = hooks;
     let t_start = Instant::now();
     cfg.validate()?;
     // Fail early on an unwritable output directory, before any work.
@@ -166,9 +190,12 @@ pub fn run_finetune_with_cache(
         )
     };
     let train_full = read("train")?;
-    let dev = read("dev")?;
+    let dev = cap_eval(read("dev")?, cfg.max_eval)?;
     let test = match split_file(data_dir, cfg.task, "test") {
-        Ok(p) => Some(read_file(&p, cfg.task, cfg.repair_iob, cfg.tag_scheme)?),
+        Ok(p) => Some(cap_eval(
+            read_file(&p, cfg.task, cfg.repair_iob, cfg.tag_scheme)?,
+            cfg.max_eval,
+        )?),
         Err(_) => None,
     };
     let keep = subsample(train_full.len(), cfg.fraction, cfg.max_train, cfg.seed)?;
@@ -247,7 +274,10 @@ pub fn run_finetune_with_cache(
         total,
     };
 
-    let bar = indicatif::ProgressBar::new(total);
+    let bar = match &progress {
+        Some(mp) => mp.add(indicatif::ProgressBar::new(total)),
+        None => indicatif::ProgressBar::new(total),
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{msg} {bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}]",
