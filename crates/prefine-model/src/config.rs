@@ -235,7 +235,14 @@ impl EncoderConfig {
                 })
             }
         };
-        cfg.validate()?;
+        // Name the file in value errors too ("config.json: field num_attention_heads: ...").
+        cfg.validate().map_err(|e| match e {
+            Error::Config { field, reason } => Error::Parse {
+                path: path.to_path_buf(),
+                reason: format!("field {field}: {reason}"),
+            },
+            other => other,
+        })?;
         Ok(cfg)
     }
 
@@ -261,6 +268,12 @@ impl EncoderConfig {
                     "hidden_size {} is not a multiple of {}",
                     self.hidden_size, self.num_attention_heads
                 ),
+            ));
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(Error::config(
+                "layer_norm_eps",
+                format!("{} is not a positive number", self.layer_norm_eps),
             ));
         }
         for (name, p) in [
@@ -341,7 +354,12 @@ mod tests {
         let err = EncoderConfig::from_json_str(bad, Path::new("c.json"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("num_attention_heads"), "{err}");
+        assert!(
+            err.contains(
+                "c.json: field num_attention_heads: hidden_size 10 is not a multiple of 3"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -198,6 +198,51 @@ pub fn save_adapter(
     write_atomic(&dir.join(ADAPTER_CONFIG), &text)
 }
 
+/// Checks `target_modules` of an adapter config against the linear layers of `enc`, with PEFT's
+/// rule (a list entry matches a module whose path equals it or ends with `.entry`). A string is a
+/// regular expression and is not checked here: the tensors decide. Returns the reason on failure.
+fn check_target_modules(enc: &Encoder, v: &Value) -> std::result::Result<(), String> {
+    let entries = match v {
+        Value::Null | Value::String(_) => return Ok(()),
+        Value::Array(a) => a,
+        other => {
+            return Err(format!(
+                "field target_modules: {other} is neither a list of module names nor a regular expression"
+            ))
+        }
+    };
+    let naming = enc.naming();
+    let paths: Vec<String> = LoraTarget::ALL
+        .iter()
+        .map(|&t| naming.linear(0, t))
+        .collect();
+    let mut unknown = Vec::new();
+    for e in entries {
+        let Some(name) = e.as_str() else {
+            return Err(format!("field target_modules: {e} is not a module name"));
+        };
+        let hit = paths
+            .iter()
+            .any(|p| p == name || p.ends_with(&format!(".{name}")));
+        if !hit {
+            unknown.push(format!("{name:?}"));
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "field target_modules: {} match no linear layer of this {:?} model (its layers: {})",
+        unknown.join(", "),
+        enc.config().model_type,
+        peft_module_names(
+            enc.config().model_type,
+            &LoraTarget::ALL.iter().copied().collect()
+        )
+        .join(", ")
+    ))
+}
+
 /// Loads a PEFT LoRA adapter directory into `enc` as group `group` (frozen) and returns its
 /// config and any head tensors it carries.
 pub fn load_adapter(enc: &mut Encoder, dir: &Path, group: &str) -> Result<LoadedAdapter> {
@@ -250,7 +295,31 @@ pub fn load_adapter(enc: &mut Encoder, dir: &Path, group: &str) -> Result<Loaded
             "field lora_alpha: missing or not a number".into(),
         )
     })?;
-    let dropout = field("lora_dropout").as_f64().unwrap_or(0.0);
+    let dropout = match field("lora_dropout") {
+        Value::Null => 0.0,
+        v => v
+            .as_f64()
+            .filter(|p| (0.0..1.0).contains(p))
+            .ok_or_else(|| {
+                bad(
+                    &cfg_path,
+                    format!("field lora_dropout: {v} is not in [0, 1)"),
+                )
+            })?,
+    };
+    match field("bias") {
+        Value::Null => {}
+        Value::String(b) if b == "none" => {}
+        v => {
+            return Err(bad(
+                &cfg_path,
+                format!(
+                    "field bias: {v} is not supported (only \"none\": LoRA without trained biases)"
+                ),
+            ))
+        }
+    }
+    check_target_modules(enc, &field("target_modules")).map_err(|r| bad(&cfg_path, r))?;
     let use_rslora = field("use_rslora").as_bool().unwrap_or(false);
     let task_type = PeftTaskType::from_peft(&field("task_type"));
 

@@ -23,13 +23,32 @@ pub fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::with_capacity(tensors.len());
     for (k, t) in tensors {
         let t = if t.dtype().is_float() {
-            t.to_dtype(candle_core::DType::F32)?
+            let t = t.to_dtype(candle_core::DType::F32)?;
+            check_finite(path, &k, &t)?;
+            t
         } else {
             t
         };
         out.insert(k, t);
     }
     Ok(out)
+}
+
+/// Rejects a float tensor holding NaN or an infinity: such weights would only surface later as
+/// a non-finite loss, far from their cause.
+fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<()> {
+    let values = t.flatten_all()?.to_vec1::<f32>()?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        let bad = values.iter().filter(|v| !v.is_finite()).count();
+        return Err(Error::Weights {
+            path: path.to_path_buf(),
+            reason: format!(
+                "tensor {name} holds {bad} NaN or infinite value(s) (first at flat index {i}: {})",
+                values[i]
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
@@ -181,4 +200,36 @@ pub fn normalise_keys(tensors: HashMap<String, Tensor>, naming: Naming) -> HashM
             (k, v)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_weights_are_rejected_with_the_tensor_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let mut t = BTreeMap::new();
+        t.insert(
+            "ok".to_string(),
+            Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap(),
+        );
+        t.insert(
+            "bad".to_string(),
+            Tensor::new(&[0f32, f32::NAN, f32::INFINITY], &Device::Cpu).unwrap(),
+        );
+        save_safetensors(&path, &t).unwrap();
+        let msg = load_safetensors(&path).unwrap_err().to_string();
+        assert!(msg.contains("w.safetensors"), "{msg}");
+        assert!(
+            msg.contains(
+                "tensor bad holds 2 NaN or infinite value(s) (first at flat index 1: NaN)"
+            ),
+            "{msg}"
+        );
+        t.remove("bad");
+        save_safetensors(&path, &t).unwrap();
+        assert_eq!(load_safetensors(&path).unwrap().len(), 1);
+    }
 }

@@ -318,3 +318,62 @@ fn bad_adapters_are_reported_with_the_file() {
     // A failed load leaves no half-registered group.
     assert!(fresh.group_names().is_empty());
 }
+
+#[test]
+fn adapter_config_fields_are_checked_before_the_tensors() {
+    let cfg = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        ..Default::default()
+    };
+    let enc = tiny_with_group(&cfg);
+    let tmp = tempfile::tempdir().unwrap();
+    save_adapter(
+        &enc,
+        "ner",
+        PeftTaskType::FeatureExtraction,
+        &BTreeMap::new(),
+        "tiny",
+        tmp.path(),
+    )
+    .unwrap();
+    let cfg_path = tmp.path().join("adapter_config.json");
+    let good: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut fresh = Encoder::random(EncoderConfig::tiny_bert(), &mut seed_rng(1)).unwrap();
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        (
+            "target_modules",
+            serde_json::json!(["query", "qkv_proj"]),
+            "field target_modules: \"qkv_proj\" match no linear layer",
+        ),
+        (
+            "target_modules",
+            serde_json::json!(7),
+            "field target_modules: 7 is neither",
+        ),
+        (
+            "lora_dropout",
+            serde_json::json!(1.5),
+            "field lora_dropout: 1.5 is not in [0, 1)",
+        ),
+        ("bias", serde_json::json!("all"), "field bias: \"all\""),
+    ];
+    for (key, value, expect) in cases {
+        let mut c = good.clone();
+        c[key] = value;
+        std::fs::write(&cfg_path, serde_json::to_string_pretty(&c).unwrap()).unwrap();
+        let err = load_adapter(&mut fresh, tmp.path(), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("adapter_config.json") && err.contains(expect),
+            "{key}: {err}"
+        );
+    }
+    // PEFT's suffix rule: full paths and shorter suffixes of real layers are fine.
+    let mut c = good.clone();
+    c["target_modules"] = serde_json::json!(["attention.self.query", "self.value", "dense"]);
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&c).unwrap()).unwrap();
+    load_adapter(&mut fresh, tmp.path(), "x").unwrap();
+}
