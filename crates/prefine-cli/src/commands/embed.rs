@@ -79,6 +79,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         batch_size: a.batch_size,
         group: None,
     };
+    super::checks::check_tokenizer_fits_model(&a.model)?;
     let embedder = Embedder::from_model_dir(&a.model, cfg)
         .with_context(|| format!("loading {}", a.model.display()))?;
     let bar = indicatif::ProgressBar::new(texts.len() as u64);

@@ -80,7 +80,7 @@ pub fn build_config(a: &FinetuneArgs) -> Result<FinetuneConfig> {
             if let Err(e) = FinetuneConfig::from_toml_str(&text, p) {
                 let msg = e.to_string();
                 if !(msg.contains("missing field `task`") || msg.contains("missing field `mode`")) {
-                    return Err(e.into());
+                    return Err(super::checks::in_config_file(e, p, false));
                 }
             }
             toml::from_str(&text)?
@@ -139,12 +139,35 @@ pub fn build_config(a: &FinetuneArgs) -> Result<FinetuneConfig> {
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from("<command line>"));
-    Ok(FinetuneConfig::from_toml_str(&text, &origin)?)
+    let cfg = FinetuneConfig::from_toml_str(&text, &origin).map_err(|e| match &a.config {
+        Some(p) => super::checks::in_config_file(e, p, true),
+        None => e.into(),
+    })?;
+    // The LoRA settings are otherwise only checked once the data and the model are loaded.
+    if cfg.mode == prefine_train::finetune::Mode::Lora {
+        cfg.lora.validate(usize::MAX).map_err(|e| match &a.config {
+            Some(p) => super::checks::in_config_file(e, p, true),
+            None => e.into(),
+        })?;
+    }
+    Ok(cfg)
 }
 
 /// Runs `prefine finetune`.
 pub fn run(a: FinetuneArgs) -> Result<()> {
     let cfg = build_config(&a)?;
+    super::checks::check_output_dir(&a.out)?;
+    super::checks::check_tokenizer_fits_model(&a.model)?;
+    if let Some(dir) = &cfg.init_adapter {
+        let c = dir.join(prefine_model::peft::ADAPTER_CONFIG);
+        if !c.is_file() {
+            anyhow::bail!(
+                "init_adapter {}: no {} (not a PEFT adapter directory)",
+                dir.display(),
+                prefine_model::peft::ADAPTER_CONFIG
+            );
+        }
+    }
     let report = run_finetune(&cfg, &a.model, &a.data, &a.out)?;
     tracing::info!(
         "best epoch {}, train {:.1}s, wall {:.1}s; wrote {}",

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod checks;
 pub mod embed;
 pub mod evaluate;
 pub mod finetune;
@@ -9,6 +10,8 @@ pub mod pretrain;
 pub mod score;
 
 use std::path::PathBuf;
+
+pub use checks::check_output_dir;
 
 /// The default model directory: `$PREFINE_MODEL`, else `models/all-MiniLM-L6-v2`.
 pub fn default_model_dir() -> PathBuf {

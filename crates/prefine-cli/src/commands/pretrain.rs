@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use prefine_train::pretrain::{resolve_config, Pretrainer, Strategy};
+use prefine_train::pretrain::{resolve_config, PretrainConfig, Pretrainer, Strategy};
 
 /// Arguments of `prefine pretrain`.
 #[derive(Args)]
@@ -42,10 +42,35 @@ pub fn run(a: PretrainArgs) -> Result<()> {
         Some("tpl") => Some(Strategy::Tpl),
         Some(s) => anyhow::bail!("--strategy {s:?}: expected ner, tc, naive or tpl"),
     };
-    let cfg = resolve_config(a.config.as_deref(), strategy, a.max_steps)?;
+    if let Some(p) = &a.config {
+        // Check the file on its own first: line numbers then refer to the file as written, and
+        // a bad value is reported even when a flag (--max-steps) overrides it.
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        if let Err(e) = PretrainConfig::from_toml_str(&text, p) {
+            if !(strategy.is_some() && e.to_string().contains("missing field `strategy`")) {
+                return Err(super::checks::in_config_file(e, p, false));
+            }
+        }
+    }
+    let cfg = resolve_config(a.config.as_deref(), strategy, a.max_steps).map_err(|e| {
+        match &a.config {
+            Some(p) => super::checks::in_config_file(e, p, true),
+            None => e.into(),
+        }
+    })?;
+    // The LoRA settings are otherwise only checked once the data and the model are loaded.
+    if cfg.strategy == Strategy::Tpl {
+        cfg.tpl_lora.validate(usize::MAX).map_err(|e| {
+            let e = anyhow::Error::from(e).context("tpl_lora");
+            match &a.config {
+                Some(p) => super::checks::in_config_file(e, p, true),
+                None => e,
+            }
+        })?;
+    }
+    super::checks::check_output_dir(&a.out)?;
     let data = prefine_data::DataRoot::resolve(a.data.as_deref())?;
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
     let mut t = Pretrainer::from_paths(cfg, &a.model, data.path())?;
     let ckpt = a.out.join("checkpoint");
     if a.resume {
