@@ -435,6 +435,17 @@ impl Encoder {
             }
         }
         let cfg = &self.config;
+        let mut x = self.embed(input)?;
+        x = self.dropout(&x, cfg.hidden_dropout_prob, &mut fwd)?;
+        for block in &self.blocks {
+            x = self.block_forward(block, &x, &input.attention_mask, &mut fwd)?;
+        }
+        Ok(x)
+    }
+
+    /// Embeddings of a checked input: word + position (+ token type), then the layer norm.
+    fn embed(&self, input: &EncoderInput) -> Result<Tensor> {
+        let cfg = &self.config;
         let (b, s) = input.dims()?;
         if s > cfg.max_position_embeddings {
             return Err(Error::Input(format!(
@@ -470,12 +481,92 @@ impl Encoder {
             }
             x = (x + tt.t().index_select(&types, 0)?.reshape((b, s, h))?)?;
         }
-        let mut x = self.embeddings.norm.forward(&x, cfg.layer_norm_eps)?;
-        x = self.dropout(&x, cfg.hidden_dropout_prob, &mut fwd)?;
+        self.embeddings.norm.forward(&x, cfg.layer_norm_eps)
+    }
+
+    /// Inference-only forward pass where every row of the batch runs with its own LoRA group
+    /// (`row_groups[i]`, `None` for the bare backbone): the base matmuls are shared by all rows,
+    /// and each group's delta `s (x Aᵀ) Bᵀ` is computed on the rows of that group only and added
+    /// to them. No dropout. Row `i` of the result equals (up to float rounding) row `i` of
+    /// `forward(input_i, Forward::eval(row_groups[i]))` run alone. Refused while a group is
+    /// merged into the base weights.
+    pub fn forward_mixed(
+        &self,
+        input: &EncoderInput,
+        row_groups: &[Option<&str>],
+    ) -> Result<Tensor> {
+        let (b, _) = input.dims()?;
+        if row_groups.len() != b {
+            return Err(Error::Input(format!(
+                "{} row groups for a batch of {b} rows",
+                row_groups.len()
+            )));
+        }
+        let mut rows: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        for (i, g) in row_groups.iter().enumerate() {
+            if let Some(g) = g {
+                if !self.groups.contains_key(*g) {
+                    return Err(Error::UnknownGroup(g.to_string()));
+                }
+                rows.entry(g).or_default().push(i as u32);
+            }
+        }
+        if let Some(m) = self
+            .blocks
+            .iter()
+            .flat_map(|bl| bl.linears.values())
+            .find_map(|l| l.merged.as_deref())
+        {
+            return Err(Error::Input(format!(
+                "LoRA group {m:?} is merged into the base weights; unmerge it before a mixed forward"
+            )));
+        }
+        let routes = rows
+            .into_iter()
+            .map(|(g, idx)| {
+                let n = idx.len();
+                Ok(MixedRoute {
+                    group: g,
+                    rows: Tensor::from_vec(idx, n, &Device::Cpu)?,
+                    all: n == b,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut x = self.embed(input)?;
         for block in &self.blocks {
-            x = self.block_forward(block, &x, &input.attention_mask, &mut fwd)?;
+            x = self.block_forward_mixed(block, &x, &input.attention_mask, &routes)?;
         }
         Ok(x)
+    }
+
+    fn block_forward_mixed(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        mask: &Tensor,
+        routes: &[MixedRoute<'_>],
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let lin = |t: LoraTarget, x: &Tensor| mixed_linear(&block.linears[&t], x, routes);
+        let q = lin(LoraTarget::Query, x)?;
+        let k = lin(LoraTarget::Key, x)?;
+        let v = lin(LoraTarget::Value, x)?;
+        let scale = 1.0 / (cfg.head_dim() as f64).sqrt();
+        let ctx = ops::attention(&q, &k, &v, mask, cfg.num_attention_heads, scale, None)?;
+        let attn = lin(LoraTarget::AttentionOutput, &ctx)?;
+        let x = block
+            .attention_norm
+            .forward_residual(&attn, x, cfg.layer_norm_eps)?;
+        let inter = lin(LoraTarget::Intermediate, &x)?;
+        let inter = match cfg.hidden_act {
+            Activation::GeluErf => ops::gelu(&inter)?,
+            Activation::GeluTanh => inter.gelu()?,
+            Activation::Relu => inter.relu()?,
+        };
+        let out = lin(LoraTarget::Output, &inter)?;
+        block
+            .output_norm
+            .forward_residual(&out, &x, cfg.layer_norm_eps)
     }
 
     fn dropout(&self, x: &Tensor, p: f64, fwd: &mut Forward<'_>) -> Result<Tensor> {
@@ -826,6 +917,44 @@ impl Encoder {
         }
         Ok(())
     }
+}
+
+/// The rows of a batch that run with one LoRA group (see [`Encoder::forward_mixed`]).
+struct MixedRoute<'a> {
+    group: &'a str,
+    /// `[n]` u32 row indices.
+    rows: Tensor,
+    /// Whether every row of the batch uses this group.
+    all: bool,
+}
+
+/// `x Wᵀ + b` for all rows, plus each route's LoRA delta on its own rows.
+fn mixed_linear(lin: &LoraLinear, x: &Tensor, routes: &[MixedRoute<'_>]) -> Result<Tensor> {
+    if let [route] = routes {
+        if route.all {
+            // One group for the whole batch: the ordinary (fused) path.
+            return lin.forward(x, Some(route.group), None, None);
+        }
+    }
+    let mut y = ops::linear(x, &lin.weight.t(), &lin.bias.t())?;
+    for route in routes {
+        let Some(pair) = lin.loras.get(route.group) else {
+            continue;
+        };
+        let xg = if route.all {
+            x.clone()
+        } else {
+            x.index_select(&route.rows, 0)?
+        };
+        let h = ops::linear_no_bias(&xg, &pair.a.t())?;
+        let d = (ops::linear_no_bias(&h, &pair.b.t())? * pair.scale)?;
+        y = if route.all {
+            (y + d)?
+        } else {
+            y.index_add(&route.rows, &d, 0)?
+        };
+    }
+    Ok(y)
 }
 
 fn linear_dims(cfg: &EncoderConfig, t: LoraTarget) -> (usize, usize) {

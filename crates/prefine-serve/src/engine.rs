@@ -1,0 +1,658 @@
+//! [`Engine`]: one backbone in memory, any number of named adapters (a LoRA group and/or a
+//! head with its label map, as written by `prefine finetune`) registered and unregistered at
+//! run time, and predictions for batches whose texts use different adapters in ONE forward pass
+//! ([`Encoder::forward_mixed`]).
+//!
+//! Registering an adapter reads only its small files (LoRA pairs, head, labels) and installs
+//! them on a shallow copy of the encoder (weights are shared, not copied), which then replaces
+//! the current one atomically: requests in flight keep the state they started with, and
+//! switching between adapters per request costs nothing but a map lookup.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use candle_core::{Tensor, D};
+use prefine_data::LabelSet;
+use prefine_eval::{entities, NerMode};
+use prefine_model::peft::load_adapter;
+use prefine_model::weights::load_safetensors;
+use prefine_model::{Encoder, EncoderInput};
+use prefine_tokenize::{
+    split_words, windows, Overflow, TextTokenizer, TokenizeConfig, WindowConfig,
+};
+use prefine_train::finetune::artifact::ArtifactManifest;
+use prefine_train::finetune::model::{TaskHead, TaskModel};
+use prefine_train::finetune::predict::{PredictedEntity, Prediction};
+use prefine_train::finetune::{Mode, TaskKind};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Rows (NER windows or TC texts) per forward pass unless configured otherwise.
+pub const DEFAULT_MAX_BATCH_ROWS: usize = 64;
+
+/// The longest adapter name accepted.
+pub const MAX_ADAPTER_NAME: usize = 64;
+
+/// What a registered adapter is (the `GET /v1/adapters` entries).
+#[derive(Debug, Clone, Serialize)]
+pub struct AdapterInfo {
+    /// The name requests use.
+    pub name: String,
+    /// Task family.
+    pub task: TaskKind,
+    /// How it was trained (`head` or `lora`; `full` needs its own backbone and is refused).
+    pub mode: Mode,
+    /// Whether it carries a LoRA group.
+    pub has_lora: bool,
+    /// Class labels (index = class id).
+    pub labels: Vec<String>,
+    /// Window length (NER) or truncation length (TC) in subwords.
+    pub max_length: usize,
+    /// Window overlap (NER).
+    pub stride: usize,
+    /// The directory it was loaded from.
+    pub path: PathBuf,
+    /// Number of LoRA parameters (elements) it adds to the backbone.
+    pub lora_parameters: usize,
+}
+
+/// A registered adapter: head, labels and the encoder group holding its LoRA pairs.
+struct Adapter {
+    info: AdapterInfo,
+    head: TaskHead,
+    labels: LabelSet,
+    group: Option<String>,
+}
+
+/// One immutable state of the engine; replaced as a whole on (un)registration.
+struct Registry {
+    encoder: Encoder,
+    adapters: BTreeMap<String, Arc<Adapter>>,
+}
+
+/// One request of a mixed batch: an adapter and its texts.
+#[derive(Debug, Clone, Copy)]
+pub struct PredictJob<'a> {
+    /// The adapter's name.
+    pub adapter: &'a str,
+    /// The texts.
+    pub texts: &'a [String],
+}
+
+/// A prediction in `prefine predict`'s JSON shape, plus `"truncated": true` for a TC text that
+/// was cut to the adapter's `max_length` (NER texts are windowed, never cut).
+#[derive(Debug, Clone, Serialize)]
+pub struct TextPrediction {
+    /// The prediction.
+    #[serde(flatten)]
+    pub prediction: Prediction,
+    /// Whether the text was truncated.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// The shared backbone and its adapters.
+pub struct Engine {
+    model_dir: PathBuf,
+    tokenizer: TextTokenizer,
+    max_positions: usize,
+    max_batch_rows: usize,
+    state: RwLock<Arc<Registry>>,
+    /// Serialises registrations (readers never wait on it).
+    writer: Mutex<()>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("model_dir", &self.model_dir)
+            .field("adapters", &self.adapter_names())
+            .finish()
+    }
+}
+
+/// What one text turns into before the forward pass.
+enum Work {
+    Ner {
+        /// Byte offsets of each word.
+        words: Vec<(usize, usize)>,
+        /// Best label id and its probability per word.
+        tags: Vec<(usize, f32)>,
+    },
+    Tc {
+        probs: Vec<f32>,
+        truncated: bool,
+    },
+}
+
+/// One encoder row: a NER window or a TC text.
+struct Row {
+    job: usize,
+    text: usize,
+    ids: Vec<u32>,
+    /// NER: per position, the word this window owns there.
+    owner: Option<Vec<Option<usize>>>,
+}
+
+impl Engine {
+    /// Loads the backbone (`config.json`, `model.safetensors`, `tokenizer.json`) once.
+    pub fn load(model_dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = model_dir.as_ref();
+        let (encoder, _) = Encoder::from_model_dir(dir)?;
+        let tokenizer = TextTokenizer::from_model_dir(
+            dir,
+            TokenizeConfig {
+                max_length: encoder.config().max_position_embeddings,
+                overflow: Overflow::Truncate,
+                ..Default::default()
+            },
+        )?;
+        Ok(Self::from_parts(dir, encoder, tokenizer))
+    }
+
+    /// An engine over an already loaded encoder and tokenizer (its LoRA groups are ignored
+    /// unless registered through [`Engine::register`]).
+    pub fn from_parts(model_dir: &Path, encoder: Encoder, tokenizer: TextTokenizer) -> Self {
+        Self {
+            model_dir: model_dir.to_path_buf(),
+            max_positions: encoder.config().max_position_embeddings,
+            tokenizer,
+            max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
+            state: RwLock::new(Arc::new(Registry {
+                encoder,
+                adapters: BTreeMap::new(),
+            })),
+            writer: Mutex::new(()),
+        }
+    }
+
+    /// Sets the most rows (NER windows or TC texts) per forward pass (at least 1).
+    pub fn with_max_batch_rows(mut self, rows: usize) -> Self {
+        self.max_batch_rows = rows.max(1);
+        self
+    }
+
+    /// The backbone directory.
+    pub fn model_dir(&self) -> &Path {
+        &self.model_dir
+    }
+
+    /// The tokenizer of the backbone.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// Number of backbone parameters (elements).
+    pub fn num_backbone_parameters(&self) -> usize {
+        self.snapshot().encoder.num_base_parameters()
+    }
+
+    fn snapshot(&self) -> Arc<Registry> {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn install(&self, reg: Registry) {
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(reg);
+    }
+
+    /// The registered adapters, sorted by name.
+    pub fn adapters(&self) -> Vec<AdapterInfo> {
+        self.snapshot()
+            .adapters
+            .values()
+            .map(|a| a.info.clone())
+            .collect()
+    }
+
+    /// The names of the registered adapters, sorted.
+    pub fn adapter_names(&self) -> Vec<String> {
+        self.snapshot().adapters.keys().cloned().collect()
+    }
+
+    /// One adapter's description.
+    pub fn adapter(&self, name: &str) -> Option<AdapterInfo> {
+        self.snapshot().adapters.get(name).map(|a| a.info.clone())
+    }
+
+    /// Registers the adapter directory `dir` (a `prefine finetune` output in `head` or `lora`
+    /// mode) under `name`. The backbone is not reloaded.
+    pub fn register(&self, name: &str, dir: &Path) -> Result<AdapterInfo> {
+        validate_name(name)?;
+        let parts = read_adapter_dir(dir)?;
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.snapshot();
+        if cur.adapters.contains_key(name) {
+            return Err(Error::AdapterExists(name.to_string()));
+        }
+        let mut encoder = cur.encoder.clone();
+        let hidden = encoder.hidden_size();
+        let head_hidden = head_classifier(&parts.head).weight.var().dims()[1];
+        if head_hidden != hidden {
+            return Err(Error::Adapter {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "the head expects hidden size {head_hidden}, the backbone has {hidden}"
+                ),
+            });
+        }
+        let mut lora_parameters = 0;
+        let group = if parts.manifest.has_lora {
+            let g = group_name(name);
+            if encoder.group_config(&g).is_some() {
+                encoder.remove_lora_group(&g)?;
+            }
+            load_adapter(&mut encoder, dir, &g).map_err(|e| Error::Adapter {
+                path: dir.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            lora_parameters = encoder
+                .group_pairs(&g)
+                .iter()
+                .map(|(_, _, p)| p.a.var().elem_count() + p.b.var().elem_count())
+                .sum();
+            Some(g)
+        } else {
+            None
+        };
+        let info = AdapterInfo {
+            name: name.to_string(),
+            task: parts.manifest.task,
+            mode: parts.manifest.mode,
+            has_lora: group.is_some(),
+            labels: parts.labels.labels().to_vec(),
+            max_length: parts.manifest.max_length.min(self.max_positions),
+            stride: parts.manifest.stride,
+            path: dir.to_path_buf(),
+            lora_parameters,
+        };
+        let mut adapters = cur.adapters.clone();
+        adapters.insert(
+            name.to_string(),
+            Arc::new(Adapter {
+                info: info.clone(),
+                head: parts.head,
+                labels: parts.labels,
+                group,
+            }),
+        );
+        self.install(Registry { encoder, adapters });
+        Ok(info)
+    }
+
+    /// Unregisters an adapter; requests already running with it finish normally.
+    pub fn unregister(&self, name: &str) -> Result<()> {
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.snapshot();
+        let Some(ad) = cur.adapters.get(name) else {
+            return Err(Error::UnknownAdapter(name.to_string()));
+        };
+        let mut encoder = cur.encoder.clone();
+        if let Some(g) = &ad.group {
+            encoder.remove_lora_group(g)?;
+        }
+        let mut adapters = cur.adapters.clone();
+        adapters.remove(name);
+        self.install(Registry { encoder, adapters });
+        Ok(())
+    }
+
+    /// Predictions for one adapter's texts.
+    pub fn predict(&self, adapter: &str, texts: &[String]) -> Result<Vec<TextPrediction>> {
+        self.predict_mixed(&[PredictJob { adapter, texts }])
+            .pop()
+            .unwrap_or_else(|| Err(Error::BadRequest("no job".into())))
+    }
+
+    /// Predictions for several jobs (any adapters, NER and TC mixed) computed together: all
+    /// rows are length-sorted and run through [`Encoder::forward_mixed`] in batches of at most
+    /// `max_batch_rows` rows, each row with its adapter's LoRA group and head. A job that fails
+    /// (unknown adapter, empty text) gets its error; the others are unaffected.
+    pub fn predict_mixed(&self, jobs: &[PredictJob<'_>]) -> Vec<Result<Vec<TextPrediction>>> {
+        let reg = self.snapshot();
+        let mut adapters: Vec<Option<Arc<Adapter>>> = Vec::with_capacity(jobs.len());
+        let mut errors: Vec<Option<Error>> = Vec::with_capacity(jobs.len());
+        let mut work: Vec<Vec<Work>> = Vec::with_capacity(jobs.len());
+        let mut rows: Vec<Row> = Vec::new();
+        for (j, job) in jobs.iter().enumerate() {
+            let prepared = reg
+                .adapters
+                .get(job.adapter)
+                .cloned()
+                .ok_or_else(|| Error::UnknownAdapter(job.adapter.to_string()))
+                .and_then(|ad| {
+                    let mut job_rows = Vec::new();
+                    let w = self.prepare(&ad, j, job.texts, &mut job_rows)?;
+                    Ok((ad, w, job_rows))
+                });
+            match prepared {
+                Ok((ad, w, job_rows)) => {
+                    adapters.push(Some(ad));
+                    errors.push(None);
+                    work.push(w);
+                    rows.extend(job_rows);
+                }
+                Err(e) => {
+                    adapters.push(None);
+                    errors.push(Some(e));
+                    work.push(Vec::new());
+                }
+            }
+        }
+        rows.sort_by_key(|r| std::cmp::Reverse(r.ids.len()));
+        for chunk in rows.chunks(self.max_batch_rows) {
+            if let Err(e) = self.run_chunk(&reg, chunk, &adapters, &mut work) {
+                // Only the jobs with rows in this chunk fail.
+                let msg = e.to_string();
+                for r in chunk {
+                    if errors[r.job].is_none() {
+                        errors[r.job] = Some(Error::Server(format!("forward pass: {msg}")));
+                    }
+                }
+            }
+        }
+        jobs.iter()
+            .enumerate()
+            .map(|(j, job)| {
+                if let Some(e) = errors[j].take() {
+                    return Err(e);
+                }
+                let ad = adapters[j].as_ref().expect("set when no error");
+                finish_job(ad, job.texts, std::mem::take(&mut work[j]))
+            })
+            .collect()
+    }
+
+    /// Tokenizes one job's texts into rows; returns the per-text work slots.
+    fn prepare(
+        &self,
+        ad: &Adapter,
+        job: usize,
+        texts: &[String],
+        rows: &mut Vec<Row>,
+    ) -> Result<Vec<Work>> {
+        if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+            return Err(Error::BadRequest(format!("text #{} is empty", i + 1)));
+        }
+        let mut out = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            match ad.info.task {
+                TaskKind::Ner => {
+                    let split = split_words(text);
+                    let words: Vec<&str> = split.iter().map(|(w, _)| *w).collect();
+                    if !words.is_empty() {
+                        let cfg = WindowConfig {
+                            max_length: ad.info.max_length,
+                            stride: ad.info.stride,
+                        };
+                        let wins = windows(&self.tokenizer, &words, cfg)
+                            .map_err(|e| Error::BadRequest(format!("text #{}: {e}", i + 1)))?;
+                        for w in wins {
+                            rows.push(Row {
+                                job,
+                                text: i,
+                                ids: w.ids,
+                                owner: Some(w.owner_word),
+                            });
+                        }
+                    }
+                    out.push(Work::Ner {
+                        tags: vec![(usize::MAX, 0.0); split.len()],
+                        words: split.into_iter().map(|(_, o)| o).collect(),
+                    });
+                }
+                TaskKind::Tc => {
+                    let enc = self
+                        .tokenizer
+                        .encode(i, text)
+                        .map_err(|e| Error::BadRequest(format!("text #{}: {e}", i + 1)))?;
+                    let (ids, cut) = truncate_ids(enc.ids, &enc.word_ids, ad.info.max_length);
+                    rows.push(Row {
+                        job,
+                        text: i,
+                        ids,
+                        owner: None,
+                    });
+                    out.push(Work::Tc {
+                        probs: Vec::new(),
+                        truncated: enc.truncated || cut,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One mixed forward pass over `chunk`, heads per adapter, results into `work`.
+    fn run_chunk(
+        &self,
+        reg: &Registry,
+        chunk: &[Row],
+        adapters: &[Option<Arc<Adapter>>],
+        work: &mut [Vec<Work>],
+    ) -> Result<()> {
+        let len = chunk.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+        let pad = self.tokenizer.pad_id();
+        let ids: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|r| {
+                let mut v = r.ids.clone();
+                v.resize(len, pad);
+                v
+            })
+            .collect();
+        let mask: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|r| (0..len).map(|p| u32::from(p < r.ids.len())).collect())
+            .collect();
+        let input = EncoderInput::from_vecs(&ids, &vec![vec![0; len]; chunk.len()], &mask)?;
+        let ad_of = |r: &Row| adapters[r.job].as_ref().expect("rows only for loaded jobs");
+        let groups: Vec<Option<&str>> = chunk.iter().map(|r| ad_of(r).group.as_deref()).collect();
+        let hidden = reg.encoder.forward_mixed(&input, &groups)?;
+        // Rows of the chunk by adapter name.
+        let mut by_adapter: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, r) in chunk.iter().enumerate() {
+            by_adapter.entry(&ad_of(r).info.name).or_default().push(i);
+        }
+        for idx in by_adapter.values() {
+            let ad = ad_of(&chunk[idx[0]]);
+            let (h, m) = if idx.len() == chunk.len() {
+                (hidden.clone(), input.attention_mask.clone())
+            } else {
+                let sel: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+                let sel = Tensor::from_vec(sel, idx.len(), hidden.device())?;
+                (
+                    hidden.index_select(&sel, 0)?,
+                    input.attention_mask.index_select(&sel, 0)?,
+                )
+            };
+            match &ad.head {
+                TaskHead::Token(head) => {
+                    let p = candle_nn::ops::softmax_last_dim(&head.forward(&h, None)?)?
+                        .to_vec3::<f32>()?;
+                    for (k, &i) in idx.iter().enumerate() {
+                        let row = &chunk[i];
+                        let owner = row.owner.as_deref().unwrap_or(&[]);
+                        if let Work::Ner { tags, .. } = &mut work[row.job][row.text] {
+                            for (pos, o) in owner.iter().enumerate() {
+                                if let (Some(w), Some(probs)) = (o, p[k].get(pos)) {
+                                    if let Some(slot) = tags.get_mut(*w) {
+                                        *slot = argmax(probs);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                TaskHead::Sequence(head) => {
+                    let p = candle_nn::ops::softmax(&head.forward(&h, &m, None)?, D::Minus1)?
+                        .to_vec2::<f32>()?;
+                    for (k, &i) in idx.iter().enumerate() {
+                        let row = &chunk[i];
+                        if let Work::Tc { probs, .. } = &mut work[row.job][row.text] {
+                            *probs = p[k].clone();
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Index and value of the largest element.
+fn argmax(v: &[f32]) -> (usize, f32) {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
+            if x > bv {
+                (i, x)
+            } else {
+                (bi, bv)
+            }
+        })
+}
+
+/// Cuts `ids` to `max` tokens, keeping a closing special token (`[SEP]`) as the model saw it.
+fn truncate_ids(mut ids: Vec<u32>, word_ids: &[Option<u32>], max: usize) -> (Vec<u32>, bool) {
+    if ids.len() <= max || max == 0 {
+        return (ids, false);
+    }
+    let last = *ids.last().unwrap_or(&0);
+    let ends_with_special = word_ids.last().is_some_and(Option::is_none);
+    ids.truncate(max);
+    if ends_with_special {
+        ids[max - 1] = last;
+    }
+    (ids, true)
+}
+
+fn finish_job(ad: &Adapter, texts: &[String], work: Vec<Work>) -> Result<Vec<TextPrediction>> {
+    let mut out = Vec::with_capacity(texts.len());
+    for (text, w) in texts.iter().zip(work) {
+        out.push(match w {
+            Work::Ner { words, tags } => {
+                let labels: Vec<&str> = tags
+                    .iter()
+                    .map(|(id, _)| ad.labels.label(*id).unwrap_or("O"))
+                    .collect();
+                let char_of = |byte: usize| text[..byte].chars().count();
+                let ents = entities(&labels, NerMode::Lenient)?
+                    .into_iter()
+                    .map(|e| {
+                        let (bs, be) = (words[e.start].0, words[e.end - 1].1);
+                        let score = tags[e.start..e.end].iter().map(|t| t.1).sum::<f32>()
+                            / (e.end - e.start) as f32;
+                        PredictedEntity {
+                            start: char_of(bs),
+                            end: char_of(be),
+                            entity_type: e.entity_type,
+                            text: text[bs..be].to_string(),
+                            score,
+                        }
+                    })
+                    .collect();
+                TextPrediction {
+                    prediction: Prediction::Ner {
+                        text: text.clone(),
+                        entities: ents,
+                    },
+                    truncated: false,
+                }
+            }
+            Work::Tc { probs, truncated } => TextPrediction {
+                prediction: Prediction::Tc {
+                    text: text.clone(),
+                    label: ad.labels.label(argmax(&probs).0).unwrap_or("").to_string(),
+                    scores: probs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| (ad.labels.label(i).unwrap_or("").to_string(), v))
+                        .collect(),
+                },
+                truncated,
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// The encoder group that holds an adapter's LoRA pairs.
+fn group_name(adapter: &str) -> String {
+    format!("adapter:{adapter}")
+}
+
+/// Adapter names: 1 to 64 characters among ASCII letters, digits, `.`, `_` and `-`, not
+/// starting with `.`.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_ADAPTER_NAME
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(format!(
+            "adapter name {name:?}: use 1 to {MAX_ADAPTER_NAME} ASCII letters, digits, '.', '_' or '-' (not starting with '.')"
+        )))
+    }
+}
+
+fn head_classifier(head: &TaskHead) -> &prefine_model::Classifier {
+    match head {
+        TaskHead::Token(h) => &h.classifier,
+        TaskHead::Sequence(h) => &h.classifier,
+    }
+}
+
+/// The files of an adapter directory, read and checked (without touching any encoder).
+pub(crate) struct AdapterParts {
+    pub manifest: ArtifactManifest,
+    pub labels: LabelSet,
+    pub head: TaskHead,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::file(path, e))
+}
+
+/// Reads `adapter.json`, `labels.json` and `head.safetensors` of a `prefine finetune` output.
+pub(crate) fn read_adapter_dir(dir: &Path) -> Result<AdapterParts> {
+    if !dir.is_dir() {
+        return Err(Error::Adapter {
+            path: dir.to_path_buf(),
+            reason: "not a directory".into(),
+        });
+    }
+    let manifest: ArtifactManifest = read_json(&dir.join("adapter.json"))?;
+    if manifest.mode == Mode::Full {
+        return Err(Error::Adapter {
+            path: dir.to_path_buf(),
+            reason: "a `full` fine-tuning output has its own backbone and cannot share this one; \
+                     serve it with --model DIR/model"
+                .into(),
+        });
+    }
+    let lpath = dir.join("labels.json");
+    let labels: LabelSet = read_json(&lpath)?;
+    let hpath = dir.join("head.safetensors");
+    let head_tensors = load_safetensors(&hpath)?.into_iter().collect();
+    let head =
+        TaskModel::head_from_tensors(manifest.task, &head_tensors, manifest.pooling, &hpath)?;
+    let classes = head_classifier(&head).num_classes();
+    if classes != labels.len() {
+        return Err(Error::file(
+            lpath,
+            format!("{} labels but the head has {classes} classes", labels.len()),
+        ));
+    }
+    Ok(AdapterParts {
+        manifest,
+        labels,
+        head,
+    })
+}

@@ -1,0 +1,508 @@
+//! The HTTP server (axum + tokio): adapters management, predictions with dynamic batching
+//! across adapters, health, metrics and the OpenAPI description.
+//!
+//! Requests for any adapters that arrive within `max_wait` of each other (up to `max_batch`
+//! texts) are run by one worker thread as ONE mixed-adapter forward pass
+//! ([`Engine::predict_mixed`]). Every error is a JSON body `{"error": "..."}` with a fitting
+//! status; nothing a client sends can panic the server, and no request waits longer than
+//! `request_timeout`. Shutdown stops accepting connections and finishes the requests in flight.
+
+use std::future::Future;
+use std::path::{Component, Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path as UrlPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::engine::{validate_name, Engine, PredictJob, TextPrediction};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+/// The OpenAPI 3 description of this server (also served at `GET /openapi.json`).
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+/// Limits and batching settings of the server.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The only directory adapters may be registered from over HTTP (`None`: registration over
+    /// HTTP is disabled).
+    pub adapters_dir: Option<PathBuf>,
+    /// Most texts run in one forward pass by the dynamic batcher.
+    pub max_batch: usize,
+    /// How long the batcher waits for more requests after the first one.
+    pub max_wait: Duration,
+    /// Most texts in one request.
+    pub max_texts_per_request: usize,
+    /// Most characters in one text (longer inputs are refused; within the limit, NER texts
+    /// longer than the model window are windowed and TC texts truncated, flagged).
+    pub max_text_chars: usize,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Requests waiting for the batcher before new ones get 503.
+    pub queue_capacity: usize,
+    /// Longest a prediction request may wait for its result before 504.
+    pub request_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            adapters_dir: None,
+            max_batch: 32,
+            max_wait: Duration::from_millis(5),
+            max_texts_per_request: 64,
+            max_text_chars: 20_000,
+            max_body_bytes: 2 << 20,
+            queue_capacity: 1024,
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Checks the settings before the server starts.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("max_batch", self.max_batch),
+            ("max_texts_per_request", self.max_texts_per_request),
+            ("max_text_chars", self.max_text_chars),
+            ("max_body_bytes", self.max_body_bytes),
+            ("queue_capacity", self.queue_capacity),
+        ];
+        if let Some((k, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::Server(format!("{k} must be positive")));
+        }
+        if let Some(d) = &self.adapters_dir {
+            if !d.is_dir() {
+                return Err(Error::file(d, "adapters directory not found"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A prediction request waiting for the batcher.
+struct Job {
+    adapter: String,
+    texts: Vec<String>,
+    reply: oneshot::Sender<Result<Vec<TextPrediction>>>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    engine: Arc<Engine>,
+    cfg: Arc<ServeConfig>,
+    metrics: Arc<Metrics>,
+    queue: SyncSender<Job>,
+}
+
+/// An error response: a status and `{"error": message}`.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::UnknownAdapter(_) => StatusCode::NOT_FOUND,
+            Error::AdapterExists(_) => StatusCode::CONFLICT,
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Adapter { .. } | Error::File { .. } | Error::Bundle { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Error::Model(_) | Error::Train(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+type ApiResult<T> = std::result::Result<T, ApiError>;
+
+fn bad_request(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+/// Parses a JSON body, mapping every failure to a 4xx with a message.
+fn parse_body<T: serde::de::DeserializeOwned>(
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult<T> {
+    let bytes = body.map_err(|r| ApiError(r.status(), r.body_text()))?;
+    serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("malformed JSON body: {e}")))
+}
+
+/// The router with every endpoint; the batcher must be running on the other end of `queue`.
+fn router(state: AppState) -> Router {
+    let limit = state.cfg.max_body_bytes;
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/adapters", get(list_adapters).post(add_adapter))
+        .route(
+            "/v1/adapters/{name}",
+            delete(remove_adapter).get(get_adapter),
+        )
+        .route("/v1/predict", axum::routing::post(predict))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let resp = next.run(req).await;
+    s.metrics.observe_request(
+        &method,
+        &route,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such endpoint".into())
+}
+
+async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "backbone": s.engine.model_dir(),
+        "backbone_parameters": s.engine.num_backbone_parameters(),
+        "adapters": s.engine.adapter_names().len(),
+    }))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let text = s.metrics.render(s.engine.adapter_names().len());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn list_adapters(State(s): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({ "adapters": s.engine.adapters() }))
+}
+
+async fn get_adapter(
+    State(s): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let info = s.engine.adapter(&name).ok_or(Error::UnknownAdapter(name))?;
+    Ok(Json(json!(info)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddAdapter {
+    name: String,
+    path: String,
+}
+
+/// Resolves `requested` (relative to `root`, or absolute) to a directory inside `root`,
+/// symlinks followed: `..` components, paths outside and links that lead outside are refused.
+pub fn resolve_inside(root: &Path, requested: &str) -> Result<PathBuf> {
+    let p = Path::new(requested);
+    if requested.is_empty() || requested.contains('\0') {
+        return Err(Error::BadRequest("path is empty or invalid".into()));
+    }
+    if p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(Error::BadRequest(format!(
+            "path {requested:?}: '..' is not allowed"
+        )));
+    }
+    let root = std::fs::canonicalize(root).map_err(|e| Error::file(root, e))?;
+    let outside = || {
+        Error::BadRequest(format!(
+            "path {requested:?} must resolve inside the adapters directory"
+        ))
+    };
+    if p.is_absolute() && !p.starts_with(&root) {
+        return Err(outside());
+    }
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        root.join(p)
+    };
+    let canon = std::fs::canonicalize(&joined).map_err(|_| {
+        Error::BadRequest(format!(
+            "path {requested:?}: no such directory in the adapters directory"
+        ))
+    })?;
+    if !canon.starts_with(&root) || canon == root {
+        return Err(outside());
+    }
+    Ok(canon)
+}
+
+async fn add_adapter(
+    State(s): State<AppState>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let req: AddAdapter = parse_body(body)?;
+    validate_name(&req.name)?;
+    let Some(root) = s.cfg.adapters_dir.clone() else {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "registering adapters over HTTP is disabled (start the server with --adapters-dir)"
+                .into(),
+        ));
+    };
+    let dir = resolve_inside(&root, &req.path).map_err(|e| match e {
+        Error::BadRequest(m) if m.contains("must resolve inside") => {
+            ApiError(StatusCode::FORBIDDEN, m)
+        }
+        e => e.into(),
+    })?;
+    let engine = s.engine.clone();
+    let name = req.name.clone();
+    let start = Instant::now();
+    let info = tokio::task::spawn_blocking(move || engine.register(&name, &dir))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    tracing::info!(
+        "registered adapter {:?} ({:?}) in {:.1} ms",
+        info.name,
+        info.task,
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    Ok((StatusCode::CREATED, Json(json!(info))).into_response())
+}
+
+async fn remove_adapter(
+    State(s): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    s.engine.unregister(&name)?;
+    tracing::info!("unregistered adapter {name:?}");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictBody {
+    adapter: String,
+    texts: Vec<String>,
+}
+
+async fn predict(
+    State(s): State<AppState>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let req: PredictBody = parse_body(body)?;
+    let cfg = &s.cfg;
+    if req.texts.is_empty() {
+        return Err(bad_request("texts is empty"));
+    }
+    if req.texts.len() > cfg.max_texts_per_request {
+        return Err(bad_request(format!(
+            "{} texts, more than the limit of {} per request",
+            req.texts.len(),
+            cfg.max_texts_per_request
+        )));
+    }
+    for (i, t) in req.texts.iter().enumerate() {
+        if t.trim().is_empty() {
+            return Err(bad_request(format!("text #{} is empty", i + 1)));
+        }
+        let n = t.chars().count();
+        if n > cfg.max_text_chars {
+            return Err(bad_request(format!(
+                "text #{} has {n} characters, more than the limit of {}",
+                i + 1,
+                cfg.max_text_chars
+            )));
+        }
+    }
+    if s.engine.adapter(&req.adapter).is_none() {
+        return Err(Error::UnknownAdapter(req.adapter).into());
+    }
+    let (tx, rx) = oneshot::channel();
+    let job = Job {
+        adapter: req.adapter,
+        texts: req.texts,
+        reply: tx,
+    };
+    match s.queue.try_send(job) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is busy; retry later".into(),
+            ))
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down".into(),
+            ))
+        }
+    }
+    match tokio::time::timeout(cfg.request_timeout, rx).await {
+        Ok(Ok(Ok(results))) => Ok(Json(json!({ "results": results }))),
+        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Err(_)) => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the prediction worker dropped the request".into(),
+        )),
+        Err(_) => Err(ApiError(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("no result within {:?}", cfg.request_timeout),
+        )),
+    }
+}
+
+/// The dynamic batcher: waits for a request, gathers more for up to `max_wait` or `max_batch`
+/// texts, runs them as one mixed forward pass and answers each. Ends when every sender is gone.
+fn batch_worker(
+    engine: Arc<Engine>,
+    rx: mpsc::Receiver<Job>,
+    max_batch: usize,
+    max_wait: Duration,
+    metrics: Arc<Metrics>,
+) {
+    while let Ok(first) = rx.recv() {
+        let deadline = Instant::now() + max_wait;
+        let mut texts = first.texts.len();
+        let mut jobs = vec![first];
+        while texts < max_batch {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match rx.recv_timeout(deadline - now) {
+                Ok(j) => {
+                    texts += j.texts.len();
+                    jobs.push(j);
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        // Clients that went away need no answer.
+        jobs.retain(|j| !j.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        let texts: usize = jobs.iter().map(|j| j.texts.len()).sum();
+        let pj: Vec<PredictJob<'_>> = jobs
+            .iter()
+            .map(|j| PredictJob {
+                adapter: &j.adapter,
+                texts: &j.texts,
+            })
+            .collect();
+        let results =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.predict_mixed(&pj)));
+        drop(pj);
+        metrics.observe_batch(texts, jobs.len());
+        match results {
+            Ok(results) => {
+                for (job, r) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(r);
+                }
+            }
+            Err(_) => {
+                tracing::error!("a prediction batch panicked; its requests get 500");
+                for job in jobs {
+                    let _ = job
+                        .reply
+                        .send(Err(Error::Server("internal error while predicting".into())));
+                }
+            }
+        }
+    }
+}
+
+/// Serves `engine` on `listener` until `shutdown` completes; then stops accepting
+/// connections, finishes the requests in flight and returns.
+pub async fn serve(
+    engine: Arc<Engine>,
+    cfg: ServeConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    cfg.validate()?;
+    let metrics = Arc::new(Metrics::default());
+    let (tx, rx) = mpsc::sync_channel(cfg.queue_capacity);
+    let worker = {
+        let (engine, metrics) = (engine.clone(), metrics.clone());
+        let (max_batch, max_wait) = (cfg.max_batch, cfg.max_wait);
+        std::thread::Builder::new()
+            .name("prefine-batcher".into())
+            .spawn(move || batch_worker(engine, rx, max_batch, max_wait, metrics))
+            .map_err(|e| Error::Server(format!("cannot start the batcher: {e}")))?
+    };
+    let state = AppState {
+        engine,
+        cfg: Arc::new(cfg),
+        metrics,
+        queue: tx,
+    };
+    let app = router(state);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    // The router (and with it every queue sender) is gone: the batcher drains and stops.
+    let joined = tokio::task::spawn_blocking(move || worker.join()).await;
+    served.map_err(|e| Error::Server(e.to_string()))?;
+    if !matches!(joined, Ok(Ok(()))) {
+        return Err(Error::Server("the batcher thread failed".into()));
+    }
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
