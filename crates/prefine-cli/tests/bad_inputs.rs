@@ -91,7 +91,7 @@ fn check_failure(case: &str, out: &Outcome, expect: &[&str]) -> Option<String> {
     match out.code {
         Some(0) => problems.push("exit status 0".to_string()),
         None => problems.push("killed by a signal".to_string()),
-        Some(c) if c == 101 => problems.push("exit status 101 (a panic)".to_string()),
+        Some(101) => problems.push("exit status 101 (a panic)".to_string()),
         Some(_) => {}
     }
     for bad in ["panicked", "RUST_BACKTRACE"] {
@@ -845,7 +845,8 @@ fn adapter_directories() {
         })
     };
     let weights = |f: Edit| -> Box<dyn Fn(&Path)> { Box::new(move |d: &Path| f(d)) };
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &[&str])> = vec![
+    type AdapterEdit = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, AdapterEdit, &[&str])> = vec![
         (
             "config_malformed",
             use_committed("config_malformed"),
