@@ -36,6 +36,8 @@ enum Command {
     Predict(commands::predict::PredictArgs),
     /// Score a predicted CoNLL file against a gold one (conlleval-style report).
     Score(commands::score::ScoreArgs),
+    /// Run the evaluation suite (variants x tasks x fractions x seeds) or regenerate its report.
+    Suite(commands::suite::SuiteArgs),
     /// Run a standard benchmark workload (../shared/bench/WORKLOAD.md) and print one JSON line.
     Bench(commands::bench::BenchArgs),
 }
@@ -66,6 +68,7 @@ fn main() {
         Command::Pretrain(a) => commands::pretrain::run(a),
         Command::Predict(a) => commands::predict::run(a),
         Command::Score(a) => commands::score::run(a),
+        Command::Suite(a) => commands::suite::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -8,6 +8,7 @@ pub mod finetune;
 pub mod predict;
 pub mod pretrain;
 pub mod score;
+pub mod suite;
 
 use std::path::PathBuf;
 

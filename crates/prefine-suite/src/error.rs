@@ -1,0 +1,52 @@
+//! The error type of `prefine-suite`.
+
+/// Everything that can stop the suite as a whole (a failing cell is recorded, not raised).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An invalid suite configuration.
+    #[error("invalid suite configuration: {field}: {reason}")]
+    Config {
+        /// The offending key (with file and line where known).
+        field: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A training or pre-finetuning error.
+    #[error(transparent)]
+    Train(#[from] prefine_train::Error),
+    /// A data-root error.
+    #[error(transparent)]
+    Data(#[from] prefine_data::Error),
+    /// A model error.
+    #[error(transparent)]
+    Model(#[from] prefine_model::Error),
+    /// A chart could not be drawn.
+    #[error("chart {path}: {reason}")]
+    Chart {
+        /// The chart file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// A file error.
+    pub fn file(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+        Error::File {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, Error>;
