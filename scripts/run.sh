@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
-# The main job, set-up included. For now: install the default backbone, build prefine, and embed
-# a few sentences with it (one JSON line per sentence). Later issues extend this to the full
-# pre-finetuning + evaluation pipeline.
+# The main job, set-up included: install the default backbone, build prefine, then run the
+# budgeted end-to-end pipeline of configs/quickstart.toml (pre-finetune MTPF-TPL for 100 steps,
+# fine-tune heads for the base and the TPL backbone on 2 NER + 2 TC shared tasks at 100% and 10%
+# of the capped training data) and print the table. Outputs land in runs/quickstart/ (table.md,
+# table.csv, suite.svg, suite.png, results.jsonl); re-running skips finished work.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 ./scripts/setup.sh
 cargo build --release -q -p prefine-cli
-./target/release/prefine embed --model models/all-MiniLM-L6-v2 \
-  "prefine turns one small encoder into a shared backbone for NER and classification." \
-  "Barack Obama visited Paris in 2015." \
-  "I love this phone, the battery lasts for days."
+./target/release/prefine suite --config configs/quickstart.toml "$@"
