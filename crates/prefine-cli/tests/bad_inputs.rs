@@ -27,7 +27,8 @@ use prefine_model::{seed_rng, Encoder, EncoderConfig, LoraConfig, LoraTarget};
 const MAX_STDERR: usize = 8 * 1024;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// `tests/bad_inputs/` at the repository root.
@@ -87,6 +88,11 @@ where
 
 /// Checks a failed run; returns a description of what is wrong, if anything.
 fn check_failure(case: &str, out: &Outcome, expect: &[&str]) -> Option<String> {
+    if std::env::var_os("BAD_INPUTS_SHOW").is_some() {
+        // `BAD_INPUTS_SHOW=1 cargo test ... -- --nocapture` prints every message.
+        let shown: String = out.stderr.chars().take(400).collect();
+        eprintln!("[{case}] exit {:?}: {}", out.code, shown.trim_end());
+    }
     let mut problems = Vec::new();
     match out.code {
         Some(0) => problems.push("exit status 0".to_string()),
@@ -701,7 +707,7 @@ fn model_directories() {
         (
             "config_hidden_size_string",
             |d| edit_config(d, |v| v["hidden_size"] = "sixteen".into()),
-            &["config.json", "hidden_size"],
+            &["config.json: field hidden_size: invalid type"],
         ),
         (
             "missing_weights_file",

@@ -147,6 +147,52 @@ fn parse_act(path: &Path, s: &str) -> Result<Activation> {
     }
 }
 
+/// The keys `BertJson` cannot do without.
+const BERT_REQUIRED: &[&str] = &[
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+];
+/// The keys `DistilbertJson` cannot do without.
+const DISTILBERT_REQUIRED: &[&str] = &["vocab_size", "dim", "n_layers", "n_heads", "hidden_dim"];
+
+/// Deserialises a `config.json` object; a value of the wrong type is reported with its key
+/// (`field hidden_size: invalid type: string "sixteen", expected usize`), which `serde_json`'s
+/// `from_value` alone does not say.
+fn from_fields<T: serde::de::DeserializeOwned>(
+    raw: &serde_json::Value,
+    required: &[&str],
+    path: &Path,
+) -> Result<T> {
+    let e = match serde_json::from_value::<T>(raw.clone()) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    // Try each key alone on top of placeholder values for the required ones: the key whose
+    // value fails is the culprit.
+    let culprit = raw.as_object().and_then(|obj| {
+        obj.iter().find_map(|(k, v)| {
+            let mut probe: serde_json::Map<String, serde_json::Value> = required
+                .iter()
+                .map(|r| (r.to_string(), serde_json::json!(1)))
+                .collect();
+            probe.insert(k.clone(), v.clone());
+            serde_json::from_value::<T>(serde_json::Value::Object(probe))
+                .is_err()
+                .then(|| k.clone())
+        })
+    });
+    Err(Error::Parse {
+        path: path.to_path_buf(),
+        reason: match culprit {
+            Some(k) => format!("field {k}: {e}"),
+            None => e.to_string(),
+        },
+    })
+}
+
 impl EncoderConfig {
     /// Reads `<dir>/config.json`.
     pub fn from_model_dir(dir: impl AsRef<Path>) -> Result<Self> {
@@ -174,7 +220,7 @@ impl EncoderConfig {
             .to_string();
         let cfg = match model_type.as_str() {
             "bert" => {
-                let j: BertJson = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                let j: BertJson = from_fields(&raw, BERT_REQUIRED, path)?;
                 if j.position_embedding_type != "absolute" {
                     return Err(Error::Parse {
                         path: path.to_path_buf(),
@@ -202,7 +248,7 @@ impl EncoderConfig {
                 }
             }
             "distilbert" => {
-                let j: DistilbertJson = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                let j: DistilbertJson = from_fields(&raw, DISTILBERT_REQUIRED, path)?;
                 if j.sinusoidal_pos_embds {
                     return Err(Error::Parse {
                         path: path.to_path_buf(),
@@ -345,6 +391,33 @@ mod tests {
             err.contains("x/config.json") && err.contains("line 3"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn wrong_value_types_name_the_key() {
+        let bad = r#"{"model_type":"bert","vocab_size":10,"hidden_size":"sixteen","num_hidden_layers":1,
+            "num_attention_heads":2,"intermediate_size":8}"#;
+        let err = EncoderConfig::from_json_str(bad, Path::new("c.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("c.json: field hidden_size: invalid type: string \"sixteen\""),
+            "{err}"
+        );
+        let bad = r#"{"model_type":"distilbert","vocab_size":10,"dim":8,"n_layers":-1,
+            "n_heads":2,"hidden_dim":8}"#;
+        let err = EncoderConfig::from_json_str(bad, Path::new("c.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("c.json: field n_layers: invalid value"),
+            "{err}"
+        );
+        // A missing key is named by serde itself.
+        let err = EncoderConfig::from_json_str(r#"{"model_type":"bert"}"#, Path::new("c.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `vocab_size`"), "{err}");
     }
 
     #[test]
