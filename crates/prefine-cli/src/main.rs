@@ -2,6 +2,7 @@
 //! nothing else lives here.
 
 mod commands;
+mod interrupt;
 
 /// Tensor code allocates and frees many large buffers per step; glibc's allocator returns them
 /// to the kernel each time (page faults and TLB shootdowns were ~25% of a training step in
@@ -38,6 +39,10 @@ enum Command {
     Score(commands::score::ScoreArgs),
     /// Run the evaluation suite (variants x tasks x fractions x seeds) or regenerate its report.
     Suite(commands::suite::SuiteArgs),
+    /// Serve adapters over HTTP (one backbone, dynamic mixed-adapter batching).
+    Serve(commands::serve::ServeArgs),
+    /// Export a self-contained bundle: backbone, tokenizer, adapters, manifest with checksums.
+    Export(commands::export::ExportArgs),
     /// Run a standard benchmark workload (../shared/bench/WORKLOAD.md) and print one JSON line.
     Bench(commands::bench::BenchArgs),
 }
@@ -60,6 +65,12 @@ fn main() {
             std::process::exit(2);
         }
     }
+    if matches!(
+        cli.command,
+        Command::Finetune(_) | Command::Pretrain(_) | Command::Suite(_)
+    ) {
+        interrupt::install();
+    }
     let result = match cli.command {
         Command::Embed(a) => commands::embed::run(a),
         Command::Bench(a) => commands::bench::run(a),
@@ -68,10 +79,12 @@ fn main() {
         Command::Pretrain(a) => commands::pretrain::run(a),
         Command::Predict(a) => commands::predict::run(a),
         Command::Score(a) => commands::score::run(a),
+        Command::Serve(a) => commands::serve::run(a),
+        Command::Export(a) => commands::export::run(a),
         Command::Suite(a) => commands::suite::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(interrupt::exit_code(&e));
     }
 }

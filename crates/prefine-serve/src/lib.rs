@@ -3,8 +3,11 @@
 //! - [`Engine`]: the backbone loaded once; adapters (LoRA group + head + labels, as written by
 //!   `prefine finetune`) registered and unregistered by name at run time; mixed-adapter batches
 //!   (NER and TC rows together) in one forward pass.
+//! - [`bundle`]: self-contained deployment bundles (`prefine export`): backbone, tokenizer,
+//!   adapters and a manifest with sizes and sha256; optionally one LoRA group merged in.
 //! - [`server`]: the HTTP server (`prefine serve`): adapter management, dynamic batching across
 //!   adapters, limits, Prometheus metrics, OpenAPI description, graceful shutdown.
+//! - [`synthetic`]: random adapters in the finetune format, for tests and load tests.
 //!
 //! ```no_run
 //! use prefine_serve::Engine;
@@ -15,11 +18,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod bundle;
 pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod server;
+pub mod synthetic;
 
+pub use bundle::{export_bundle, is_bundle, load_bundle, BundleManifest, ExportOptions};
 pub use engine::{AdapterInfo, Engine, PredictJob, TextPrediction};
 pub use error::{Error, Result};
 pub use server::{serve, shutdown_signal, ServeConfig};

@@ -21,7 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -311,6 +311,13 @@ async fn remove_adapter(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `{"results": [...]}`, serialised straight from the predictions (field order and f32
+/// values as `prefine predict` prints them).
+#[derive(Serialize)]
+struct PredictResponse {
+    results: Vec<TextPrediction>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PredictBody {
@@ -321,7 +328,7 @@ struct PredictBody {
 async fn predict(
     State(s): State<AppState>,
     body: std::result::Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<PredictResponse>> {
     let req: PredictBody = parse_body(body)?;
     let cfg = &s.cfg;
     if req.texts.is_empty() {
@@ -372,7 +379,7 @@ async fn predict(
         }
     }
     match tokio::time::timeout(cfg.request_timeout, rx).await {
-        Ok(Ok(Ok(results))) => Ok(Json(json!({ "results": results }))),
+        Ok(Ok(Ok(results))) => Ok(Json(PredictResponse { results })),
         Ok(Ok(Err(e))) => Err(e.into()),
         Ok(Err(_)) => Err(ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,

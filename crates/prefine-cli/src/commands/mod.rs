@@ -4,10 +4,12 @@ pub mod bench;
 pub mod checks;
 pub mod embed;
 pub mod evaluate;
+pub mod export;
 pub mod finetune;
 pub mod predict;
 pub mod pretrain;
 pub mod score;
+pub mod serve;
 pub mod suite;
 
 use std::path::PathBuf;

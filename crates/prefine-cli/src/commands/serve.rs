@@ -1,0 +1,117 @@
+//! `prefine serve`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use prefine_serve::{is_bundle, load_bundle, serve, shutdown_signal, Engine, ServeConfig};
+
+use super::export::parse_named_dir;
+
+/// Arguments of `prefine serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Backbone directory or bundle (`prefine export`; its adapters are registered).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Directory that `POST /v1/adapters` may register adapters from (default: registration
+    /// over HTTP is disabled).
+    #[arg(long)]
+    adapters_dir: Option<PathBuf>,
+    /// An adapter to register at start, as NAME=DIR; repeatable.
+    #[arg(long = "adapter", value_name = "NAME=DIR")]
+    adapters: Vec<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Most texts per forward pass of the dynamic batcher.
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
+    /// How long the batcher waits for more requests after the first one (milliseconds).
+    #[arg(long, default_value_t = 5)]
+    max_wait_ms: u64,
+    /// Most texts per request.
+    #[arg(long, default_value_t = 64)]
+    max_texts: usize,
+    /// Most characters per text.
+    #[arg(long, default_value_t = 20_000)]
+    max_text_chars: usize,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 2 << 20)]
+    max_body_bytes: usize,
+    /// Longest a request may wait for its prediction (seconds).
+    #[arg(long, default_value_t = 60)]
+    timeout_s: u64,
+}
+
+/// Peak resident memory of this process in MiB (Linux), if known.
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Runs `prefine serve` until SIGINT or SIGTERM.
+pub fn run(a: ServeArgs) -> Result<()> {
+    let model = a.model.unwrap_or_else(super::default_model_dir);
+    let start = Instant::now();
+    let engine = if is_bundle(&model) {
+        load_bundle(&model)?
+    } else {
+        Engine::load(&model)?
+    };
+    let engine = engine.with_max_batch_rows(a.max_batch.max(1));
+    for s in &a.adapters {
+        let (name, dir) = parse_named_dir(s)?;
+        engine
+            .register(&name, &dir)
+            .with_context(|| format!("--adapter {s}"))?;
+    }
+    tracing::info!(
+        "loaded {} ({} adapters: {}) in {:.2} s; peak memory {}",
+        model.display(),
+        engine.adapter_names().len(),
+        engine.adapter_names().join(", "),
+        start.elapsed().as_secs_f64(),
+        peak_rss_mib().map_or_else(|| "unknown".into(), |m| format!("{m:.0} MiB"))
+    );
+    let cfg = ServeConfig {
+        adapters_dir: a.adapters_dir,
+        max_batch: a.max_batch,
+        max_wait: Duration::from_millis(a.max_wait_ms),
+        max_texts_per_request: a.max_texts,
+        max_text_chars: a.max_text_chars,
+        max_body_bytes: a.max_body_bytes,
+        request_timeout: Duration::from_secs(a.timeout_s.max(1)),
+        ..Default::default()
+    };
+    cfg.validate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", a.host, a.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!("listening on http://{local}");
+        eprintln!("listening on http://{local}");
+        serve(Arc::new(engine), cfg, listener, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
