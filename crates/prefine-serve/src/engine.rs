@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use candle_core::{Tensor, D};
 use prefine_data::LabelSet;
 use prefine_eval::{entities, NerMode};
-use prefine_model::peft::load_adapter;
+use prefine_model::peft::{load_adapter, LoadedAdapter, PeftTaskType, ADAPTER_CONFIG};
 use prefine_model::weights::load_safetensors;
 use prefine_model::{Encoder, EncoderInput};
 use prefine_tokenize::{
@@ -24,7 +24,7 @@ use prefine_tokenize::{
 use prefine_train::finetune::artifact::ArtifactManifest;
 use prefine_train::finetune::model::{TaskHead, TaskModel};
 use prefine_train::finetune::predict::{PredictedEntity, Prediction};
-use prefine_train::finetune::{Mode, TaskKind};
+use prefine_train::finetune::{Mode, TaskKind, TcPooling};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -216,17 +216,56 @@ impl Engine {
         self.snapshot().adapters.get(name).map(|a| a.info.clone())
     }
 
-    /// Registers the adapter directory `dir` (a `prefine finetune` output in `head` or `lora`
-    /// mode) under `name`. The backbone is not reloaded.
+    /// Registers the adapter directory `dir` under `name`: a `prefine finetune` output in
+    /// `head` or `lora` mode, or a bare PEFT LoRA adapter (`TOKEN_CLS` / `SEQ_CLS`, head in
+    /// `modules_to_save`) with a `labels.json`. The backbone is not reloaded.
     pub fn register(&self, name: &str, dir: &Path) -> Result<AdapterInfo> {
         validate_name(name)?;
-        let parts = read_adapter_dir(dir)?;
+        if !dir.is_dir() {
+            return Err(Error::Adapter {
+                path: dir.to_path_buf(),
+                reason: "not a directory".into(),
+            });
+        }
+        let finetune_format = dir.join("adapter.json").is_file();
+        let parts = if finetune_format {
+            Some(read_adapter_dir(dir)?)
+        } else if dir.join(ADAPTER_CONFIG).is_file() {
+            None
+        } else {
+            return Err(Error::Adapter {
+                path: dir.to_path_buf(),
+                reason: "neither adapter.json (prefine finetune output) nor adapter_config.json \
+                         (PEFT adapter) found"
+                    .into(),
+            });
+        };
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.snapshot();
         if cur.adapters.contains_key(name) {
             return Err(Error::AdapterExists(name.to_string()));
         }
         let mut encoder = cur.encoder.clone();
+        let g = group_name(name);
+        if encoder.group_config(&g).is_some() {
+            encoder.remove_lora_group(&g)?;
+        }
+        let adapter_err = |e: prefine_model::Error| Error::Adapter {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let parts = match parts {
+            Some(p) => {
+                if p.manifest.has_lora {
+                    load_adapter(&mut encoder, dir, &g).map_err(adapter_err)?;
+                }
+                p
+            }
+            None => {
+                let loaded = load_adapter(&mut encoder, dir, &g).map_err(adapter_err)?;
+                peft_parts(&encoder, dir, loaded)?
+            }
+        };
         let hidden = encoder.hidden_size();
         let head_hidden = head_classifier(&parts.head).weight.var().dims()[1];
         if head_hidden != hidden {
@@ -237,25 +276,14 @@ impl Engine {
                 ),
             });
         }
-        let mut lora_parameters = 0;
-        let group = if parts.manifest.has_lora {
-            let g = group_name(name);
-            if encoder.group_config(&g).is_some() {
-                encoder.remove_lora_group(&g)?;
-            }
-            load_adapter(&mut encoder, dir, &g).map_err(|e| Error::Adapter {
-                path: dir.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-            lora_parameters = encoder
-                .group_pairs(&g)
+        let group = parts.manifest.has_lora.then_some(g);
+        let lora_parameters = group.as_ref().map_or(0, |g| {
+            encoder
+                .group_pairs(g)
                 .iter()
                 .map(|(_, _, p)| p.a.var().elem_count() + p.b.var().elem_count())
-                .sum();
-            Some(g)
-        } else {
-            None
-        };
+                .sum()
+        });
         let info = AdapterInfo {
             name: name.to_string(),
             task: parts.manifest.task,
@@ -652,6 +680,76 @@ pub(crate) fn read_adapter_dir(dir: &Path) -> Result<AdapterParts> {
     }
     Ok(AdapterParts {
         manifest,
+        labels,
+        head,
+    })
+}
+
+/// Window length and overlap given to PEFT adapters, which do not record them (the
+/// `prefine finetune` defaults).
+const PEFT_MAX_LENGTH: usize = 128;
+const PEFT_STRIDE: usize = 32;
+
+/// The parts of a bare PEFT adapter directory (`adapter_config.json`,
+/// `adapter_model.safetensors` with the head as `modules_to_save`, and `labels.json`), already
+/// loaded onto `encoder`: `TOKEN_CLS` is NER, `SEQ_CLS` is TC through the BERT pooler (the
+/// adapter's own, else the backbone's), as `BertForSequenceClassification` does.
+fn peft_parts(encoder: &Encoder, dir: &Path, loaded: LoadedAdapter) -> Result<AdapterParts> {
+    let bad = |reason: String| Error::Adapter {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let task = match loaded.task_type {
+        PeftTaskType::TokenCls => TaskKind::Ner,
+        PeftTaskType::SeqCls => TaskKind::Tc,
+        PeftTaskType::FeatureExtraction => {
+            return Err(bad(
+                "a PEFT adapter without adapter.json must have task_type TOKEN_CLS or SEQ_CLS"
+                    .into(),
+            ))
+        }
+    };
+    let lpath = dir.join("labels.json");
+    if !lpath.is_file() {
+        return Err(bad(
+            "a PEFT adapter needs labels.json (the label list, index = class id)".into(),
+        ));
+    }
+    let labels: LabelSet = read_json(&lpath)?;
+    // PEFT may keep `modules_to_save` under `<module>.modules_to_save.default.`.
+    let mut tensors: BTreeMap<String, Tensor> = loaded
+        .extra
+        .into_iter()
+        .map(|(k, v)| (k.replace(".modules_to_save.default.", "."), v))
+        .collect();
+    if task == TaskKind::Tc && !tensors.contains_key("pooler.dense.weight") {
+        let p = encoder.pooler.as_ref().ok_or_else(|| {
+            bad("a SEQ_CLS adapter needs a pooler, and neither it nor the backbone has one".into())
+        })?;
+        tensors.insert("pooler.dense.weight".into(), p.weight.t().detach());
+        tensors.insert("pooler.dense.bias".into(), p.bias.t().detach());
+    }
+    let wpath = dir.join(prefine_model::peft::ADAPTER_WEIGHTS);
+    let head = TaskModel::head_from_tensors(task, &tensors, TcPooling::Pooler, &wpath)?;
+    let classes = head_classifier(&head).num_classes();
+    if classes != labels.len() {
+        return Err(Error::file(
+            lpath,
+            format!("{} labels but the head has {classes} classes", labels.len()),
+        ));
+    }
+    Ok(AdapterParts {
+        manifest: ArtifactManifest {
+            format: "peft".into(),
+            version: 1,
+            task,
+            mode: Mode::Lora,
+            base_model: dir.to_path_buf(),
+            has_lora: true,
+            pooling: TcPooling::Pooler,
+            max_length: PEFT_MAX_LENGTH,
+            stride: PEFT_STRIDE,
+        },
         labels,
         head,
     })

@@ -220,3 +220,46 @@ fn mixed_batch_on_the_real_model() {
     }
     check_mixed(&engine, &["ner", "tc", "tc-head"]);
 }
+
+/// A bare PEFT adapter (adapter_config.json + adapter_model.safetensors with the head as
+/// modules_to_save) plus labels.json registers too.
+#[test]
+fn bare_peft_adapters_register() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = setup(tmp.path());
+    let peft = |from: &str, to: &str| {
+        let (src, dst) = (tmp.path().join("adapters").join(from), tmp.path().join(to));
+        std::fs::create_dir_all(&dst).unwrap();
+        for f in [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "labels.json",
+        ] {
+            std::fs::copy(src.join(f), dst.join(f)).unwrap();
+        }
+        dst
+    };
+    let ner = peft("ner-a", "peft-ner");
+    let info = engine.register("peft-ner", &ner).unwrap();
+    assert!(info.has_lora);
+    // Same LoRA pairs and head as the finetune-format original: same predictions (on texts
+    // that fit one window: PEFT adapters get the default window of 128, the original has 16).
+    let t = texts();
+    let short = [t[0].clone(), t[2].clone()];
+    let a = serde_json::to_value(engine.predict("peft-ner", &short).unwrap()).unwrap();
+    let b = serde_json::to_value(engine.predict("ner-a", &short).unwrap()).unwrap();
+    json_close(&a, &b, 1e-6).unwrap();
+    // SEQ_CLS runs through the BERT pooler (the backbone's here).
+    let tc = peft("tc-a", "peft-tc");
+    engine.register("peft-tc", &tc).unwrap();
+    assert_eq!(engine.predict("peft-tc", &t).unwrap().len(), t.len());
+    check_mixed(&engine, &["peft-ner", "peft-tc", "ner-a"]);
+    // Without labels.json it is refused with a reason.
+    std::fs::remove_file(tc.join("labels.json")).unwrap();
+    let e = engine.register("peft-tc2", &tc).unwrap_err();
+    assert!(e.to_string().contains("labels.json"), "{e}");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = engine.register("empty", &empty).unwrap_err();
+    assert!(e.to_string().contains("adapter_config.json"), "{e}");
+}
