@@ -68,7 +68,7 @@ where
         .flat_map(|g| g.1.iter().flatten())
         .map(|(m, s)| m + s)
         .fold(1.0f64, f64::max);
-    let y_max = (top * 1.1).min(105.0).max(10.0);
+    let y_max = (top * 1.1).clamp(10.0, 105.0);
     let (plot, legend) = root.split_horizontally(WIDTH - 150);
     let mut chart = ChartBuilder::on(&plot)
         .caption(

@@ -284,6 +284,7 @@ fn prune_cell(dir: &Path) {
         let _ = std::fs::remove_file(dir.join(f));
     }
     let _ = std::fs::remove_dir_all(dir.join("model"));
+    let _ = std::fs::remove_dir_all(dir.join("checkpoints"));
 }
 
 /// Runs the whole suite into `out` and writes the report.
@@ -389,6 +390,8 @@ pub fn run_suite(cfg: &SuiteConfig, out: &Path) -> Result<SuiteSummary> {
                     let hooks = RunHooks {
                         cache: Some(cache),
                         progress: Some(mp.clone()),
+                        // Cells are short: an interrupted one starts again.
+                        resume: false,
                     };
                     let t_cell = Instant::now();
                     let run = catch_unwind(AssertUnwindSafe(|| {

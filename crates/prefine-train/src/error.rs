@@ -19,6 +19,14 @@ pub enum Error {
         /// The optimizer step.
         step: u64,
     },
+    /// Stopped on request (Ctrl-C) after writing a checkpoint.
+    #[error("interrupted at step {step}; checkpoint written under {checkpoint} (continue with --resume)")]
+    Interrupted {
+        /// The optimizer step reached.
+        step: u64,
+        /// The checkpoint directory.
+        checkpoint: std::path::PathBuf,
+    },
     /// Unusable training or evaluation data.
     #[error("data: {0}")]
     Data(String),

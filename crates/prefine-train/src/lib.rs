@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod charts;
+pub mod checkpoint;
 pub mod error;
 pub mod finetune;
 pub mod loss;

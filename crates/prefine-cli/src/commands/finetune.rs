@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use prefine_train::finetune::{run_finetune, FinetuneConfig};
+use prefine_train::finetune::{run_finetune_with, FinetuneConfig, RunHooks};
 
 /// Arguments of `prefine finetune`. Every option can also be set in `--config FILE` (TOML, the
 /// keys of `FinetuneConfig`); flags given here override the file.
@@ -67,6 +67,12 @@ pub struct FinetuneArgs {
     /// Tag scheme of the CoNLL files: iob2 | iob1 | bioes | bilou | auto (converted to IOB2).
     #[arg(long)]
     tag_scheme: Option<String>,
+    /// Continue an interrupted run from the newest checkpoint in OUT/checkpoints (same settings).
+    #[arg(long)]
+    resume: bool,
+    /// Write a checkpoint every N optimizer steps (besides each epoch end).
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
 }
 
 /// Builds the config: file first, then flags.
@@ -102,6 +108,10 @@ pub fn build_config(a: &FinetuneArgs) -> Result<FinetuneConfig> {
     set(
         "max_eval",
         a.max_eval.map(|v| toml::Value::Integer(v as i64)),
+    );
+    set(
+        "checkpoint_every",
+        a.checkpoint_every.map(|v| toml::Value::Integer(v as i64)),
     );
     set("seed", a.seed.map(|v| toml::Value::Integer(v as i64)));
     set("epochs", a.epochs.map(|v| toml::Value::Integer(v as i64)));
@@ -168,7 +178,11 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
             );
         }
     }
-    let report = run_finetune(&cfg, &a.model, &a.data, &a.out)?;
+    let hooks = RunHooks {
+        resume: a.resume,
+        ..Default::default()
+    };
+    let report = run_finetune_with(&cfg, &a.model, &a.data, &a.out, hooks)?;
     tracing::info!(
         "best epoch {}, train {:.1}s, wall {:.1}s; wrote {}",
         report.best_epoch,

@@ -83,6 +83,9 @@ fn d_one() -> usize {
 fn d_seed() -> u64 {
     13
 }
+fn d_keep() -> usize {
+    2
+}
 fn d_cache_mb() -> usize {
     2048
 }
@@ -174,6 +177,12 @@ pub struct FinetuneConfig {
     /// converted to IOB2 on read.
     #[serde(default)]
     pub tag_scheme: prefine_data::TagScheme,
+    /// Write a checkpoint every N optimizer steps (0: only at the end of each epoch).
+    #[serde(default)]
+    pub checkpoint_every: u64,
+    /// Checkpoints kept in `OUT/checkpoints/` (the newest ones).
+    #[serde(default = "d_keep")]
+    pub keep_checkpoints: usize,
     /// `head` mode: MiB of frozen-backbone states kept for reuse across epochs and evaluations
     /// (0 recomputes every pass, with backbone dropout as in the other modes).
     #[serde(default = "d_cache_mb")]
@@ -272,6 +281,9 @@ impl FinetuneConfig {
         }
         if self.max_train == Some(0) {
             return bad("max_train", "must be at least 1".into());
+        }
+        if self.keep_checkpoints == 0 {
+            return bad("keep_checkpoints", "must be at least 1".into());
         }
         if self.max_eval == Some(0) {
             return bad("max_eval", "must be at least 1".into());

@@ -21,8 +21,10 @@ use candle_core::Tensor;
 use prefine_data::{subsample, LabelSet};
 use prefine_model::{seed_rng, Encoder};
 use prefine_tokenize::{TextTokenizer, TokenizeConfig};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::checkpoint::{self, stop_requested, CheckpointSeries};
 use crate::error::{Error, Result};
 use crate::loss::masked_cross_entropy;
 use crate::optim::{AdamW, AdamWConfig, LinearSchedule};
@@ -141,6 +143,67 @@ pub struct RunHooks {
     pub cache: Option<Arc<HiddenCache>>,
     /// Where the run's progress bar is drawn (under the caller's own bars).
     pub progress: Option<indicatif::MultiProgress>,
+    /// Continue from the newest checkpoint in `OUT/checkpoints/` (same configuration).
+    pub resume: bool,
+}
+
+/// The training loop's position and history: everything a checkpoint needs besides weights,
+/// optimizer and RNG positions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LoopState {
+    /// Optimizer steps done.
+    step: u64,
+    /// The epoch in progress (1-based).
+    epoch: usize,
+    /// Batches of the current epoch already trained.
+    batch_in_epoch: usize,
+    /// Shuffle-RNG position before this epoch's shuffle (decimal).
+    epoch_start_pos: String,
+    /// Sum of this epoch's batch losses so far.
+    epoch_loss: f64,
+    /// Loss per optimizer step.
+    losses: Vec<(u64, f32)>,
+    /// Dev score per epoch end.
+    dev_curve: Vec<(u64, f64)>,
+    /// Epochs since the best one.
+    since_best: usize,
+    /// Early stopping fired.
+    stopped_early: bool,
+    /// Seconds in training steps.
+    train_seconds: f64,
+    /// Lines of `log.jsonl` written.
+    log_lines: usize,
+}
+
+impl Default for LoopState {
+    fn default() -> Self {
+        Self {
+            step: 0,
+            epoch: 1,
+            batch_in_epoch: 0,
+            epoch_start_pos: "0".into(),
+            epoch_loss: 0.0,
+            losses: Vec::new(),
+            dev_curve: Vec::new(),
+            since_best: 0,
+            stopped_early: false,
+            train_seconds: 0.0,
+            log_lines: 0,
+        }
+    }
+}
+
+/// Keeps the first `n` lines of a file (drops log lines written after a checkpoint).
+fn truncate_lines(path: &Path, n: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: Vec<&str> = text.lines().take(n).collect();
+    let mut body = kept.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    Ok(prefine_model::weights::write_atomic(path, body.as_bytes())?)
 }
 
 /// The identity of the frozen encoder a `head`-mode run reads states from.
@@ -164,7 +227,11 @@ pub fn run_finetune_with(
     out: &Path,
     hooks: RunHooks,
 ) -> Result<FinetuneReport> {
-    let RunHooks { cache, progress } = hooks;
+    let RunHooks {
+        cache,
+        progress,
+        resume,
+    } = hooks;
     let t_start = Instant::now();
     cfg.validate()?;
     // Fail early on an unwritable output directory, before any work.
@@ -179,7 +246,6 @@ pub fn run_finetune_with(
     })?;
     let _ = std::fs::remove_file(&probe);
     let log_path = out.join("log.jsonl");
-    let _ = std::fs::remove_file(&log_path);
 
     let read = |split: &str| -> Result<SplitData> {
         read_file(
@@ -286,18 +352,110 @@ pub fn run_finetune_with(
     );
     let mut shuffle_rng = seed_rng(cfg.seed.wrapping_add(1));
     let mut dropout_rng = seed_rng(cfg.seed.wrapping_add(2));
-    let mut step = 0u64;
-    let mut losses: Vec<(u64, f32)> = Vec::new();
-    let mut dev_curve: Vec<(u64, f64)> = Vec::new();
+    let series = CheckpointSeries {
+        root: out.join("checkpoints"),
+        keep: cfg.keep_checkpoints,
+    };
+    let mut st = LoopState::default();
     let mut best: Option<BestEpoch> = None;
-    let mut since_best = 0usize;
-    let mut train_seconds = 0.0;
-    for epoch in 1..=cfg.epochs {
+    if resume {
+        let dir = series.latest().ok_or_else(|| Error::File {
+            path: series.root.clone(),
+            reason: "no checkpoint to resume from".into(),
+        })?;
+        let (state, extra) = checkpoint::load(&dir, &mut opt)?;
+        let bad = |r: String| Error::File {
+            path: dir.clone(),
+            reason: r,
+        };
+        if state["config"].as_str() != Some(cfg.to_toml().as_str()) {
+            return Err(bad(
+                "the checkpoint was written with another configuration; resume with the same \
+                 settings (see its state.json) or start a new run"
+                    .into(),
+            ));
+        }
+        st = serde_json::from_value(state["loop"].clone())
+            .map_err(|e| bad(format!("state.json: {e}")))?;
+        dropout_rng.set_word_pos(checkpoint::state_u128(
+            &state,
+            "dropout_rng_word_pos",
+            &dir,
+        )?);
+        shuffle_rng.set_word_pos(checkpoint::state_u128(
+            &state,
+            "shuffle_rng_word_pos",
+            &dir,
+        )?);
+        if let Some(b) = state.get("best").filter(|b| !b.is_null()) {
+            let mut snap = model.snapshot()?;
+            for (i, (_, t)) in snap.iter_mut().enumerate() {
+                *t = extra
+                    .get(&format!("best.{i}"))
+                    .ok_or_else(|| bad(format!("no best.{i} tensor")))?
+                    .clone();
+            }
+            best = Some((
+                b["score"].as_f64().unwrap_or(f64::NEG_INFINITY),
+                b["epoch"].as_u64().unwrap_or(0) as usize,
+                snap,
+                b["dev"].clone(),
+            ));
+        }
+        truncate_lines(&log_path, st.log_lines)?;
+        bar.set_position(st.step);
+        tracing::info!("resumed from {} at step {}", dir.display(), st.step);
+    } else {
+        let _ = std::fs::remove_dir_all(&series.root);
+        let _ = std::fs::remove_file(&log_path);
+    }
+    let save_checkpoint = |st: &LoopState,
+                           best: &Option<BestEpoch>,
+                           opt: &AdamW,
+                           shuffle_pos: u128,
+                           dropout_pos: u128|
+     -> Result<()> {
+        let mut extra = std::collections::BTreeMap::new();
+        if let Some(b) = best {
+            for (i, (_, t)) in b.2.iter().enumerate() {
+                extra.insert(format!("best.{i}"), t.clone());
+            }
+        }
+        let state = json!({
+            "config": cfg.to_toml(),
+            "loop": st,
+            "shuffle_rng_word_pos": shuffle_pos.to_string(),
+            "dropout_rng_word_pos": dropout_pos.to_string(),
+            "best": best.as_ref().map(|b| json!({"score": b.0, "epoch": b.1, "dev": b.3})),
+        });
+        series.save(st.step, opt, &extra, state)
+    };
+    let interrupted = |st: &LoopState| Error::Interrupted {
+        step: st.step,
+        checkpoint: series.root.clone(),
+    };
+    let mut mark = Instant::now();
+    while st.epoch <= cfg.epochs && !st.stopped_early {
+        let epoch = st.epoch;
         let t0 = Instant::now();
+        if st.batch_in_epoch == 0 {
+            st.epoch_start_pos = shuffle_rng.get_word_pos().to_string();
+            st.epoch_loss = 0.0;
+        } else {
+            // Mid-epoch resume: replay this epoch's shuffle, then skip the finished batches.
+            let pos = st
+                .epoch_start_pos
+                .parse::<u128>()
+                .map_err(|e| Error::File {
+                    path: series.root.clone(),
+                    reason: format!("state.json: epoch_start_pos: {e}"),
+                })?;
+            shuffle_rng.set_word_pos(pos);
+        }
         let batches = bucketed_batches(&lengths, cfg.batch_size, Some(&mut shuffle_rng));
         let mut pending = 0usize;
-        let mut epoch_loss = 0f64;
-        for (bi, batch) in batches.iter().enumerate() {
+        for (bi, batch) in batches.iter().enumerate().skip(st.batch_in_epoch) {
+            let step = st.step;
             let seqs: Vec<&[u32]> = batch.iter().map(|&i| examples[i].ids()).collect();
             let input = pad_batch(&seqs, tok.pad_id())?;
             let (b, s) = input.dims()?;
@@ -342,27 +500,45 @@ pub fn run_finetune_with(
             }
             opt.accumulate(&loss.backward()?)?;
             pending += 1;
-            epoch_loss += lv as f64;
+            st.epoch_loss += lv as f64;
             if pending == cfg.grad_accumulation || bi + 1 == batches.len() {
                 opt.set_lr(schedule.lr(step));
                 let scale = opt.clip_scale(cfg.max_grad_norm, 1.0 / pending as f64);
                 opt.apply(scale)?;
                 pending = 0;
-                step += 1;
-                losses.push((step, lv));
+                st.step += 1;
+                st.losses.push((st.step, lv));
+                st.batch_in_epoch = bi + 1;
+                st.train_seconds += mark.elapsed().as_secs_f64();
+                mark = Instant::now();
                 bar.set_message(format!("epoch {epoch}/{} loss {lv:.4}", cfg.epochs));
                 bar.inc(1);
+                let last = bi + 1 == batches.len();
+                let due = cfg.checkpoint_every > 0 && st.step % cfg.checkpoint_every == 0;
+                if !last && (due || stop_requested()) {
+                    save_checkpoint(
+                        &st,
+                        &best,
+                        &opt,
+                        shuffle_rng.get_word_pos(),
+                        dropout_rng.get_word_pos(),
+                    )?;
+                    if stop_requested() {
+                        bar.abandon();
+                        return Err(interrupted(&st));
+                    }
+                }
             }
         }
         let epoch_s = t0.elapsed().as_secs_f64();
-        train_seconds += epoch_s;
         let (dev_json, dev_score) = evaluate_split(&model, &tok, &dev, &labels, cfg)?;
-        dev_curve.push((step, dev_score));
+        st.dev_curve.push((st.step, dev_score));
         append_jsonl(
             &log_path,
-            &json!({"epoch": epoch, "step": step, "train_loss": epoch_loss / batches.len().max(1) as f64,
+            &json!({"epoch": epoch, "step": st.step, "train_loss": st.epoch_loss / batches.len().max(1) as f64,
                     "lr": opt.lr(), "epoch_seconds": epoch_s, "dev": dev_json}),
         )?;
+        st.log_lines += 1;
         bar.println(format!(
             "epoch {epoch}: dev {} = {dev_score:.4}",
             if cfg.task == TaskKind::Ner {
@@ -373,15 +549,30 @@ pub fn run_finetune_with(
         ));
         if best.as_ref().is_none_or(|b| dev_score > b.0) {
             best = Some((dev_score, epoch, model.snapshot()?, dev_json.clone()));
-            since_best = 0;
+            st.since_best = 0;
         } else {
-            since_best += 1;
-            if cfg.patience.is_some_and(|p| since_best >= p) {
+            st.since_best += 1;
+            if cfg.patience.is_some_and(|p| st.since_best >= p) {
                 bar.println(format!(
-                    "early stopping after epoch {epoch} (no improvement for {since_best})"
+                    "early stopping after epoch {epoch} (no improvement for {})",
+                    st.since_best
                 ));
-                break;
+                st.stopped_early = true;
             }
+        }
+        st.epoch += 1;
+        st.batch_in_epoch = 0;
+        save_checkpoint(
+            &st,
+            &best,
+            &opt,
+            shuffle_rng.get_word_pos(),
+            dropout_rng.get_word_pos(),
+        )?;
+        mark = Instant::now();
+        if stop_requested() && (st.epoch <= cfg.epochs && !st.stopped_early) {
+            bar.abandon();
+            return Err(interrupted(&st));
         }
     }
     bar.finish_and_clear();
@@ -391,7 +582,7 @@ pub fn run_finetune_with(
         Some(t) => evaluate_split(&model, &tok, t, &labels, cfg)?.0,
         None => Value::Null,
     };
-    save_artifact_and_metrics(
+    let report = save_artifact_and_metrics(
         out,
         &model,
         cfg,
@@ -400,11 +591,14 @@ pub fn run_finetune_with(
         &dev_json,
         &test_json,
         best_epoch,
-        train_seconds,
+        st.train_seconds,
         t_start,
-        &losses,
-        &dev_curve,
-    )
+        &st.losses,
+        &st.dev_curve,
+    )?;
+    // The artifact supersedes the checkpoints.
+    let _ = std::fs::remove_dir_all(&series.root);
+    Ok(report)
 }
 
 #[allow(clippy::too_many_arguments)]

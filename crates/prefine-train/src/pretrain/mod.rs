@@ -9,14 +9,14 @@ pub mod ner_objective;
 pub mod sampler;
 pub mod tc_objective;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Tensor, Var};
 use prefine_model::peft::{save_adapter, PeftTaskType};
-use prefine_model::weights::{load_safetensors, save_safetensors, write_atomic};
+use prefine_model::weights::write_atomic;
 use prefine_model::{seed_rng, Encoder, Forward, SeedRng};
 use prefine_tokenize::{TextTokenizer, TokenizeConfig};
 use serde_json::json;
@@ -422,11 +422,20 @@ impl Pretrainer {
                 .collect();
             bar.set_message(msg.join(" "));
             bar.set_position(self.step);
-            if self.cfg.checkpoint_every > 0
-                && self.step.is_multiple_of(self.cfg.checkpoint_every)
+            let stop = crate::checkpoint::stop_requested();
+            if (stop
+                || (self.cfg.checkpoint_every > 0
+                    && self.step.is_multiple_of(self.cfg.checkpoint_every)))
                 && self.step < self.cfg.max_steps
             {
                 self.save_checkpoint(&out.join("checkpoint"))?;
+                if stop {
+                    bar.abandon();
+                    return Err(Error::Interrupted {
+                        step: self.step,
+                        checkpoint: out.join("checkpoint"),
+                    });
+                }
             }
         }
         bar.finish_and_clear();
@@ -482,105 +491,29 @@ impl Pretrainer {
     /// Writes a checkpoint (weights, optimizer moments, step counts, RNG positions) atomically:
     /// into a temporary directory, then renamed over the previous one.
     pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
-        let tmp = dir.with_extension("tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::File {
-            path: tmp.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut params = BTreeMap::new();
-        let mut moments = BTreeMap::new();
-        let mut steps = serde_json::Map::new();
-        for (name, var, m, v, n) in self.opt.state() {
-            params.insert(name.to_string(), var.as_tensor().detach());
-            moments.insert(
-                format!("m.{name}"),
-                Tensor::from_slice(m, m.len(), &candle_core::Device::Cpu)?,
-            );
-            moments.insert(
-                format!("v.{name}"),
-                Tensor::from_slice(v, v.len(), &candle_core::Device::Cpu)?,
-            );
-            steps.insert(name.to_string(), json!(n));
-        }
-        save_safetensors(&tmp.join("params.safetensors"), &params)?;
-        save_safetensors(&tmp.join("optimizer.safetensors"), &moments)?;
         let state = json!({
             "step": self.step,
-            "optimizer_step": self.opt.steps(),
-            "slot_steps": steps,
             "sample_rng_word_pos": self.sample_rng.get_word_pos().to_string(),
             "dropout_rng_word_pos": self.dropout_rng.get_word_pos().to_string(),
             "round_robin": self.sampler.position(),
             "conflicts": self.conflicts,
         });
-        write_atomic(
-            &tmp.join("state.json"),
-            serde_json::to_string_pretty(&state)
-                .expect("json")
-                .as_bytes(),
-        )?;
-        let old = dir.with_extension("old");
-        let _ = std::fs::remove_dir_all(&old);
-        if dir.exists() {
-            std::fs::rename(dir, &old).map_err(|e| Error::File {
-                path: dir.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        }
-        std::fs::rename(&tmp, dir).map_err(|e| Error::File {
-            path: dir.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(())
+        crate::checkpoint::save(dir, &self.opt, &BTreeMap::new(), state)
     }
 
     /// Restores a checkpoint written by [`Pretrainer::save_checkpoint`] into this (freshly
     /// built, same config) trainer.
     pub fn load_checkpoint(&mut self, dir: &Path) -> Result<()> {
-        let bad = |r: String| Error::File {
-            path: dir.to_path_buf(),
-            reason: r,
-        };
-        let text =
-            std::fs::read_to_string(dir.join("state.json")).map_err(|e| bad(e.to_string()))?;
-        let state: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let params = load_safetensors(&dir.join("params.safetensors"))?;
-        let moments = load_safetensors(&dir.join("optimizer.safetensors"))?;
-        let mut opt_state = HashMap::new();
-        for (name, var, _, _, _) in self.opt.state() {
-            let t = params
-                .get(name)
-                .ok_or_else(|| bad(format!("no weights for {name}")))?;
-            var.set(t)?;
-            let m: Vec<f32> = moments
-                .get(&format!("m.{name}"))
-                .ok_or_else(|| bad(format!("no moments for {name}")))?
-                .to_vec1()?;
-            let v: Vec<f32> = moments
-                .get(&format!("v.{name}"))
-                .ok_or_else(|| bad(format!("no moments for {name}")))?
-                .to_vec1()?;
-            let n = state["slot_steps"][name].as_u64().unwrap_or(0);
-            opt_state.insert(name.to_string(), (m, v, n));
-        }
-        self.opt
-            .restore_state(state["optimizer_step"].as_u64().unwrap_or(0), &opt_state)?;
-        let pos = |k: &str| -> Result<u128> {
-            state[k]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| bad(format!("bad {k}")))
-        };
+        let (state, _) = crate::checkpoint::load(dir, &mut self.opt)?;
+        let pos = |k: &str| crate::checkpoint::state_u128(&state, k, dir);
         self.sample_rng.set_word_pos(pos("sample_rng_word_pos")?);
         self.dropout_rng.set_word_pos(pos("dropout_rng_word_pos")?);
         self.sampler
             .set_position(state["round_robin"].as_u64().unwrap_or(0) as usize);
-        self.step = state["step"]
-            .as_u64()
-            .ok_or_else(|| bad("bad step".into()))?;
+        self.step = state["step"].as_u64().ok_or_else(|| Error::File {
+            path: dir.to_path_buf(),
+            reason: "state.json: bad step".into(),
+        })?;
         self.conflicts = serde_json::from_value(state["conflicts"].clone()).unwrap_or_default();
         Ok(())
     }
