@@ -283,8 +283,30 @@ impl PretrainConfig {
         if !(0.0..1.0).contains(&self.warmup_ratio) {
             return bad("warmup_ratio", "must be in [0, 1)".into());
         }
-        if self.ner_weight < 0.0 || self.tc_weight < 0.0 {
-            return bad("ner_weight/tc_weight", "must be non-negative".into());
+        if !(self.ner_weight >= 0.0
+            && self.tc_weight >= 0.0
+            && self.ner_weight.is_finite()
+            && self.tc_weight.is_finite())
+        {
+            return bad(
+                "ner_weight/tc_weight",
+                format!(
+                    "{} / {}: must be finite and non-negative",
+                    self.ner_weight, self.tc_weight
+                ),
+            );
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad(
+                "weight_decay",
+                format!("{}: must be finite and non-negative", self.weight_decay),
+            );
+        }
+        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
+            return bad(
+                "max_grad_norm",
+                format!("{}: must be finite and non-negative (0 disables)", self.max_grad_norm),
+            );
         }
         if self.tpl_last_k == 0 {
             return bad("tpl_last_k", "must be at least 1".into());
