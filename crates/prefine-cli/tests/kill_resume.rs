@@ -260,6 +260,7 @@ fn pretrain_resumes_bit_identically_after_sigkill() {
         &a.join("backbone/model.safetensors"),
         &b.join("backbone/model.safetensors"),
     );
+    same_json_lines(&a.join("metrics.jsonl"), &b.join("metrics.jsonl"));
     for g in ["ner", "tc"] {
         same_file(
             &a.join(format!("adapters/{g}/adapter_model.safetensors")),

@@ -372,6 +372,10 @@ impl Pretrainer {
             reason: e.to_string(),
         })?;
         let metrics_path = out.join("metrics.jsonl");
+        if self.step > 0 {
+            // Resumed: drop the lines a killed run wrote after its last checkpoint.
+            drop_lines_after_step(&metrics_path, self.step)?;
+        }
         let mut metrics = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -517,6 +521,24 @@ impl Pretrainer {
         self.conflicts = serde_json::from_value(state["conflicts"].clone()).unwrap_or_default();
         Ok(())
     }
+}
+
+/// Keeps the lines of a JSONL log whose `step` is at most `step` (others, and torn lines, go).
+fn drop_lines_after_step(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    Ok(write_atomic(path, kept.as_bytes())?)
 }
 
 /// Which RNG draws a batch.
