@@ -10,6 +10,7 @@ pub mod finetune;
 pub mod loss;
 pub mod optim;
 pub mod pretrain;
+pub mod toml_config;
 
 pub use error::{Error, Result};
 pub use optim::{AdamW, AdamWConfig, LinearSchedule};

@@ -211,16 +211,8 @@ impl FinetuneConfig {
 
     /// Parses TOML text; `path` is used in messages.
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
-        let cfg: Self = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
-                .map_or(String::new(), |l| format!(" line {l}"));
-            Error::Config {
-                field: format!("{}{line}", path.display()),
-                reason: e.message().to_string(),
-            }
-        })?;
+        let cfg: Self = crate::toml_config::parse_toml(text, path)
+            .map_err(|(field, reason)| Error::Config { field, reason })?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -232,16 +232,8 @@ impl PretrainConfig {
 
     /// Parses TOML text (`path` in messages); unknown keys are errors with their line.
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
-        let cfg: Self = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
-                .map_or(String::new(), |l| format!(" line {l}"));
-            Error::Config {
-                field: format!("{}{line}", path.display()),
-                reason: e.message().to_string(),
-            }
-        })?;
+        let cfg: Self = crate::toml_config::parse_toml(text, path)
+            .map_err(|(field, reason)| Error::Config { field, reason })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -305,7 +297,10 @@ impl PretrainConfig {
         if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
             return bad(
                 "max_grad_norm",
-                format!("{}: must be finite and non-negative (0 disables)", self.max_grad_norm),
+                format!(
+                    "{}: must be finite and non-negative (0 disables)",
+                    self.max_grad_norm
+                ),
             );
         }
         if self.tpl_last_k == 0 {
