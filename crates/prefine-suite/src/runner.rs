@@ -267,6 +267,15 @@ fn cell_hash(variant: &ResolvedVariant, task_fp: &str, cfg: &FinetuneConfig) -> 
     hex(h.finalize())
 }
 
+/// Prints a line above the progress bars, or to stderr when they are hidden (not a terminal).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -364,7 +373,7 @@ pub fn run_suite(cfg: &SuiteConfig, out: &Path) -> Result<SuiteSummary> {
                             continue;
                         }
                         if prev.ok() {
-                            overall.println(format!(
+                            say(&overall, format!(
                                 "{} {task} f={} s={seed}: config, weights or data changed since the recorded result; running again",
                                 v.name, key.fraction
                             ));
@@ -448,23 +457,29 @@ pub fn run_suite(cfg: &SuiteConfig, out: &Path) -> Result<SuiteSummary> {
                     }
                     ran += 1;
                     if r.ok() {
-                        overall.println(format!(
-                            "[{}/{total}] {} {task} f={} s={seed}: {metric} {:.4} ({:.0}s)",
-                            overall.position() + 1,
-                            v.name,
-                            key.fraction,
-                            r.score.unwrap_or(0.0),
-                            r.seconds
-                        ));
+                        say(
+                            &overall,
+                            format!(
+                                "[{}/{total}] {} {task} f={} s={seed}: {metric} {:.4} ({:.0}s)",
+                                overall.position() + 1,
+                                v.name,
+                                key.fraction,
+                                r.score.unwrap_or(0.0),
+                                r.seconds
+                            ),
+                        );
                     } else {
                         failed += 1;
-                        overall.println(format!(
-                            "[{}/{total}] {} {task} f={} s={seed}: FAILED: {}",
-                            overall.position() + 1,
-                            v.name,
-                            key.fraction,
-                            r.error.as_deref().unwrap_or("")
-                        ));
+                        say(
+                            &overall,
+                            format!(
+                                "[{}/{total}] {} {task} f={} s={seed}: FAILED: {}",
+                                overall.position() + 1,
+                                v.name,
+                                key.fraction,
+                                r.error.as_deref().unwrap_or("")
+                            ),
+                        );
                     }
                     overall.inc(1);
                 }
