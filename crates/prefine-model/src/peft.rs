@@ -15,7 +15,7 @@ use crate::config::ModelType;
 use crate::error::{Error, Result};
 use crate::lora::{LoraConfig, LoraPair, LoraTarget};
 use crate::params::Param;
-use crate::weights::{load_safetensors, save_safetensors, write_atomic};
+use crate::weights::{load_safetensors, save_safetensors, write_atomic, Naming};
 
 /// PEFT's file names.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -201,7 +201,7 @@ pub fn save_adapter(
 /// Checks `target_modules` of an adapter config against the linear layers of `enc`, with PEFT's
 /// rule (a list entry matches a module whose path equals it or ends with `.entry`). A string is a
 /// regular expression and is not checked here: the tensors decide. Returns the reason on failure.
-fn check_target_modules(enc: &Encoder, v: &Value) -> std::result::Result<(), String> {
+fn check_target_modules(model_type: ModelType, v: &Value) -> std::result::Result<(), String> {
     let entries = match v {
         Value::Null | Value::String(_) => return Ok(()),
         Value::Array(a) => a,
@@ -211,7 +211,7 @@ fn check_target_modules(enc: &Encoder, v: &Value) -> std::result::Result<(), Str
             ))
         }
     };
-    let naming = enc.naming();
+    let naming = Naming(model_type);
     let paths: Vec<String> = LoraTarget::ALL
         .iter()
         .map(|&t| naming.linear(0, t))
@@ -234,13 +234,109 @@ fn check_target_modules(enc: &Encoder, v: &Value) -> std::result::Result<(), Str
     Err(format!(
         "field target_modules: {} match no linear layer of this {:?} model (its layers: {})",
         unknown.join(", "),
-        enc.config().model_type,
-        peft_module_names(
-            enc.config().model_type,
-            &LoraTarget::ALL.iter().copied().collect()
-        )
-        .join(", ")
+        model_type,
+        peft_module_names(model_type, &LoraTarget::ALL.iter().copied().collect()).join(", ")
     ))
+}
+
+/// The fields of an `adapter_config.json` that [`load_adapter`] uses, read and checked.
+#[derive(Debug, Clone)]
+pub struct AdapterConfigFile {
+    /// `r`: the LoRA rank (positive).
+    pub rank: usize,
+    /// `lora_alpha`.
+    pub alpha: f64,
+    /// `lora_dropout`, in [0, 1) (0 when absent).
+    pub dropout: f64,
+    /// `use_rslora` (false when absent).
+    pub use_rslora: bool,
+    /// `task_type`.
+    pub task_type: PeftTaskType,
+    /// The whole parsed JSON value.
+    pub raw: Value,
+}
+
+/// Parses and checks the text of an `adapter_config.json` (as [`load_adapter`] does, before it
+/// reads any tensor) for a model of family `model_type`. `path` is only used in messages. Any
+/// bytes give `Ok` or an error naming `path` and the field; never a panic.
+pub fn parse_adapter_config(
+    text: &[u8],
+    path: &Path,
+    model_type: ModelType,
+) -> Result<AdapterConfigFile> {
+    let bad = |path: &Path, reason: String| Error::Adapter {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let raw: Value = serde_json::from_slice(text).map_err(|e| Error::Parse {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let field = |k: &str| raw.get(k).cloned().unwrap_or(Value::Null);
+    if field("peft_type").as_str() != Some("LORA") {
+        return Err(bad(
+            path,
+            format!("field peft_type: {} is not \"LORA\"", field("peft_type")),
+        ));
+    }
+    if field("fan_in_fan_out").as_bool() == Some(true) {
+        return Err(bad(
+            path,
+            "field fan_in_fan_out: true is not supported for BERT".into(),
+        ));
+    }
+    if field("use_dora").as_bool() == Some(true) {
+        return Err(bad(
+            path,
+            "field use_dora: DoRA adapters are not supported".into(),
+        ));
+    }
+    for k in ["rank_pattern", "alpha_pattern"] {
+        if field(k).as_object().is_some_and(|o| !o.is_empty()) {
+            return Err(bad(
+                path,
+                format!("field {k}: per-module patterns are not supported"),
+            ));
+        }
+    }
+    let rank = field("r")
+        .as_u64()
+        .filter(|&r| r > 0)
+        .ok_or_else(|| bad(path, "field r: missing or not a positive integer".into()))?
+        as usize;
+    let alpha = field("lora_alpha")
+        .as_f64()
+        .ok_or_else(|| bad(path, "field lora_alpha: missing or not a number".into()))?;
+    let dropout = match field("lora_dropout") {
+        Value::Null => 0.0,
+        v => v
+            .as_f64()
+            .filter(|p| (0.0..1.0).contains(p))
+            .ok_or_else(|| bad(path, format!("field lora_dropout: {v} is not in [0, 1)")))?,
+    };
+    match field("bias") {
+        Value::Null => {}
+        Value::String(b) if b == "none" => {}
+        v => {
+            return Err(bad(
+                path,
+                format!(
+                    "field bias: {v} is not supported (only \"none\": LoRA without trained biases)"
+                ),
+            ))
+        }
+    }
+    check_target_modules(model_type, &field("target_modules")).map_err(|r| bad(path, r))?;
+    let use_rslora = field("use_rslora").as_bool().unwrap_or(false);
+    let task_type = PeftTaskType::from_peft(&field("task_type"));
+    Ok(AdapterConfigFile {
+        rank,
+        alpha,
+        dropout,
+        use_rslora,
+        task_type,
+        raw,
+    })
 }
 
 /// Loads a PEFT LoRA adapter directory into `enc` as group `group` (frozen) and returns its
@@ -251,77 +347,15 @@ pub fn load_adapter(enc: &mut Encoder, dir: &Path, group: &str) -> Result<Loaded
         reason,
     };
     let cfg_path = dir.join(ADAPTER_CONFIG);
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let raw: Value = serde_json::from_str(&text).map_err(|e| Error::Parse {
-        path: cfg_path.clone(),
-        reason: e.to_string(),
-    })?;
-    let field = |k: &str| raw.get(k).cloned().unwrap_or(Value::Null);
-    if field("peft_type").as_str() != Some("LORA") {
-        return Err(bad(
-            &cfg_path,
-            format!("field peft_type: {} is not \"LORA\"", field("peft_type")),
-        ));
-    }
-    if field("fan_in_fan_out").as_bool() == Some(true) {
-        return Err(bad(
-            &cfg_path,
-            "field fan_in_fan_out: true is not supported for BERT".into(),
-        ));
-    }
-    if field("use_dora").as_bool() == Some(true) {
-        return Err(bad(
-            &cfg_path,
-            "field use_dora: DoRA adapters are not supported".into(),
-        ));
-    }
-    for k in ["rank_pattern", "alpha_pattern"] {
-        if field(k).as_object().is_some_and(|o| !o.is_empty()) {
-            return Err(bad(
-                &cfg_path,
-                format!("field {k}: per-module patterns are not supported"),
-            ));
-        }
-    }
-    let rank = field("r").as_u64().filter(|&r| r > 0).ok_or_else(|| {
-        bad(
-            &cfg_path,
-            "field r: missing or not a positive integer".into(),
-        )
-    })? as usize;
-    let alpha = field("lora_alpha").as_f64().ok_or_else(|| {
-        bad(
-            &cfg_path,
-            "field lora_alpha: missing or not a number".into(),
-        )
-    })?;
-    let dropout = match field("lora_dropout") {
-        Value::Null => 0.0,
-        v => v
-            .as_f64()
-            .filter(|p| (0.0..1.0).contains(p))
-            .ok_or_else(|| {
-                bad(
-                    &cfg_path,
-                    format!("field lora_dropout: {v} is not in [0, 1)"),
-                )
-            })?,
-    };
-    match field("bias") {
-        Value::Null => {}
-        Value::String(b) if b == "none" => {}
-        v => {
-            return Err(bad(
-                &cfg_path,
-                format!(
-                    "field bias: {v} is not supported (only \"none\": LoRA without trained biases)"
-                ),
-            ))
-        }
-    }
-    check_target_modules(enc, &field("target_modules")).map_err(|r| bad(&cfg_path, r))?;
-    let use_rslora = field("use_rslora").as_bool().unwrap_or(false);
-    let task_type = PeftTaskType::from_peft(&field("task_type"));
+    let text = std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let AdapterConfigFile {
+        rank,
+        alpha,
+        dropout,
+        use_rslora,
+        task_type,
+        raw,
+    } = parse_adapter_config(&text, &cfg_path, enc.config().model_type)?;
 
     let w_path = dir.join(ADAPTER_WEIGHTS);
     if !w_path.exists() && dir.join("adapter_model.bin").exists() {

@@ -28,4 +28,7 @@ pub mod synthetic;
 pub use bundle::{export_bundle, is_bundle, load_bundle, BundleManifest, ExportOptions};
 pub use engine::{AdapterInfo, Engine, PredictJob, TextPrediction};
 pub use error::{Error, Result};
-pub use server::{serve, shutdown_signal, ServeConfig};
+pub use server::{
+    decode_add_adapter_request, decode_predict_request, serve, shutdown_signal, AddAdapterRequest,
+    PredictRequest, ServeConfig,
+};

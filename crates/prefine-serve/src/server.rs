@@ -135,16 +135,15 @@ impl From<Error> for ApiError {
 
 type ApiResult<T> = std::result::Result<T, ApiError>;
 
-fn bad_request(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, msg.into())
+/// The body bytes, or the 4xx of the extractor's rejection (e.g. 413 over the size limit).
+fn body_bytes(body: std::result::Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|r| ApiError(r.status(), r.body_text()))
 }
 
-/// Parses a JSON body, mapping every failure to a 4xx with a message.
-fn parse_body<T: serde::de::DeserializeOwned>(
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> ApiResult<T> {
-    let bytes = body.map_err(|r| ApiError(r.status(), r.body_text()))?;
-    serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("malformed JSON body: {e}")))
+/// Parses a JSON body, mapping every failure to [`Error::BadRequest`] with a message.
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::BadRequest(format!("malformed JSON body: {e}")))
 }
 
 /// The router with every endpoint; the batcher must be running on the other end of `queue`.
@@ -224,11 +223,24 @@ async fn get_adapter(
     Ok(Json(json!(info)))
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/adapters`.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AddAdapter {
-    name: String,
-    path: String,
+pub struct AddAdapterRequest {
+    /// The name to register the adapter under.
+    pub name: String,
+    /// The adapter directory, relative to (or inside) the adapters directory.
+    pub path: String,
+}
+
+/// Decodes and checks a `POST /v1/adapters` body (`{"name": ..., "path": ...}`) exactly as the
+/// handler does before it touches the file system: any bytes give the request or
+/// [`Error::BadRequest`] (HTTP 400), never a panic. The path is checked later against the
+/// adapters directory ([`resolve_inside`]).
+pub fn decode_add_adapter_request(bytes: &[u8]) -> Result<AddAdapterRequest> {
+    let req: AddAdapterRequest = parse_json(bytes)?;
+    validate_name(&req.name)?;
+    Ok(req)
 }
 
 /// Resolves `requested` (relative to `root`, or absolute) to a directory inside `root`,
@@ -272,8 +284,7 @@ async fn add_adapter(
     State(s): State<AppState>,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let req: AddAdapter = parse_body(body)?;
-    validate_name(&req.name)?;
+    let req = decode_add_adapter_request(&body_bytes(body)?)?;
     let Some(root) = s.cfg.adapters_dir.clone() else {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
@@ -318,24 +329,27 @@ struct PredictResponse {
     results: Vec<TextPrediction>,
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/predict`.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PredictBody {
-    adapter: String,
-    texts: Vec<String>,
+pub struct PredictRequest {
+    /// The registered adapter to run.
+    pub adapter: String,
+    /// The texts to predict (1 to `max_texts_per_request`, each non-blank and at most
+    /// `max_text_chars` characters).
+    pub texts: Vec<String>,
 }
 
-async fn predict(
-    State(s): State<AppState>,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<PredictResponse>> {
-    let req: PredictBody = parse_body(body)?;
-    let cfg = &s.cfg;
+/// Decodes and checks a `POST /v1/predict` body exactly as the handler does before it looks up
+/// the adapter: any bytes give the request or [`Error::BadRequest`] (HTTP 400) naming the
+/// offending text, never a panic.
+pub fn decode_predict_request(bytes: &[u8], cfg: &ServeConfig) -> Result<PredictRequest> {
+    let req: PredictRequest = parse_json(bytes)?;
     if req.texts.is_empty() {
-        return Err(bad_request("texts is empty"));
+        return Err(Error::BadRequest("texts is empty".into()));
     }
     if req.texts.len() > cfg.max_texts_per_request {
-        return Err(bad_request(format!(
+        return Err(Error::BadRequest(format!(
             "{} texts, more than the limit of {} per request",
             req.texts.len(),
             cfg.max_texts_per_request
@@ -343,17 +357,26 @@ async fn predict(
     }
     for (i, t) in req.texts.iter().enumerate() {
         if t.trim().is_empty() {
-            return Err(bad_request(format!("text #{} is empty", i + 1)));
+            return Err(Error::BadRequest(format!("text #{} is empty", i + 1)));
         }
         let n = t.chars().count();
         if n > cfg.max_text_chars {
-            return Err(bad_request(format!(
+            return Err(Error::BadRequest(format!(
                 "text #{} has {n} characters, more than the limit of {}",
                 i + 1,
                 cfg.max_text_chars
             )));
         }
     }
+    Ok(req)
+}
+
+async fn predict(
+    State(s): State<AppState>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<PredictResponse>> {
+    let cfg = &s.cfg;
+    let req = decode_predict_request(&body_bytes(body)?, cfg)?;
     if s.engine.adapter(&req.adapter).is_none() {
         return Err(Error::UnknownAdapter(req.adapter).into());
     }
