@@ -5,7 +5,10 @@
 //! texts) are run by one worker thread as ONE mixed-adapter forward pass
 //! ([`Engine::predict_mixed`]). Every error is a JSON body `{"error": "..."}` with a fitting
 //! status; nothing a client sends can panic the server, and no request waits longer than
-//! `request_timeout`. Shutdown stops accepting connections and finishes the requests in flight.
+//! `request_timeout`. A client that sends its request head slower than `header_timeout` is
+//! disconnected, one that sends its body slower than `body_timeout` gets 408 and is
+//! disconnected; neither holds up anyone else. Shutdown stops accepting connections and
+//! finishes the requests in flight.
 
 use std::future::Future;
 use std::path::{Component, Path, PathBuf};
@@ -14,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path as UrlPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -53,6 +56,13 @@ pub struct ServeConfig {
     pub queue_capacity: usize,
     /// Longest a prediction request may wait for its result before 504.
     pub request_timeout: Duration,
+    /// Longest a connection may take to send a request head (request line and headers),
+    /// counted from the first read (also bounds how long an idle keep-alive connection stays
+    /// open); slower connections are closed without an answer.
+    pub header_timeout: Duration,
+    /// Longest a client may take to send a request body once its head has arrived; slower
+    /// clients get 408 and their connection is closed.
+    pub body_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -66,6 +76,8 @@ impl Default for ServeConfig {
             max_body_bytes: 2 << 20,
             queue_capacity: 1024,
             request_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -81,6 +93,14 @@ impl ServeConfig {
             ("queue_capacity", self.queue_capacity),
         ];
         if let Some((k, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::Server(format!("{k} must be positive")));
+        }
+        let durations = [
+            ("request_timeout", self.request_timeout),
+            ("header_timeout", self.header_timeout),
+            ("body_timeout", self.body_timeout),
+        ];
+        if let Some((k, _)) = durations.iter().find(|(_, v)| v.is_zero()) {
             return Err(Error::Server(format!("{k} must be positive")));
         }
         if let Some(d) = &self.adapters_dir {
@@ -160,6 +180,7 @@ fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -180,6 +201,66 @@ async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response 
         start.elapsed().as_secs_f64(),
     );
     resp
+}
+
+/// Reads the whole request body before any handler runs: within `body_timeout` of the head
+/// (a client that sends slowly or stalls gets 408, and `Connection: close` ends the connection)
+/// and at most `max_body_bytes` (413, without reading further: a declared `Content-Length`
+/// over the limit is refused before a byte of the body is read).
+async fn read_body(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    use http_body_util::BodyExt;
+    let limit = s.cfg.max_body_bytes;
+    let too_large = || {
+        let msg = format!("request body larger than {limit} bytes: length limit exceeded");
+        let mut r = ApiError(StatusCode::PAYLOAD_TOO_LARGE, msg).into_response();
+        r.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        r
+    };
+    let (parts, mut body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
+    let read = async {
+        let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Ok(None);
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok::<_, axum::Error>(Some(buf))
+    };
+    match tokio::time::timeout(s.cfg.body_timeout, read).await {
+        Ok(Ok(Some(buf))) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(buf)))
+                .await
+        }
+        Ok(Ok(None)) => too_large(),
+        Ok(Err(e)) => ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {e}"),
+        )
+        .into_response(),
+        Err(_) => {
+            let msg = format!("request body not received within {:?}", s.cfg.body_timeout);
+            let mut r = ApiError(StatusCode::REQUEST_TIMEOUT, msg).into_response();
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            r
+        }
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -215,10 +296,18 @@ async fn list_adapters(State(s): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({ "adapters": s.engine.adapters() }))
 }
 
+/// The `{name}` segment of the URL, or a JSON 400 (e.g. percent-encoded bytes that are not
+/// UTF-8) instead of axum's plain-text rejection.
+fn url_name(name: std::result::Result<UrlPath<String>, PathRejection>) -> ApiResult<String> {
+    name.map(|UrlPath(n)| n)
+        .map_err(|r| ApiError(r.status(), r.body_text()))
+}
+
 async fn get_adapter(
     State(s): State<AppState>,
-    UrlPath(name): UrlPath<String>,
+    name: std::result::Result<UrlPath<String>, PathRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    let name = url_name(name)?;
     let info = s.engine.adapter(&name).ok_or(Error::UnknownAdapter(name))?;
     Ok(Json(json!(info)))
 }
@@ -315,8 +404,9 @@ async fn add_adapter(
 
 async fn remove_adapter(
     State(s): State<AppState>,
-    UrlPath(name): UrlPath<String>,
+    name: std::result::Result<UrlPath<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
+    let name = url_name(name)?;
     s.engine.unregister(&name)?;
     tracing::info!("unregistered adapter {name:?}");
     Ok(StatusCode::NO_CONTENT)
@@ -501,17 +591,61 @@ pub async fn serve(
         metrics,
         queue: tx,
     };
+    let header_timeout = state.cfg.header_timeout;
     let app = router(state);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    accept_loop(app, listener, header_timeout, shutdown).await;
     // The router (and with it every queue sender) is gone: the batcher drains and stops.
     let joined = tokio::task::spawn_blocking(move || worker.join()).await;
-    served.map_err(|e| Error::Server(e.to_string()))?;
     if !matches!(joined, Ok(Ok(()))) {
         return Err(Error::Server("the batcher thread failed".into()));
     }
     Ok(())
+}
+
+/// Accepts HTTP/1 connections until `shutdown` completes, each served on its own task with a
+/// header read timeout (`axum::serve` sets none: a client that never finishes its request head
+/// would hold its connection forever); then stops accepting, lets every connection finish its
+/// request in flight and returns once all are closed. Drops `app` before returning.
+async fn accept_loop(
+    app: Router,
+    listener: tokio::net::TcpListener,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection closed: {e}");
+            }
+        });
+    }
+    drop(listener);
+    drop(app);
+    graceful.shutdown().await;
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

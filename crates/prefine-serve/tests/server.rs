@@ -509,3 +509,360 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
         .await
         .is_err());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Abuse: slow clients, oversized bodies, huge requests, invalid UTF-8, path traversal.
+// Raw TCP where a well-behaved client (reqwest) cannot misbehave enough.
+
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Opens a raw connection to the test server.
+async fn raw(s: &TestServer) -> TcpStream {
+    TcpStream::connect(s.url.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes the connection (or `limit` passes, which fails the test):
+/// everything the server sent, and how long it took.
+async fn read_to_close(conn: &mut TcpStream, limit: Duration) -> (String, Duration) {
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((start + limit).into(), conn.read(&mut buf)).await {
+            Err(_) => panic!(
+                "connection still open after {limit:?}; got {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    (String::from_utf8_lossy(&out).into_owned(), start.elapsed())
+}
+
+/// The status code of a raw HTTP/1.1 response.
+fn raw_status(resp: &str) -> u16 {
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {resp:?}"))
+}
+
+/// Slow clients: a connection that sends nothing, one that stalls inside its request head, one
+/// that stalls inside its body and one that sends its body a byte at a time (each byte in time,
+/// the whole too slow). None of them holds up a normal request; the first two are closed after
+/// `header_timeout`, the last two get 408 after `body_timeout`, and shutdown is not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_without_holding_up_others() {
+    let timeout = Duration::from_millis(600);
+    let cfg = ServeConfig {
+        header_timeout: timeout,
+        body_timeout: timeout,
+        ..Default::default()
+    };
+    let s = TestServer::start(cfg, false).await;
+    let body = json!({"adapter": "tc", "texts": ["slow and steady"]}).to_string();
+    let head = |len: usize| {
+        format!("POST /v1/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n")
+    };
+
+    let opened = Instant::now();
+    let mut silent = raw(&s).await;
+    let mut half_head = raw(&s).await;
+    half_head
+        .write_all(b"POST /v1/predict HTTP/1.1\r\nhost: x\r\ncontent-le")
+        .await
+        .unwrap();
+    let mut half_body = raw(&s).await;
+    half_body
+        .write_all(format!("{}{}", head(body.len()), &body[..10]).as_bytes())
+        .await
+        .unwrap();
+    let mut dribble = raw(&s).await;
+    dribble
+        .write_all(head(body.len()).as_bytes())
+        .await
+        .unwrap();
+    let dribbler = tokio::spawn(async move {
+        for b in body.as_bytes() {
+            if dribble.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        dribble
+    });
+
+    // A well-behaved request is answered at once, stalled connections notwithstanding.
+    let t = Instant::now();
+    let (st, v) = s
+        .post_json("/v1/predict", json!({"adapter": "ner", "texts": ["Paris"]}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(t.elapsed() < timeout, "took {:?}", t.elapsed());
+
+    for (what, conn) in [("silent", &mut silent), ("half head", &mut half_head)] {
+        let (resp, _) = read_to_close(conn, Duration::from_secs(5)).await;
+        assert!(
+            resp.is_empty() || raw_status(&resp) == 408,
+            "{what}: {resp:?}"
+        );
+        let took = opened.elapsed();
+        assert!(took >= timeout / 2, "{what}: closed after {took:?}");
+    }
+    let (resp, _) = read_to_close(&mut half_body, Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&resp), 408, "{resp}");
+    assert!(resp.contains("not received within"), "{resp}");
+    let mut dribble = dribbler.await.unwrap();
+    let (resp, took) = read_to_close(&mut dribble, Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&resp), 408, "dribbled body: {resp}");
+    assert!(took < Duration::from_secs(2), "dribbled body: {took:?}");
+
+    // Another stalled connection does not hold up shutdown beyond the header timeout.
+    let _stalled = raw(&s).await;
+    let (st, _) = s.get("/health").await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, metrics) = s.get("/metrics").await;
+    assert!(
+        metrics.contains("route=\"/v1/predict\",status=\"408\"} 2"),
+        "{metrics}"
+    );
+    s.stop().await;
+}
+
+/// Bodies over the limit get 413: declared by `Content-Length` (refused before the body is
+/// sent: the client is not made to upload it), or sent chunked without a length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_refused_early() {
+    let cfg = ServeConfig {
+        max_body_bytes: 4096,
+        ..Default::default()
+    };
+    let s = TestServer::start(cfg, false).await;
+    // 10 GB announced, nothing sent: the answer comes without waiting for the body.
+    let mut conn = raw(&s).await;
+    conn.write_all(
+        b"POST /v1/predict HTTP/1.1\r\nhost: x\r\ncontent-length: 10000000000\r\n\r\n{\"adapter\"",
+    )
+    .await
+    .unwrap();
+    let (resp, took) = read_to_close(&mut conn, Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&resp), 413, "{resp}");
+    assert!(resp.contains("length limit exceeded"), "{resp}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+
+    // Chunked, no length: refused once the limit is crossed.
+    let mut conn = raw(&s).await;
+    let chunk = "x".repeat(3000);
+    let mut req =
+        String::from("POST /v1/adapters HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n");
+    for _ in 0..2 {
+        req.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+    }
+    req.push_str("0\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let (resp, _) = read_to_close(&mut conn, Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&resp), 413, "{resp}");
+
+    // Exactly at the limit is served; one byte more is not.
+    let at_limit = |n: usize| format!("{{\"adapter\":\"tc\",\"texts\":[\"{}\"]}}", "y".repeat(n));
+    assert_eq!(at_limit(4096 - 29).len(), 4096);
+    let (st, v) = s.post("/v1/predict", at_limit(4096 - 29)).await;
+    assert_eq!(st, StatusCode::OK, "{}", error_of(&v));
+    let (st, v) = s.post("/v1/predict", at_limit(4096 - 28)).await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    let (st, _) = s.get("/health").await;
+    assert_eq!(st, StatusCode::OK);
+    s.stop().await;
+}
+
+/// A request with 10 000 texts (under the byte limit) is refused with 400 naming the limit,
+/// quickly, and the server keeps serving; and so is one text of 1 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_requests_are_refused() {
+    let s = TestServer::start(ServeConfig::default(), false).await;
+    let many: Vec<String> = (0..10_000).map(|i| format!("text number {i}")).collect();
+    let t = Instant::now();
+    let (st, v) = s
+        .post_json("/v1/predict", json!({"adapter": "ner", "texts": many}))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        error_of(&v).contains("10000 texts, more than the limit of 64"),
+        "{v}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let (st, v) = s
+        .post_json(
+            "/v1/predict",
+            json!({"adapter": "tc", "texts": ["word ".repeat(200_000)]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(error_of(&v).contains("limit of 20000"), "{v}");
+    let (st, _) = s
+        .post_json("/v1/predict", json!({"adapter": "tc", "texts": ["ok"]}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    s.stop().await;
+}
+
+/// Invalid UTF-8 anywhere a client controls: raw bytes in a JSON string, a lone surrogate
+/// escape, in an adapter path, in a percent-encoded URL segment, in the request line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_is_refused() {
+    let s = TestServer::start(ServeConfig::default(), false).await;
+    let bodies: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "raw bytes in a text",
+            "/v1/predict",
+            b"{\"adapter\":\"tc\",\"texts\":[\"caf\xc3\x28 \xff\xfe\"]}".to_vec(),
+        ),
+        (
+            "raw bytes in the adapter name",
+            "/v1/predict",
+            b"{\"adapter\":\"t\xffc\",\"texts\":[\"x\"]}".to_vec(),
+        ),
+        (
+            "lone surrogate escape",
+            "/v1/predict",
+            br#"{"adapter":"tc","texts":["\ud800"]}"#.to_vec(),
+        ),
+        (
+            "raw bytes in a path",
+            "/v1/adapters",
+            b"{\"name\":\"x\",\"path\":\"ner\xff2\"}".to_vec(),
+        ),
+        (
+            "overlong encoding of '/' in a path",
+            "/v1/adapters",
+            b"{\"name\":\"x\",\"path\":\"..\xc0\xafetc\"}".to_vec(),
+        ),
+    ];
+    for (what, path, body) in bodies {
+        let (st, v) = s.post(path, body).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{what}: {v}");
+        assert!(error_of(&v).contains("malformed JSON"), "{what}: {v}");
+    }
+    // %FF is not UTF-8: no adapter can have that name.
+    for path in ["/v1/adapters/%FF", "/v1/adapters/t%C3%28c"] {
+        let (st, body) = s.get(path).await;
+        assert!(
+            st == StatusCode::BAD_REQUEST || st == StatusCode::NOT_FOUND,
+            "{path}: {st} {body}"
+        );
+        let v: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+        assert!(!error_of(&v).is_empty());
+        let (st, _) = s.delete(path).await;
+        assert!(st.is_client_error(), "{path}: {st}");
+    }
+    // Raw non-UTF-8 bytes in the request line: hyper answers 400 and closes.
+    let mut conn = raw(&s).await;
+    conn.write_all(b"GET /v1/adapters/\xff\xfe HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (resp, _) = read_to_close(&mut conn, Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&resp), 400, "{resp}");
+    assert_eq!(s.engine.adapter_names(), ["ner", "tc"]);
+    s.stop().await;
+}
+
+/// Path traversal beyond the cases of `adapter_management`: a sibling directory that shares the
+/// adapters directory's name as a prefix, a chain of links that ends outside, a linked
+/// directory in the middle of the path, a NUL byte, traversal in the name or URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_traversal_is_refused() {
+    let s = TestServer::start(ServeConfig::default(), false).await;
+    let adapters = s.root.join("adapters");
+    // `adapters-evil/ner` starts with the string `.../adapters` but is not inside it.
+    let evil = s.root.join("adapters-evil");
+    std::fs::create_dir_all(&evil).unwrap();
+    std::os::unix::fs::symlink(s.root.join("startup/ner"), evil.join("ner")).unwrap();
+    let startup = s.root.join("startup");
+    std::os::unix::fs::symlink(&startup, adapters.join("out")).unwrap();
+    std::os::unix::fs::symlink(adapters.join("out"), adapters.join("chain")).unwrap();
+    std::fs::create_dir_all(adapters.join("sub")).unwrap();
+    std::os::unix::fs::symlink("../../startup", adapters.join("sub/up")).unwrap();
+    // A link that stays inside is fine.
+    std::os::unix::fs::symlink("ner2", adapters.join("alias")).unwrap();
+
+    let forbidden = StatusCode::FORBIDDEN;
+    let bad = StatusCode::BAD_REQUEST;
+    let cases: Vec<(&str, Value, StatusCode, &str)> = vec![
+        (
+            "sibling with the same prefix",
+            json!({"name": "x", "path": evil.join("ner").display().to_string()}),
+            forbidden,
+            "inside the adapters directory",
+        ),
+        (
+            "absolute path with '..'",
+            json!({"name": "x", "path": format!("{}/../startup/ner", adapters.display())}),
+            bad,
+            "'..'",
+        ),
+        (
+            "link to a link out",
+            json!({"name": "x", "path": "chain/ner"}),
+            forbidden,
+            "inside the adapters directory",
+        ),
+        (
+            "linked directory in the middle",
+            json!({"name": "x", "path": "out/tc"}),
+            forbidden,
+            "inside the adapters directory",
+        ),
+        (
+            "relative link out from a subdirectory",
+            json!({"name": "x", "path": "sub/up/ner"}),
+            forbidden,
+            "inside the adapters directory",
+        ),
+        (
+            "NUL byte",
+            json!({"name": "x", "path": "ner2\u{0}/../../startup"}),
+            bad,
+            "invalid",
+        ),
+        (
+            "'..' with backslashes is just a missing name",
+            json!({"name": "x", "path": "..\\startup\\ner"}),
+            bad,
+            "no such directory",
+        ),
+        (
+            "traversal in the name",
+            json!({"name": "../x", "path": "ner2"}),
+            bad,
+            "adapter name",
+        ),
+        (
+            "home directory",
+            json!({"name": "x", "path": "~/adapters"}),
+            bad,
+            "no such directory",
+        ),
+    ];
+    for (what, body, status, msg) in cases {
+        let (st, v) = s.post_json("/v1/adapters", body).await;
+        assert_eq!(st, status, "{what}: {v}");
+        assert!(error_of(&v).contains(msg), "{what}: {v}");
+    }
+    assert_eq!(s.engine.adapter_names(), ["ner", "tc"]);
+    let (st, v) = s
+        .post_json("/v1/adapters", json!({"name": "alias", "path": "alias"}))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "a link inside: {v}");
+    // Traversal in the URL reaches no file: it is just an unknown name.
+    for path in ["/v1/adapters/..%2F..%2Fetc%2Fpasswd", "/v1/adapters/%2E%2E"] {
+        let (st, body) = s.delete(path).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{path}: {body}");
+    }
+    s.stop().await;
+}
