@@ -607,10 +607,8 @@ async fn slow_clients_are_cut_off_without_holding_up_others() {
 
     for (what, conn) in [("silent", &mut silent), ("half head", &mut half_head)] {
         let (resp, _) = read_to_close(conn, Duration::from_secs(5)).await;
-        assert!(
-            resp.is_empty() || raw_status(&resp) == 408,
-            "{what}: {resp:?}"
-        );
+        // hyper closes the connection without an answer.
+        assert!(resp.is_empty(), "{what}: {resp:?}");
         let took = opened.elapsed();
         assert!(took >= timeout / 2, "{what}: closed after {took:?}");
     }
