@@ -159,6 +159,17 @@ fn slope_per_min(points: &[(f64, f64)]) -> f64 {
     num / den * 60.0
 }
 
+/// The median of the samples with `from <= t < to`.
+fn median(samples: &[(f64, f64)], from: f64, to: f64) -> Option<f64> {
+    let mut ys: Vec<f64> = samples
+        .iter()
+        .filter(|p| p.0 >= from && p.0 < to)
+        .map(|p| p.1)
+        .collect();
+    ys.sort_by(|a, b| a.total_cmp(b));
+    ys.get(ys.len() / 2).copied()
+}
+
 /// Sends one request; the status, or `None` if no answer came.
 async fn send(req: reqwest::RequestBuilder) -> Option<u16> {
     match req.send().await {
@@ -330,6 +341,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "start": ys.first().copied().map(round), "max": round(ys.iter().copied().fold(f64::MIN, f64::max)),
             "end": ys.last().copied().map(round),
             "at_5s": samples.iter().find(|p| p.0 >= 5.0).map(|p| round(p.1)),
+            "median_first_20s_after_5s": median(&samples, 5.0, 25.0).map(round),
+            "median_last_20s": median(&samples, t_end - 20.0, f64::MAX).map(round),
             "slope_last_40s_mib_per_min": (slope_per_min(&tail) * 1000.0).round() / 1000.0,
             "samples": ys.iter().map(|&y| round(y)).collect::<Vec<_>>(),
         });
