@@ -597,6 +597,12 @@ async fn slow_clients_are_cut_off_without_holding_up_others() {
         dribble
     });
 
+    // Slowloris: many more connections that send nothing.
+    let mut crowd = Vec::new();
+    for _ in 0..200 {
+        crowd.push(raw(&s).await);
+    }
+
     // A well-behaved request is answered at once, stalled connections notwithstanding.
     let t = Instant::now();
     let (st, v) = s
@@ -619,6 +625,11 @@ async fn slow_clients_are_cut_off_without_holding_up_others() {
     let (resp, took) = read_to_close(&mut dribble, Duration::from_secs(5)).await;
     assert_eq!(raw_status(&resp), 408, "dribbled body: {resp}");
     assert!(took < Duration::from_secs(2), "dribbled body: {took:?}");
+
+    for (i, conn) in crowd.iter_mut().enumerate() {
+        let (resp, _) = read_to_close(conn, Duration::from_secs(5)).await;
+        assert!(resp.is_empty(), "crowd #{i}: {resp:?}");
+    }
 
     // Another stalled connection does not hold up shutdown beyond the header timeout.
     let _stalled = raw(&s).await;

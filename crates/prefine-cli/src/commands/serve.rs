@@ -47,6 +47,13 @@ pub struct ServeArgs {
     /// Longest a request may wait for its prediction (seconds).
     #[arg(long, default_value_t = 60)]
     timeout_s: u64,
+    /// Longest a connection may take to send a request head; slower ones (and idle keep-alive
+    /// connections) are closed (seconds).
+    #[arg(long, default_value_t = 10)]
+    header_timeout_s: u64,
+    /// Longest a client may take to send a request body; slower ones get 408 (seconds).
+    #[arg(long, default_value_t = 30)]
+    body_timeout_s: u64,
 }
 
 /// Peak resident memory of this process in MiB (Linux), if known.
@@ -95,6 +102,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_text_chars: a.max_text_chars,
         max_body_bytes: a.max_body_bytes,
         request_timeout: Duration::from_secs(a.timeout_s.max(1)),
+        header_timeout: Duration::from_secs(a.header_timeout_s.max(1)),
+        body_timeout: Duration::from_secs(a.body_timeout_s.max(1)),
         ..Default::default()
     };
     cfg.validate()?;
