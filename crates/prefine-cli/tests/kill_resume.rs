@@ -43,6 +43,35 @@ fn tiny_model(dir: &Path) -> PathBuf {
     model
 }
 
+/// `prefine finetune` arguments for a tiny run (evaluation on 24 dev/test examples).
+fn finetune_args(
+    model: &Path,
+    task: &str,
+    mode: &str,
+    data: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "finetune",
+        "--task",
+        task,
+        "--mode",
+        mode,
+        "--max-eval",
+        "24",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (flag, path) in [("--model", model), ("--data", data), ("--out", out)] {
+        v.push(flag.into());
+        v.push(path.display().to_string());
+    }
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
 /// A step in `lo..=hi` that differs from run to run (printed, so a failure can be replayed).
 fn random_step(lo: u64, hi: u64) -> u64 {
     let seed = std::env::var("KILL_STEP_SEED")
@@ -145,33 +174,24 @@ fn finetune_resumes_bit_identically_after_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path());
     let data = data_root().join("ner/wnut17");
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "finetune",
-            "--task",
+    let args = |out: &Path| {
+        finetune_args(
+            &model,
             "ner",
-            "--mode",
             "lora",
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--max-train",
-            "200",
-            "--max-eval",
-            "24",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "4",
-            "--checkpoint-every",
-            "1",
-            "--out",
-            out.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+            &data,
+            out,
+            &[
+                "--max-train",
+                "200",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "4",
+                "--checkpoint-every",
+                "1",
+            ],
+        )
     };
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     run_ok(&args(&a));
@@ -274,33 +294,24 @@ fn ctrl_c_writes_a_checkpoint_exits_130_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path());
     let data = data_root().join("tc/trec6");
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "finetune",
-            "--task",
+    let args = |out: &Path| {
+        finetune_args(
+            &model,
             "tc",
-            "--mode",
             "full",
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--max-train",
-            "2000",
-            "--max-eval",
-            "16",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "2",
-            "--checkpoint-every",
-            "5",
-            "--out",
-            out.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+            &data,
+            out,
+            &[
+                "--max-train",
+                "2000",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "2",
+                "--checkpoint-every",
+                "5",
+            ],
+        )
     };
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     run_ok(&args(&a));
