@@ -22,7 +22,13 @@ pub fn install() {
 
 /// The exit status of a failed command: 130 when it stopped on Ctrl-C, else 1.
 pub fn exit_code(e: &anyhow::Error) -> i32 {
-    match e.downcast_ref::<prefine_train::Error>() {
+    let train = e.downcast_ref::<prefine_train::Error>().or_else(|| {
+        match e.downcast_ref::<prefine_suite::Error>() {
+            Some(prefine_suite::Error::Train(t)) => Some(t),
+            _ => None,
+        }
+    });
+    match train {
         Some(prefine_train::Error::Interrupted { .. }) => 130,
         _ => 1,
     }

@@ -430,6 +430,11 @@ pub fn run_suite(cfg: &SuiteConfig, out: &Path) -> Result<SuiteSummary> {
                         error: None,
                         metrics: None,
                     };
+                    if let Ok(Err(e @ prefine_train::Error::Interrupted { .. })) = run {
+                        // Ctrl-C: stop the suite; finished cells are kept, this one reruns.
+                        overall.abandon();
+                        return Err(e.into());
+                    }
                     match run {
                         Ok(Ok(rep)) => {
                             let m = &rep.metrics;

@@ -151,9 +151,11 @@ pub(crate) unsafe fn sgemm(
         }
         return;
     }
-    B_PACK.with(|cell| {
-        let mut bpack = cell.borrow_mut();
-        sgemm_blocks(
+    // A thread blocked in this GEMM's parallel loop can run another GEMM stolen by rayon (an
+    // outer parallel loop over GEMMs): then the thread's buffer is still borrowed and that
+    // nested call packs into a buffer of its own.
+    B_PACK.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bpack) => sgemm_blocks(
             m,
             n,
             k,
@@ -164,7 +166,19 @@ pub(crate) unsafe fn sgemm(
             accumulate,
             parallel,
             &mut bpack,
-        )
+        ),
+        Err(_) => sgemm_blocks(
+            m,
+            n,
+            k,
+            a,
+            b,
+            OutPtr(c),
+            ldc,
+            accumulate,
+            parallel,
+            &mut Vec::new(),
+        ),
     })
 }
 
@@ -214,7 +228,13 @@ unsafe fn sgemm_blocks(
                     return;
                 }
                 A_PACK.with(|cell| {
-                    let mut apack = cell.borrow_mut();
+                    // Never held across a rayon call, but stay safe if that changes.
+                    let mut own = Vec::new();
+                    let mut borrowed = cell.try_borrow_mut();
+                    let apack: &mut Vec<f32> = match borrowed.as_mut() {
+                        Ok(b) => b,
+                        Err(_) => &mut own,
+                    };
                     let need = mc.div_ceil(MR) * kc * MR;
                     if apack.len() < need {
                         apack.resize(need, 0.0);
@@ -310,6 +330,42 @@ mod tests {
             }
         }
         c
+    }
+
+    /// GEMMs inside an outer rayon loop: a thread waiting in one GEMM's parallel loop steals
+    /// another GEMM (this used to panic with "RefCell already borrowed" on the packing buffer).
+    #[test]
+    fn nested_parallel_gemms_are_safe_and_correct() {
+        if !available() {
+            eprintln!("no AVX-512F on this CPU: the sgemm kernel is not used here");
+            return;
+        }
+        use rayon::prelude::*;
+        let (m, n, k) = (96, 256, 384);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i % 7) as f32 - 3.0) * 0.02).collect();
+        let am = MatRef::row_major(&a, k);
+        let bm = MatRef::row_major(&b, n);
+        let want = naive(m, n, k, am, bm);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let outs: Vec<Vec<f32>> = (0..64)
+                .into_par_iter()
+                .map(|_| {
+                    let mut c = vec![0f32; m * n];
+                    unsafe { sgemm(m, n, k, am, bm, c.as_mut_ptr(), n, false, true) };
+                    c
+                })
+                .collect();
+            for c in outs {
+                for (x, w) in c.iter().zip(&want) {
+                    assert!((x - w).abs() < 1e-4 * (1.0 + w.abs()), "{x} vs {w}");
+                }
+            }
+        });
     }
 
     #[test]
