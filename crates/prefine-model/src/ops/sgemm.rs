@@ -54,25 +54,102 @@ impl OutPtr {
 /// Packs `B[p0..p0+kc, j0..j0+nc]` into NR-wide column panels, zero-padded.
 fn pack_b(b: MatRef, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut Vec<f32>) {
     let panels = nc.div_ceil(NR);
-    out.clear();
-    out.resize(panels * kc * NR, 0.0);
-    out.par_chunks_mut(kc * NR)
+    // Every element handed to the kernel is written below (padding included): grow only, no
+    // zero-fill pass over the whole buffer per call.
+    if out.len() < panels * kc * NR {
+        out.resize(panels * kc * NR, 0.0);
+    }
+    out[..panels * kc * NR]
+        .par_chunks_mut(kc * NR)
         .enumerate()
         .for_each(|(jp, panel)| {
             let jbase = j0 + jp * NR;
             let width = NR.min(j0 + nc - jbase);
+            if b.rs == 1 {
+                // Bᵀ is row-major (a transposed weight): column j of B is contiguous along p.
+                let mut starts = [0usize; NR];
+                for (j, s) in starts.iter_mut().enumerate().take(width) {
+                    *s = ((p0 as isize) + (jbase + j) as isize * b.cs) as usize;
+                }
+                pack_transposed(b.data, &starts[..width], kc, NR, panel);
+                return;
+            }
             for p in 0..kc {
-                let row = &mut panel[p * NR..p * NR + width];
+                let row = &mut panel[p * NR..(p + 1) * NR];
                 let src = ((p0 + p) as isize * b.rs + jbase as isize * b.cs) as usize;
                 if b.cs == 1 {
-                    row.copy_from_slice(&b.data[src..src + width]);
+                    row[..width].copy_from_slice(&b.data[src..src + width]);
                 } else {
-                    for (j, r) in row.iter_mut().enumerate() {
+                    for (j, r) in row[..width].iter_mut().enumerate() {
                         *r = b.data[(src as isize + j as isize * b.cs) as usize];
                     }
                 }
+                row[width..].fill(0.0);
             }
         });
+}
+
+/// Writes `out[p * lanes + i] = data[starts[i] + p]` for `p < kc` and `i < lanes`, with zeros
+/// for the lanes past `starts.len()`: packs rows that are contiguous along `p` into a panel
+/// (a transpose), four rows by four columns at a time with SSE shuffles.
+fn pack_transposed(data: &[f32], starts: &[usize], kc: usize, lanes: usize, out: &mut [f32]) {
+    debug_assert!(lanes.is_multiple_of(4) && starts.len() <= lanes);
+    let out = &mut out[..kc * lanes];
+    for &s in starts {
+        assert!(s + kc <= data.len(), "pack: row out of bounds");
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let kc4 = kc - kc % 4;
+        for i4 in (0..lanes).step_by(4) {
+            let rows = starts.len().saturating_sub(i4).min(4);
+            if rows == 0 {
+                for p in 0..kc {
+                    out[p * lanes + i4..p * lanes + i4 + 4].fill(0.0);
+                }
+                continue;
+            }
+            // SAFETY: every row read is `starts[i]..starts[i] + kc`, checked above; every
+            // store is `out[p * lanes + i4..+4]` with p < kc and i4 + 4 <= lanes.
+            unsafe {
+                let ptr = |r: usize| data.as_ptr().add(starts[i4 + r]);
+                let load = |r: usize, p: usize| {
+                    if r < rows {
+                        _mm_loadu_ps(ptr(r).add(p))
+                    } else {
+                        _mm_setzero_ps()
+                    }
+                };
+                let dst = out.as_mut_ptr().add(i4);
+                for p in (0..kc4).step_by(4) {
+                    let (r0, r1, r2, r3) = (load(0, p), load(1, p), load(2, p), load(3, p));
+                    let t0 = _mm_unpacklo_ps(r0, r1);
+                    let t1 = _mm_unpackhi_ps(r0, r1);
+                    let t2 = _mm_unpacklo_ps(r2, r3);
+                    let t3 = _mm_unpackhi_ps(r2, r3);
+                    _mm_storeu_ps(dst.add(p * lanes), _mm_movelh_ps(t0, t2));
+                    _mm_storeu_ps(dst.add((p + 1) * lanes), _mm_movehl_ps(t2, t0));
+                    _mm_storeu_ps(dst.add((p + 2) * lanes), _mm_movelh_ps(t1, t3));
+                    _mm_storeu_ps(dst.add((p + 3) * lanes), _mm_movehl_ps(t3, t1));
+                }
+            }
+            for p in kc4..kc {
+                for r in 0..4 {
+                    out[p * lanes + i4 + r] = if r < rows {
+                        data[starts[i4 + r] + p]
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for p in 0..kc {
+        for i in 0..lanes {
+            out[p * lanes + i] = starts.get(i).map_or(0.0, |&s| data[s + p]);
+        }
+    }
 }
 
 /// Packs `A[i0..i0+mc, p0..p0+kc]` into MR-tall row panels, zero-padded.
@@ -90,20 +167,12 @@ fn pack_a(a: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32]
                 panel[p * MR + height..(p + 1) * MR].fill(0.0);
             }
         } else if a.cs == 1 {
-            // Row-major A: copy each row's contiguous run into its lane of the panel.
-            for i in 0..MR {
-                if i < height {
-                    let start = (ibase + i) * a.rs as usize + p0;
-                    let row = &a.data[start..start + kc];
-                    for (p, &v) in row.iter().enumerate() {
-                        panel[p * MR + i] = v;
-                    }
-                } else {
-                    for p in 0..kc {
-                        panel[p * MR + i] = 0.0;
-                    }
-                }
+            // Row-major A: each row's run is contiguous along p; transpose it into the panel.
+            let mut starts = [0usize; MR];
+            for (i, s) in starts.iter_mut().enumerate().take(height) {
+                *s = (ibase + i) * a.rs as usize + p0;
             }
+            pack_transposed(a.data, &starts[..height], kc, MR, panel);
         } else {
             for i in 0..MR {
                 if i < height {
