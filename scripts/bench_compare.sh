@@ -12,5 +12,5 @@ export BENCH_OUT="${BENCH_OUT:-$(mktemp -d)}"
 cargo build --release -q -p prefine-cli --manifest-path "$ROOT/Cargo.toml"
 for w in ${WORKLOADS:-train_full train_lora infer_b1 infer_b32}; do
   "$PY" "$SHARED/bench/pytorch_anchor.py" "$w" 2>/dev/null
-  "$ROOT/target/release/prefine" --threads 2 bench "$w" --model "$MODEL_DIR" 2>/dev/null
+  "${CARGO_TARGET_DIR:-$ROOT/target}/release/prefine" --threads 2 bench "$w" --model "$MODEL_DIR" 2>/dev/null
 done
