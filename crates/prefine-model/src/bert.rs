@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -16,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::lora::{LoraConfig, LoraLinear, LoraPair, LoraTarget};
 use crate::ops;
 use crate::params::{normal, Param, SeedRng};
+use crate::quant::{checkpoint_precision, read_quantized_checkpoint, Precision, QuantizedLinear};
 use crate::weights::{
     load_safetensors, normalise_keys, save_safetensors, write_atomic, BlockNorm, Naming,
 };
@@ -179,10 +181,13 @@ pub struct Encoder {
     /// Pooler, when the checkpoint has one.
     pub pooler: Option<Pooler>,
     groups: BTreeMap<String, LoraConfig>,
+    /// The number format of the blocks' linear weights (see [`crate::quant`]).
+    precision: Precision,
 }
 
 impl Encoder {
-    /// Loads `config.json` and `model.safetensors` from a Hugging Face model directory.
+    /// Loads `config.json` and `model.safetensors` from a Hugging Face model directory, or
+    /// from a quantised model directory written by [`Encoder::save_quantized`].
     pub fn from_model_dir(dir: impl AsRef<Path>) -> Result<(Self, LoadReport)> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
@@ -193,6 +198,11 @@ impl Encoder {
         }
         let config = EncoderConfig::from_model_dir(dir)?;
         let path = dir.join("model.safetensors");
+        let precision = checkpoint_precision(&path)?;
+        if precision != Precision::F32 {
+            let ckpt = read_quantized_checkpoint(&path)?;
+            return Self::from_tensors_with(config, ckpt.tensors, ckpt.linears, precision, &path);
+        }
         let tensors = load_safetensors(&path)?;
         Self::from_tensors(config, tensors, &path)
     }
@@ -203,10 +213,23 @@ impl Encoder {
         tensors: HashMap<String, Tensor>,
         path: &Path,
     ) -> Result<(Self, LoadReport)> {
+        Self::from_tensors_with(config, tensors, HashMap::new(), Precision::F32, path)
+    }
+
+    /// [`Encoder::from_tensors`] where the blocks' linear weights of a quantised checkpoint
+    /// come as `quantized` (keyed `<layer>.weight`), all of `precision`.
+    fn from_tensors_with(
+        config: EncoderConfig,
+        tensors: HashMap<String, Tensor>,
+        mut quantized: HashMap<String, Arc<QuantizedLinear>>,
+        precision: Precision,
+        path: &Path,
+    ) -> Result<(Self, LoadReport)> {
         let naming = Naming(config.model_type);
         let mut map = normalise_keys(tensors, naming);
         let mut missing = Vec::new();
         let mut shape_errors = Vec::new();
+        let (mut q_missing, mut q_shape_errors) = (Vec::new(), Vec::new());
         let h = config.hidden_size;
         let mut take = |name: String, shape: &[usize]| -> Option<Param> {
             match map.remove(&name) {
@@ -247,11 +270,27 @@ impl Encoder {
             for t in LoraTarget::ALL {
                 let (out, inp) = linear_dims(&config, t);
                 let base = naming.linear(i, t);
-                linears.push((
-                    t,
-                    take(format!("{base}.weight"), &[out, inp]),
-                    take(format!("{base}.bias"), &[out]),
-                ));
+                let wname = format!("{base}.weight");
+                let weight = if precision == Precision::F32 {
+                    take(wname, &[out, inp]).map(LinearWeight::F32)
+                } else {
+                    match quantized.remove(&wname) {
+                        Some(q) if q.dims() == (out, inp) && q.precision() == precision => {
+                            Some(LinearWeight::Quantized(q))
+                        }
+                        Some(q) => {
+                            q_shape_errors.push(format!(
+                                "{wname}: expected {precision} [{out}, {inp}], found {q:?}"
+                            ));
+                            None
+                        }
+                        None => {
+                            q_missing.push(format!("{wname} ({precision})"));
+                            None
+                        }
+                    }
+                };
+                linears.push((t, weight, take(format!("{base}.bias"), &[out])));
             }
             let mut norms = Vec::new();
             for n in [BlockNorm::Attention, BlockNorm::Output] {
@@ -263,6 +302,8 @@ impl Encoder {
             }
             raw_blocks.push((linears, norms));
         }
+        missing.append(&mut q_missing);
+        shape_errors.append(&mut q_shape_errors);
         let mut report = LoadReport::default();
         let pooler = match (
             map.remove("pooler.dense.weight"),
@@ -302,7 +343,7 @@ impl Encoder {
         // Buffers that HF stores but that carry no learned weights.
         map.remove("embeddings.position_ids");
         map.remove("embeddings.token_type_ids");
-        report.unexpected = map.keys().cloned().collect();
+        report.unexpected = map.keys().chain(quantized.keys()).cloned().collect();
         report.unexpected.sort();
         if !report.unexpected.is_empty() {
             tracing::warn!(
@@ -327,11 +368,18 @@ impl Encoder {
             .map(|(linears, mut norms)| {
                 let (ow, ob) = norms.pop().expect("two norms");
                 let (aw, ab) = norms.pop().expect("two norms");
-                Block {
-                    linears: linears
-                        .into_iter()
-                        .map(|(t, w, b)| (t, LoraLinear::new(some(w), some(b))))
-                        .collect(),
+                let linears = linears
+                    .into_iter()
+                    .map(|(t, w, b)| {
+                        let lin = match w.expect("checked above") {
+                            LinearWeight::F32(w) => LoraLinear::new(w, some(b)),
+                            LinearWeight::Quantized(q) => LoraLinear::new_quantized(q, some(b))?,
+                        };
+                        Ok((t, lin))
+                    })
+                    .collect::<Result<BTreeMap<_, _>>>()?;
+                Ok(Block {
+                    linears,
                     attention_norm: Norm {
                         weight: some(aw),
                         bias: some(ab),
@@ -340,9 +388,9 @@ impl Encoder {
                         weight: some(ow),
                         bias: some(ob),
                     },
-                }
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok((
             Self {
                 config,
@@ -351,6 +399,7 @@ impl Encoder {
                 blocks,
                 pooler,
                 groups: BTreeMap::new(),
+                precision,
             },
             report,
         ))
@@ -405,6 +454,7 @@ impl Encoder {
 
     /// An independent copy of the base weights (no LoRA groups), frozen.
     pub fn deep_copy_base(&self) -> Result<Self> {
+        self.require_f32("copying the f32 base weights")?;
         let mut tensors = HashMap::new();
         for (name, p) in self.base_params() {
             tensors.insert(name, p.t().detach().copy()?);
@@ -427,8 +477,50 @@ impl Encoder {
         self.config.hidden_size
     }
 
+    /// The number format of the blocks' linear weights.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    pub(crate) fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    /// Fails with [`Error::InferenceOnly`] on a quantised encoder.
+    fn require_f32(&self, what: &str) -> Result<()> {
+        if self.precision == Precision::F32 {
+            Ok(())
+        } else {
+            Err(Error::InferenceOnly {
+                precision: self.precision,
+                what: what.to_string(),
+            })
+        }
+    }
+
+    /// On a quantised encoder: refuses training mode and trainable parameters (their
+    /// gradients would flow through quantised layers that have none).
+    fn check_inference_only(&self, training: bool) -> Result<()> {
+        if self.precision == Precision::F32 {
+            return Ok(());
+        }
+        if training {
+            return self.require_f32("a training forward pass (dropout on)");
+        }
+        let lora_trainable = self.blocks.iter().any(|b| {
+            b.linears
+                .values()
+                .any(|l| l.loras.values().any(|p| p.a.trainable() || p.b.trainable()))
+        });
+        if lora_trainable || self.base_params().iter().any(|(_, p)| p.trainable()) {
+            return self.require_f32("a forward pass with trainable parameters");
+        }
+        Ok(())
+    }
+
     /// Runs the encoder: `[batch, seq, hidden]` last hidden states.
     pub fn forward(&self, input: &EncoderInput, mut fwd: Forward<'_>) -> Result<Tensor> {
+        self.check_inference_only(fwd.dropout_rng.is_some())?;
         for g in [fwd.group, fwd.also].into_iter().flatten() {
             if !self.groups.contains_key(g) {
                 return Err(Error::UnknownGroup(g.to_string()));
@@ -495,6 +587,7 @@ impl Encoder {
         input: &EncoderInput,
         row_groups: &[Option<&str>],
     ) -> Result<Tensor> {
+        self.check_inference_only(false)?;
         let (b, _) = input.dims()?;
         if row_groups.len() != b {
             return Err(Error::Input(format!(
@@ -716,6 +809,7 @@ impl Encoder {
 
     /// Folds a group into the base weights (inference with that group then costs nothing extra).
     pub fn merge_group(&mut self, name: &str) -> Result<()> {
+        self.require_f32("merging a LoRA group")?;
         if !self.groups.contains_key(name) {
             return Err(Error::UnknownGroup(name.to_string()));
         }
@@ -779,7 +873,10 @@ impl Encoder {
         for (i, block) in self.blocks.iter().enumerate() {
             for (t, lin) in &block.linears {
                 let base = self.naming.linear(i, *t);
-                v.push((format!("{base}.weight"), &lin.weight));
+                // A quantised weight is no parameter (see `LoraLinear::quantized`).
+                if lin.quantized.is_none() {
+                    v.push((format!("{base}.weight"), &lin.weight));
+                }
                 v.push((format!("{base}.bias"), &lin.bias));
             }
             for (n, norm) in [
@@ -807,7 +904,9 @@ impl Encoder {
         v.push(&mut self.embeddings.norm.bias);
         for block in &mut self.blocks {
             for lin in block.linears.values_mut() {
-                v.push(&mut lin.weight);
+                if lin.quantized.is_none() {
+                    v.push(&mut lin.weight);
+                }
                 v.push(&mut lin.bias);
             }
             for norm in [&mut block.attention_norm, &mut block.output_norm] {
@@ -878,24 +977,42 @@ impl Encoder {
         v
     }
 
-    /// Number of base parameters (elements).
+    /// Number of base parameters (elements), quantised weights included.
     pub fn num_base_parameters(&self) -> usize {
+        let quantized: usize = self
+            .blocks
+            .iter()
+            .flat_map(|b| b.linears.values())
+            .filter_map(|l| l.quantized.as_ref().map(|q| q.dims().0 * q.dims().1))
+            .sum();
         self.base_params()
             .iter()
             .map(|(_, p)| p.var().elem_count())
-            .sum()
+            .sum::<usize>()
+            + quantized
     }
 
     /// Writes the backbone as a Hugging Face model directory (`config.json`, `model.safetensors`
     /// with checkpoint names, and `tokenizer.json` copied from `tokenizer_from` when given).
     /// LoRA groups are not included (save them with the PEFT writer, or merge first).
+    /// A quantised encoder is refused (write it with [`Encoder::save_quantized`]).
     pub fn save_pretrained(&self, dir: &Path, tokenizer_from: Option<&Path>) -> Result<()> {
+        self.require_f32("writing a Hugging Face checkpoint (use save_quantized)")?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut tensors = BTreeMap::new();
         for (name, p) in self.base_params() {
             tensors.insert(name, p.t().detach());
         }
         save_safetensors(&dir.join("model.safetensors"), &tensors)?;
+        self.write_config_and_tokenizer(dir, tokenizer_from)
+    }
+
+    /// Writes `config.json` and copies the tokenizer files of `tokenizer_from`.
+    pub(crate) fn write_config_and_tokenizer(
+        &self,
+        dir: &Path,
+        tokenizer_from: Option<&Path>,
+    ) -> Result<()> {
         let cfg = serde_json::to_vec_pretty(&self.config.to_json()).map_err(|e| Error::Parse {
             path: dir.join("config.json"),
             reason: e.to_string(),
@@ -936,7 +1053,7 @@ fn mixed_linear(lin: &LoraLinear, x: &Tensor, routes: &[MixedRoute<'_>]) -> Resu
             return lin.forward(x, Some(route.group), None, None);
         }
     }
-    let mut y = ops::linear(x, &lin.weight.t(), &lin.bias.t())?;
+    let mut y = lin.base_forward(x)?;
     for route in routes {
         let Some(pair) = lin.loras.get(route.group) else {
             continue;
@@ -955,6 +1072,12 @@ fn mixed_linear(lin: &LoraLinear, x: &Tensor, routes: &[MixedRoute<'_>]) -> Resu
         };
     }
     Ok(y)
+}
+
+/// A block's linear weight as loaded: f32, or quantised.
+enum LinearWeight {
+    F32(Param),
+    Quantized(Arc<QuantizedLinear>),
 }
 
 fn linear_dims(cfg: &EncoderConfig, t: LoraTarget) -> (usize, usize) {

@@ -61,6 +61,18 @@ pub enum Error {
     /// Inputs to a forward pass are inconsistent.
     #[error("bad input: {0}")]
     Input(String),
+    /// Something that needs f32 weights (training, gradients, merging, a Hugging Face
+    /// checkpoint) was asked of a quantised encoder.
+    #[error(
+        "the backbone is quantised ({precision}): {what} is not supported; quantised encoders \
+         are inference-only (train on the f32 model, quantise afterwards)"
+    )]
+    InferenceOnly {
+        /// The encoder's precision.
+        precision: crate::quant::Precision,
+        /// What was asked.
+        what: String,
+    },
     /// An error from the tensor library.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

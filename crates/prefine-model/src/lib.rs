@@ -19,6 +19,7 @@ pub mod lora;
 pub mod ops;
 pub mod params;
 pub mod peft;
+pub mod quant;
 pub mod weights;
 
 pub use bert::{Encoder, EncoderInput, Forward, LoadReport, Pooler};
@@ -27,3 +28,4 @@ pub use error::{Error, Result};
 pub use heads::{Classifier, Pooling, SequenceClassificationHead, TokenClassificationHead};
 pub use lora::{LoraConfig, LoraTarget};
 pub use params::{seed_rng, Param, SeedRng};
+pub use quant::{Precision, QuantizedLinear};

@@ -2,6 +2,7 @@
 //! groups (one per task family, or per application), PEFT-compatible.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::ops;
 use crate::params::{uniform, Param, SeedRng};
+use crate::quant::{Precision, QuantizedLinear};
 
 /// A linear layer of a transformer block that LoRA can adapt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -198,7 +200,7 @@ impl LoraPair {
 /// A linear layer with a frozen-or-trainable base and any number of named LoRA pairs.
 #[derive(Debug, Clone)]
 pub struct LoraLinear {
-    /// Base weight `[out, in]`.
+    /// Base weight `[out, in]` (empty, `[0, in]`, once the layer is quantised: see `quantized`).
     pub weight: Param,
     /// Base bias `[out]`.
     pub bias: Param,
@@ -206,6 +208,8 @@ pub struct LoraLinear {
     pub loras: BTreeMap<String, LoraPair>,
     /// The group whose delta is currently folded into `weight`, if any.
     pub merged: Option<String>,
+    /// The quantised base weight used instead of `weight` (inference only), if any.
+    pub quantized: Option<Arc<QuantizedLinear>>,
 }
 
 impl LoraLinear {
@@ -216,13 +220,45 @@ impl LoraLinear {
             bias,
             loras: BTreeMap::new(),
             merged: None,
+            quantized: None,
         }
+    }
+
+    /// A layer whose base weight is quantised (`bias` stays f32).
+    pub fn new_quantized(quantized: Arc<QuantizedLinear>, bias: Param) -> Result<Self> {
+        let mut lin = Self::new(released_weight(quantized.dims().1)?, bias);
+        lin.quantized = Some(quantized);
+        Ok(lin)
     }
 
     /// `(out, in)` of the base weight.
     pub fn dims(&self) -> (usize, usize) {
+        if let Some(q) = &self.quantized {
+            return q.dims();
+        }
         let d = self.weight.var().dims();
         (d[0], d[1])
+    }
+
+    /// Replaces the f32 base weight by its quantised form (see [`crate::quant`]).
+    pub(crate) fn quantize(&mut self, precision: Precision) -> Result<()> {
+        if self.merged.is_some() || self.quantized.is_some() {
+            return Err(Error::Input(
+                "a merged or already quantised layer cannot be quantised".into(),
+            ));
+        }
+        let q = QuantizedLinear::quantize(&self.weight.t().detach(), precision)?;
+        self.weight = released_weight(q.dims().1)?;
+        self.quantized = Some(Arc::new(q));
+        Ok(())
+    }
+
+    /// `x Wᵀ + b` without any LoRA delta, with the quantised weight when there is one.
+    pub fn base_forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.quantized {
+            Some(q) => q.forward(x, &self.bias.t()),
+            None => Ok(ops::linear(x, &self.weight.t(), &self.bias.t())?),
+        }
     }
 
     /// Forward with the LoRA pair of `group` added (if this layer has one), and that of `also`
@@ -241,6 +277,18 @@ impl LoraLinear {
                 )));
             }
             return Ok(ops::linear(x, &self.weight.t(), &self.bias.t())?);
+        }
+        if self.quantized.is_some() {
+            // Quantised base, f32 LoRA deltas beside it.
+            let mut y = self.base_forward(x)?;
+            for g in [group, also].into_iter().flatten() {
+                if let Some(pair) = self.loras.get(g) {
+                    let h = ops::linear_no_bias(x, &pair.a.t())?;
+                    let d = ops::linear_no_bias(&h, &pair.b.t())?;
+                    y = (y + (d * pair.scale)?)?;
+                }
+            }
+            return Ok(y);
         }
         let active: Vec<&LoraPair> = [group, also]
             .into_iter()
@@ -283,6 +331,12 @@ impl LoraLinear {
 
     /// Folds `group`'s delta into the base weight.
     pub fn merge(&mut self, group: &str) -> Result<()> {
+        if let Some(q) = &self.quantized {
+            return Err(Error::InferenceOnly {
+                precision: q.precision(),
+                what: "merging a LoRA group into the base weights".into(),
+            });
+        }
         if let Some(m) = &self.merged {
             return Err(Error::Input(format!("group {m:?} is already merged")));
         }
@@ -306,4 +360,14 @@ impl LoraLinear {
         }
         Ok(())
     }
+}
+
+/// The empty `[0, in]` placeholder left in `LoraLinear::weight` once the f32 weight is
+/// released for a quantised one.
+fn released_weight(inp: usize) -> Result<Param> {
+    Param::new(&Tensor::zeros(
+        (0, inp),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )?)
 }

@@ -10,6 +10,7 @@
 //! Every op is checked against finite differences in `tests`.
 
 mod attention;
+pub mod bf16;
 mod dropout;
 pub mod fast_math;
 mod gelu;
@@ -17,6 +18,7 @@ mod kernels;
 mod layer_norm;
 mod linear;
 mod lora_linear;
+pub mod qgemm;
 pub mod sgemm;
 mod softmax;
 

@@ -1,0 +1,252 @@
+//! bf16 weights for inference: stored as bfloat16 (round to nearest, ties to even), widened
+//! to f32 for the f32 AVX-512 GEMM.
+//!
+//! This machine class (Ice Lake) has no AVX512_BF16, so bf16 buys memory (half the bytes of
+//! f32 weights), not arithmetic. The weight is kept transposed (`Wᵀ`, `[in, out]`): widening
+//! it gives a row-major `[k, n]` operand, whose panels the GEMM packs with contiguous copies.
+//! The widened copy goes into a per-thread scratch buffer, reused across calls.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::kernels::{gemm, MatRef};
+
+/// `f32` -> bf16 bits, rounding to nearest with ties to even (as PyTorch's `to(bfloat16)`);
+/// NaN stays NaN (quiet), infinities stay infinite, overflow rounds to infinity.
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) as u16) | 0x0040;
+    }
+    let lsb = (bits >> 16) & 1;
+    (bits.wrapping_add(0x7FFF + lsb) >> 16) as u16
+}
+
+/// bf16 bits -> `f32` (exact).
+pub fn bf16_to_f32(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+/// A weight `W: [out, in]` stored as bf16, transposed (`[in, out]` row-major).
+#[derive(Clone)]
+pub struct Bf16Matrix {
+    out: usize,
+    inp: usize,
+    /// `Wᵀ` as bf16 bits, `[inp, out]` row-major.
+    t: Vec<u16>,
+}
+
+impl std::fmt::Debug for Bf16Matrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bf16Matrix {{ out: {}, in: {} }}", self.out, self.inp)
+    }
+}
+
+impl Bf16Matrix {
+    /// Rounds a row-major `[out, in]` f32 weight to bf16.
+    pub fn from_f32(w: &[f32], out: usize, inp: usize) -> Self {
+        assert_eq!(w.len(), out * inp, "Bf16Matrix::from_f32: not out x in");
+        let mut t = vec![0u16; out * inp];
+        for j in 0..out {
+            for p in 0..inp {
+                t[p * out + j] = f32_to_bf16(w[j * inp + p]);
+            }
+        }
+        Self { out, inp, t }
+    }
+
+    /// From row-major `[out, in]` bf16 bits (as stored in a checkpoint).
+    pub fn from_bits(w: &[u16], out: usize, inp: usize) -> Self {
+        assert_eq!(w.len(), out * inp, "Bf16Matrix::from_bits: not out x in");
+        let mut t = vec![0u16; out * inp];
+        for j in 0..out {
+            for p in 0..inp {
+                t[p * out + j] = w[j * inp + p];
+            }
+        }
+        Self { out, inp, t }
+    }
+
+    /// The row-major `[out, in]` bf16 bits.
+    pub fn to_bits(&self) -> Vec<u16> {
+        let mut w = vec![0u16; self.out * self.inp];
+        for p in 0..self.inp {
+            for j in 0..self.out {
+                w[j * self.inp + p] = self.t[p * self.out + j];
+            }
+        }
+        w
+    }
+
+    /// `(out, in)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.out, self.inp)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        2 * self.t.len()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn widen_avx512(src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 16 <= n {
+        let h = _mm256_loadu_si256(src.as_ptr().add(i) as *const __m256i);
+        let w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+        _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_castsi512_ps(w));
+        i += 16;
+    }
+    for j in i..n {
+        dst[j] = bf16_to_f32(src[j]);
+    }
+}
+
+fn widen_chunk(src: &[u16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::sgemm::available() {
+        // SAFETY: AVX-512F detected.
+        unsafe { widen_avx512(src, dst) };
+        return;
+    }
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = bf16_to_f32(s);
+    }
+}
+
+/// Widens bf16 bits to f32 (in parallel for large buffers).
+pub fn widen(src: &[u16], dst: &mut [f32]) {
+    const CHUNK: usize = 1 << 15;
+    if src.len() >= 2 * CHUNK {
+        dst.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(d, s)| widen_chunk(s, d));
+    } else {
+        widen_chunk(src, dst);
+    }
+}
+
+thread_local! {
+    /// The widened `Wᵀ` of the layer being computed on this thread.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `y[m, out] = x[m, in] · Wᵀ + bias` with `W` in bf16.
+pub fn bf16_linear(x: &[f32], m: usize, w: &Bf16Matrix, bias: &[f32]) -> Vec<f32> {
+    let (n, k) = (w.out, w.inp);
+    assert!(x.len() >= m * k, "bf16_linear: x is shorter than m x in");
+    assert_eq!(bias.len(), n, "bf16_linear: one bias per output");
+    let mut y = Vec::with_capacity(m * n);
+    for _ in 0..m {
+        y.extend_from_slice(bias);
+    }
+    let mut run = |scratch: &mut Vec<f32>| {
+        if scratch.len() < k * n {
+            scratch.resize(k * n, 0.0);
+        }
+        let wt = &mut scratch[..k * n];
+        widen(&w.t, wt);
+        gemm(
+            m,
+            n,
+            k,
+            &mut y,
+            true,
+            MatRef::row_major(&x[..m * k], k),
+            MatRef::row_major(wt, n),
+        );
+    };
+    // A thread waiting inside the GEMM's parallel loop may run another layer's call (rayon
+    // work stealing): then its scratch is borrowed and that call uses a buffer of its own.
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => run(&mut s),
+        Err(_) => run(&mut Vec::new()),
+    });
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        assert_eq!(f32_to_bf16(1.0), 0x3F80);
+        assert_eq!(f32_to_bf16(-2.0), 0xC000);
+        // Exactly half-way between 0x3F80 and 0x3F81: ties to the even 0x3F80.
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3F80_8000)), 0x3F80);
+        // Half-way between 0x3F81 and 0x3F82: ties to the even 0x3F82.
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3F81_8000)), 0x3F82);
+        // Just above / below half-way.
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3F80_8001)), 0x3F81);
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3F80_7FFF)), 0x3F80);
+        // Carry into the exponent.
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3FFF_FFFF)), 0x4000);
+        // Overflow to infinity, infinities and NaN kept.
+        assert_eq!(f32_to_bf16(f32::MAX), 0x7F80);
+        assert_eq!(f32_to_bf16(f32::INFINITY), 0x7F80);
+        assert_eq!(f32_to_bf16(f32::NEG_INFINITY), 0xFF80);
+        assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
+        // Subnormals and signed zero.
+        assert_eq!(f32_to_bf16(-0.0), 0x8000);
+        assert_eq!(f32_to_bf16(f32::from_bits(0x0000_8000)), 0x0000);
+        assert_eq!(f32_to_bf16(f32::from_bits(0x0001_8000)), 0x0002);
+        // Relative error at most half an ulp, 2^-8, for normal numbers (8 significant bits).
+        let mut s = 1u32;
+        for _ in 0..10_000 {
+            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+            let x = f32::from_bits((s & 0x3FFF_FFFF) | 0x0080_0000);
+            let y = bf16_to_f32(f32_to_bf16(x));
+            assert!(((y - x) / x).abs() <= 1.0 / 256.0, "{x} -> {y}");
+        }
+    }
+
+    #[test]
+    fn widening_is_exact_and_matches_scalar() {
+        let src: Vec<u16> = (0..70_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 16) as u16)
+            .collect();
+        let mut dst = vec![0f32; src.len()];
+        widen(&src, &mut dst);
+        for (s, d) in src.iter().zip(&dst) {
+            assert_eq!(d.to_bits(), bf16_to_f32(*s).to_bits());
+        }
+    }
+
+    #[test]
+    fn linear_equals_f32_product_of_rounded_weights() {
+        let (m, n, k) = (5, 37, 19);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
+            .collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 104729) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1).collect();
+        let b = Bf16Matrix::from_f32(&w, n, k);
+        assert_eq!(
+            Bf16Matrix::from_bits(&b.to_bits(), n, k).t,
+            b.t,
+            "bits round trip"
+        );
+        let y = bf16_linear(&x, m, &b, &bias);
+        for i in 0..m {
+            for j in 0..n {
+                let r: f64 = (0..k)
+                    .map(|p| x[i * k + p] as f64 * bf16_to_f32(f32_to_bf16(w[j * k + p])) as f64)
+                    .sum::<f64>()
+                    + bias[j] as f64;
+                assert!(
+                    (y[i * n + j] as f64 - r).abs() < 1e-4,
+                    "{} vs {r}",
+                    y[i * n + j]
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,554 @@
+//! Quantised backbone weights for inference: int8 and bf16 linear layers.
+//!
+//! [`Encoder::quantize`] replaces the f32 weight of every linear layer of every block (query,
+//! key, value, attention output, intermediate, output) by a [`QuantizedLinear`] and releases the
+//! f32 copy. Embeddings, layer norms, biases, the pooler, LoRA pairs and heads stay f32; a
+//! LoRA delta is computed in f32 next to the quantised base product.
+//!
+//! - [`Precision::Int8`]: per-output-channel symmetric int8 weights, activations quantised per
+//!   row at run time (u8 with a zero point), i32 accumulation with AVX512_VNNI where the CPU has
+//!   it, f32 output (see [`crate::ops::qgemm`]).
+//! - [`Precision::Bf16`]: weights rounded to bf16 (nearest, ties to even), widened to f32 for
+//!   the f32 GEMM (see [`crate::ops::bf16`]): half the memory, no faster arithmetic on CPUs
+//!   without AVX512_BF16.
+//!
+//! A quantised encoder is inference-only: a training forward (dropout on), a trainable
+//! parameter, a backward pass through a quantised layer, merging LoRA groups and writing a
+//! Hugging Face checkpoint are refused with [`Error::InferenceOnly`]. It is written with
+//! [`Encoder::save_quantized`] (safetensors: int8 weights as `I8` `[out, in]` plus an `F32`
+//! `<name>.weight_scale` `[out]`, or `BF16` weights; the precision in the header's metadata
+//! under `prefine_precision`) and read back by [`Encoder::from_model_dir`].
+//!
+//! ```no_run
+//! use prefine_model::{Encoder, EncoderInput, Forward, Precision};
+//! let (mut enc, _) = Encoder::from_model_dir("models/all-MiniLM-L6-v2")?;
+//! enc.quantize(Precision::Int8)?;
+//! let input = EncoderInput::from_vecs(&[vec![101, 7592, 102]], &[vec![0; 3]], &[vec![1; 3]])?;
+//! let hidden = enc.forward(&input, Forward::eval(None))?;
+//! # Ok::<(), prefine_model::Error>(())
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::bert::Encoder;
+use crate::error::{Error, Result};
+use crate::ops::bf16::{bf16_linear, bf16_to_f32, Bf16Matrix};
+use crate::ops::f32_slice;
+use crate::ops::qgemm::{int8_linear, quantize_weight_rows, PackedI8};
+use crate::weights::write_atomic;
+
+/// The safetensors metadata key that records a quantised checkpoint's precision.
+pub const PRECISION_METADATA_KEY: &str = "prefine_precision";
+
+/// The number format of the backbone's linear weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 weights (trainable).
+    #[default]
+    F32,
+    /// bf16 weights, f32 arithmetic (inference only).
+    Bf16,
+    /// int8 weights and activations, i32 accumulation (inference only).
+    Int8,
+}
+
+impl Precision {
+    /// All precisions.
+    pub const ALL: [Precision; 3] = [Self::F32, Self::Bf16, Self::Int8];
+
+    /// Parses `f32` (or `none`), `bf16`, `int8`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "f32" | "none" => Self::F32,
+            "bf16" => Self::Bf16,
+            "int8" => Self::Int8,
+            _ => return None,
+        })
+    }
+
+    /// `f32`, `bf16` or `int8`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::parse(s).ok_or_else(|| format!("unknown precision {s:?}: f32, bf16 or int8"))
+    }
+}
+
+#[derive(Clone)]
+enum QuantizedWeight {
+    Int8(PackedI8),
+    Bf16(Bf16Matrix),
+}
+
+/// The quantised weight of one linear layer `[out, in]` (the bias stays an f32 parameter of
+/// the layer).
+#[derive(Clone)]
+pub struct QuantizedLinear {
+    out: usize,
+    inp: usize,
+    weight: QuantizedWeight,
+}
+
+impl std::fmt::Debug for QuantizedLinear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "QuantizedLinear {{ {} [{}, {}] }}",
+            self.precision(),
+            self.out,
+            self.inp
+        )
+    }
+}
+
+impl QuantizedLinear {
+    /// Quantises an f32 weight `[out, in]` to `precision` (`Bf16` or `Int8`).
+    pub fn quantize(weight: &Tensor, precision: Precision) -> Result<Self> {
+        let (out, inp) = weight.dims2()?;
+        let w: Vec<f32> = weight.flatten_all()?.to_vec1()?;
+        if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Input(format!(
+                "cannot quantise a weight holding a non-finite value (flat index {i})"
+            )));
+        }
+        let weight = match precision {
+            Precision::Int8 => {
+                let (q, scales) = quantize_weight_rows(&w, out, inp);
+                QuantizedWeight::Int8(PackedI8::pack(&q, &scales, out, inp))
+            }
+            Precision::Bf16 => QuantizedWeight::Bf16(Bf16Matrix::from_f32(&w, out, inp)),
+            Precision::F32 => {
+                return Err(Error::Input(
+                    "QuantizedLinear::quantize: f32 is not a quantised precision".into(),
+                ))
+            }
+        };
+        Ok(Self { out, inp, weight })
+    }
+
+    /// From int8 values (row-major `[out, in]`) and one scale per output.
+    pub fn from_int8(q: &[i8], scales: &[f32], out: usize, inp: usize) -> Result<Self> {
+        if q.len() != out * inp || scales.len() != out {
+            return Err(Error::Input(format!(
+                "int8 weight: {} values and {} scales do not fit [{out}, {inp}]",
+                q.len(),
+                scales.len()
+            )));
+        }
+        if let Some(s) = scales.iter().find(|s| !(s.is_finite() && **s >= 0.0)) {
+            return Err(Error::Input(format!(
+                "int8 weight: scale {s} is not a finite non-negative number"
+            )));
+        }
+        if q.contains(&i8::MIN) {
+            return Err(Error::Input(
+                "int8 weight: -128 is outside the symmetric range [-127, 127]".into(),
+            ));
+        }
+        Ok(Self {
+            out,
+            inp,
+            weight: QuantizedWeight::Int8(PackedI8::pack(q, scales, out, inp)),
+        })
+    }
+
+    /// From bf16 bits (row-major `[out, in]`).
+    pub fn from_bf16_bits(bits: &[u16], out: usize, inp: usize) -> Result<Self> {
+        if bits.len() != out * inp {
+            return Err(Error::Input(format!(
+                "bf16 weight: {} values do not fit [{out}, {inp}]",
+                bits.len()
+            )));
+        }
+        if let Some(i) = bits.iter().position(|&b| b & 0x7F80 == 0x7F80) {
+            return Err(Error::Input(format!(
+                "bf16 weight holds a NaN or infinite value (flat index {i})"
+            )));
+        }
+        Ok(Self {
+            out,
+            inp,
+            weight: QuantizedWeight::Bf16(Bf16Matrix::from_bits(bits, out, inp)),
+        })
+    }
+
+    /// The precision of the weight.
+    pub fn precision(&self) -> Precision {
+        match self.weight {
+            QuantizedWeight::Int8(_) => Precision::Int8,
+            QuantizedWeight::Bf16(_) => Precision::Bf16,
+        }
+    }
+
+    /// `(out, in)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.out, self.inp)
+    }
+
+    /// Bytes of weight data held in memory (int8 also keeps a scale and a row sum per output).
+    pub fn bytes(&self) -> usize {
+        match &self.weight {
+            QuantizedWeight::Int8(p) => p.bytes(),
+            QuantizedWeight::Bf16(b) => b.bytes(),
+        }
+    }
+
+    /// The weight the layer computes with, as f32 `[out, in]` (scale · q, or the bf16 value).
+    pub fn dequantize(&self) -> Result<Tensor> {
+        let v: Vec<f32> = match &self.weight {
+            QuantizedWeight::Int8(p) => {
+                let (q, scales) = p.unpack();
+                q.iter()
+                    .enumerate()
+                    .map(|(i, &v)| v as f32 * scales[i / self.inp])
+                    .collect()
+            }
+            QuantizedWeight::Bf16(b) => b.to_bits().into_iter().map(bf16_to_f32).collect(),
+        };
+        Ok(Tensor::from_vec(v, (self.out, self.inp), &Device::Cpu)?)
+    }
+
+    /// `x · Wᵀ + bias` for `x: [..., in]`, `bias: [out]`. Inference only: a backward pass
+    /// through it fails with a message saying so.
+    pub fn forward(self: &Arc<Self>, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        Ok(x.contiguous()?.apply_op2_arc(
+            &bias.contiguous()?,
+            Arc::new(Box::new(QuantizedLinearOp(self.clone()))),
+        )?)
+    }
+
+    /// The tensors of the checkpoint entry `name` (`<layer>.weight`): `(name, dtype, shape,
+    /// little-endian bytes)`.
+    fn checkpoint_entries(
+        &self,
+        name: &str,
+    ) -> Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> {
+        let shape = vec![self.out, self.inp];
+        match &self.weight {
+            QuantizedWeight::Int8(p) => {
+                let (q, scales) = p.unpack();
+                vec![
+                    (
+                        name.to_string(),
+                        safetensors::Dtype::I8,
+                        shape,
+                        q.iter().map(|&v| v as u8).collect(),
+                    ),
+                    (
+                        format!("{name}_scale"),
+                        safetensors::Dtype::F32,
+                        vec![self.out],
+                        scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+                    ),
+                ]
+            }
+            QuantizedWeight::Bf16(b) => vec![(
+                name.to_string(),
+                safetensors::Dtype::BF16,
+                shape,
+                b.to_bits().iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )],
+        }
+    }
+}
+
+struct QuantizedLinearOp(Arc<QuantizedLinear>);
+
+impl CustomOp2 for QuantizedLinearOp {
+    fn name(&self) -> &'static str {
+        "prefine-quantized-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let q = &self.0;
+        let x = f32_slice(s1, l1, "quantized_linear")?;
+        let b = f32_slice(s2, l2, "quantized_linear")?;
+        if l1.dims().last() != Some(&q.inp) {
+            candle_core::bail!(
+                "quantized_linear: input {:?} does not end with in_features {}",
+                l1.dims(),
+                q.inp
+            );
+        }
+        if b.len() != q.out {
+            candle_core::bail!(
+                "quantized_linear: bias has {} elements, expected {}",
+                b.len(),
+                q.out
+            );
+        }
+        let m = x.len() / q.inp.max(1);
+        let y = match &q.weight {
+            QuantizedWeight::Int8(p) => int8_linear(x, m, p, b, false),
+            QuantizedWeight::Bf16(w) => bf16_linear(x, m, w, b),
+        };
+        let mut od = l1.dims().to_vec();
+        *od.last_mut().expect("non-empty dims") = q.out;
+        Ok((CpuStorage::F32(y), Shape::from(od)))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        _dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        candle_core::bail!(
+            "a {} quantised linear layer has no gradient: quantised encoders are inference-only \
+             (train on the f32 model, quantise afterwards)",
+            self.0.precision()
+        )
+    }
+}
+
+/// The precision recorded in a safetensors file's header metadata (`F32` when absent), read
+/// without loading the tensors.
+pub fn checkpoint_precision(path: &Path) -> Result<Precision> {
+    use std::io::Read;
+    let bad = |reason: String| Error::Weights {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    if f.read_exact(&mut len).is_err() {
+        return Err(bad("not a readable safetensors file (too short)".into()));
+    }
+    let n = u64::from_le_bytes(len);
+    if n > 100_000_000 {
+        return Err(bad(format!(
+            "not a readable safetensors file (header of {n} bytes)"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| bad(format!("not a readable safetensors file ({e})")))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("not a readable safetensors file ({e})")))?;
+    match v
+        .get("__metadata__")
+        .and_then(|m| m.get(PRECISION_METADATA_KEY))
+    {
+        None => Ok(Precision::F32),
+        Some(p) => p
+            .as_str()
+            .and_then(Precision::parse)
+            .ok_or_else(|| bad(format!("unknown {PRECISION_METADATA_KEY} {p}"))),
+    }
+}
+
+/// A quantised checkpoint split into its f32 tensors and its quantised linear weights (keyed
+/// by the weight's name, `<layer>.weight`).
+pub(crate) struct QuantizedCheckpoint {
+    pub tensors: HashMap<String, Tensor>,
+    pub linears: HashMap<String, Arc<QuantizedLinear>>,
+}
+
+/// Reads a checkpoint written by [`Encoder::save_quantized`].
+pub(crate) fn read_quantized_checkpoint(path: &Path) -> Result<QuantizedCheckpoint> {
+    let bad = |reason: String| Error::Weights {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a readable safetensors file ({e})")))?;
+    let mut tensors = HashMap::new();
+    let mut raw_i8: BTreeMap<String, (Vec<usize>, &[u8])> = BTreeMap::new();
+    let mut linears = HashMap::new();
+    for (name, view) in st.iter() {
+        let shape = view.shape().to_vec();
+        let data = view.data();
+        match view.dtype() {
+            safetensors::Dtype::F32 => {
+                let t = Tensor::from_raw_buffer(data, DType::F32, &shape, &Device::Cpu)?;
+                let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(bad(format!("tensor {name} holds a NaN or infinite value")));
+                }
+                tensors.insert(name.to_string(), t);
+            }
+            safetensors::Dtype::I8 => {
+                raw_i8.insert(name.to_string(), (shape, data));
+            }
+            safetensors::Dtype::BF16 => {
+                let [out, inp] = shape[..] else {
+                    return Err(bad(format!("bf16 tensor {name}: expected 2 dimensions")));
+                };
+                let bits: Vec<u16> = data
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect();
+                let q = QuantizedLinear::from_bf16_bits(&bits, out, inp)
+                    .map_err(|e| bad(format!("{name}: {e}")))?;
+                linears.insert(name.to_string(), Arc::new(q));
+            }
+            other => {
+                return Err(bad(format!(
+                "tensor {name} has dtype {other:?}; a quantised checkpoint holds F32, I8 and BF16"
+            )))
+            }
+        }
+    }
+    for (name, (shape, data)) in raw_i8 {
+        let [out, inp] = shape[..] else {
+            return Err(bad(format!("int8 tensor {name}: expected 2 dimensions")));
+        };
+        let sname = format!("{name}_scale");
+        let scales: Vec<f32> = tensors
+            .remove(&sname)
+            .ok_or_else(|| bad(format!("int8 tensor {name} has no {sname}")))?
+            .flatten_all()?
+            .to_vec1()?;
+        let q: Vec<i8> = data.iter().map(|&b| b as i8).collect();
+        let lin = QuantizedLinear::from_int8(&q, &scales, out, inp)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        linears.insert(name, Arc::new(lin));
+    }
+    Ok(QuantizedCheckpoint { tensors, linears })
+}
+
+impl Encoder {
+    /// Quantises the backbone's linear weights (every block's query, key, value, attention
+    /// output, intermediate and output) to `precision` for inference, releasing their f32
+    /// copies. Quantising to the current precision does nothing; a quantised encoder cannot be
+    /// quantised again nor turned back to f32 (reload the f32 model), and a merged LoRA group
+    /// must be unmerged first.
+    pub fn quantize(&mut self, precision: Precision) -> Result<()> {
+        if precision == self.precision() {
+            return Ok(());
+        }
+        if self.precision() != Precision::F32 {
+            return Err(Error::InferenceOnly {
+                precision: self.precision(),
+                what: format!("converting to {precision}"),
+            });
+        }
+        if let Some(m) = self
+            .blocks
+            .iter()
+            .flat_map(|b| b.linears.values())
+            .find_map(|l| l.merged.clone())
+        {
+            return Err(Error::Input(format!(
+                "LoRA group {m:?} is merged into the base weights; unmerge it (or bake it) before quantising"
+            )));
+        }
+        use rayon::prelude::*;
+        let mut layers: Vec<&mut crate::lora::LoraLinear> = self
+            .blocks
+            .iter_mut()
+            .flat_map(|b| b.linears.values_mut())
+            .collect();
+        layers
+            .par_iter_mut()
+            .map(|lin| lin.quantize(precision))
+            .collect::<Result<Vec<()>>>()?;
+        self.set_precision(precision);
+        Ok(())
+    }
+
+    /// Bytes of the backbone's weights as held for inference: f32 tensors at 4 bytes per
+    /// element, quantised linear weights at their own size (int8: values, scales and row sums).
+    pub fn weight_bytes(&self) -> usize {
+        let f32_bytes: usize = self
+            .base_params()
+            .iter()
+            .map(|(_, p)| 4 * p.var().elem_count())
+            .sum();
+        let q: usize = self
+            .blocks
+            .iter()
+            .flat_map(|b| b.linears.values())
+            .filter_map(|l| l.quantized.as_ref().map(|q| q.bytes()))
+            .sum();
+        f32_bytes + q
+    }
+
+    /// Writes a quantised backbone as a model directory: `config.json`, `model.safetensors`
+    /// (f32 tensors, the quantised linear weights as I8 + `*.weight_scale` or BF16, the
+    /// precision in the metadata) and the tokenizer files of `tokenizer_from`. It is read back
+    /// by [`Encoder::from_model_dir`]. An f32 encoder is written with
+    /// [`Encoder::save_pretrained`] instead.
+    pub fn save_quantized(&self, dir: &Path, tokenizer_from: Option<&Path>) -> Result<()> {
+        if self.precision() == Precision::F32 {
+            return Err(Error::Input(
+                "save_quantized: the encoder is not quantised; use save_pretrained".into(),
+            ));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join("model.safetensors");
+        let mut entries: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (name, p) in self.base_params() {
+            let t = p.t().detach().contiguous()?;
+            let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            entries.push((
+                name,
+                safetensors::Dtype::F32,
+                t.dims().to_vec(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ));
+        }
+        let naming = self.naming();
+        for (i, block) in self.blocks.iter().enumerate() {
+            for (t, lin) in &block.linears {
+                let q = lin.quantized.as_ref().ok_or_else(|| {
+                    Error::Input(format!(
+                        "layer {i} {t:?} is not quantised in a quantised encoder"
+                    ))
+                })?;
+                entries.extend(q.checkpoint_entries(&format!("{}.weight", naming.linear(i, *t))));
+            }
+        }
+        let mut views = Vec::with_capacity(entries.len());
+        for (name, dtype, shape, bytes) in &entries {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).map_err(
+                |e| Error::Weights {
+                    path: path.clone(),
+                    reason: format!("{name}: {e}"),
+                },
+            )?;
+            views.push((name.clone(), view));
+        }
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        meta.insert(
+            PRECISION_METADATA_KEY.to_string(),
+            self.precision().name().to_string(),
+        );
+        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Weights {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&path, &bytes)?;
+        self.write_config_and_tokenizer(dir, tokenizer_from)
+    }
+}
