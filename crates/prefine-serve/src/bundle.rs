@@ -12,14 +12,16 @@
 //! A bundle is written into a temporary sibling directory, loaded back and checked, and only
 //! then renamed into place: a crash never leaves a half-written bundle under the final name.
 //! With `merge`, one adapter's LoRA group is folded into the backbone weights: the bundle is a
-//! single-task model whose adapter keeps only its head.
+//! single-task model whose adapter keeps only its head. With `quantize`, the backbone's linear
+//! weights are stored as int8 (+ f32 per-channel scales) or bf16 (after any merge), see
+//! [`prefine_model::quant`]; the manifest records the precision.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use prefine_model::peft::{load_adapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use prefine_model::weights::write_atomic;
-use prefine_model::Encoder;
+use prefine_model::{Encoder, Precision};
 use prefine_train::finetune::artifact::ArtifactManifest;
 use prefine_train::finetune::{Mode, TaskKind};
 use serde::{Deserialize, Serialize};
@@ -79,6 +81,10 @@ pub struct BundleManifest {
     pub merged: Option<String>,
     /// Backbone parameters (elements).
     pub backbone_parameters: usize,
+    /// The number format of the backbone's linear weights (`f32` in bundles written before
+    /// quantisation existed).
+    #[serde(default)]
+    pub precision: Precision,
     /// The adapters.
     pub adapters: Vec<BundleAdapter>,
     /// Every file but the manifest.
@@ -96,6 +102,8 @@ pub struct ExportOptions {
     pub adapters: Vec<(String, PathBuf)>,
     /// Fold this adapter's LoRA group into the backbone (it must be the only adapter).
     pub merge: Option<String>,
+    /// Store the backbone's linear weights at this precision (`F32`: unchanged).
+    pub quantize: Precision,
     /// The bundle directory to create (must not exist).
     pub out: PathBuf,
 }
@@ -260,7 +268,10 @@ fn write_bundle(opts: &ExportOptions, root: &Path) -> Result<BundleManifest> {
             has_lora: manifest.has_lora,
         });
     }
-    if opts.merge.is_some() {
+    if opts.quantize != Precision::F32 {
+        encoder.quantize(opts.quantize)?;
+        encoder.save_quantized(&model_out, Some(&opts.model_dir))?;
+    } else if opts.merge.is_some() {
         encoder.save_pretrained(&model_out, Some(&opts.model_dir))?;
     } else {
         copy_synced(
@@ -301,6 +312,7 @@ fn write_bundle(opts: &ExportOptions, root: &Path) -> Result<BundleManifest> {
             .unwrap_or_else(|_| opts.model_dir.clone()),
         merged: opts.merge.clone(),
         backbone_parameters: encoder.num_base_parameters(),
+        precision: encoder.precision(),
         adapters,
         total_bytes: files.iter().map(|f| f.bytes).sum(),
         files,
@@ -356,6 +368,16 @@ pub fn verify_bundle(dir: &Path) -> Result<BundleManifest> {
 pub fn load_bundle(dir: &Path) -> Result<Engine> {
     let m = verify_bundle(dir)?;
     let engine = Engine::load(dir.join(&m.backbone))?;
+    if engine.precision() != m.precision {
+        return Err(Error::Bundle {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "the manifest says precision {}, the backbone's weights are {}",
+                m.precision,
+                engine.precision()
+            ),
+        });
+    }
     for a in &m.adapters {
         engine.register(&a.name, &dir.join(&a.path))?;
     }

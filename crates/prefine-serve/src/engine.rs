@@ -17,7 +17,7 @@ use prefine_data::LabelSet;
 use prefine_eval::{entities, NerMode};
 use prefine_model::peft::{load_adapter, LoadedAdapter, PeftTaskType, ADAPTER_CONFIG};
 use prefine_model::weights::load_safetensors;
-use prefine_model::{Encoder, EncoderInput};
+use prefine_model::{Encoder, EncoderInput, Precision};
 use prefine_tokenize::{
     split_words, windows, Overflow, TextTokenizer, TokenizeConfig, WindowConfig,
 };
@@ -187,6 +187,30 @@ impl Engine {
     /// Number of backbone parameters (elements).
     pub fn num_backbone_parameters(&self) -> usize {
         self.snapshot().encoder.num_base_parameters()
+    }
+
+    /// The number format of the backbone's linear weights.
+    pub fn precision(&self) -> Precision {
+        self.snapshot().encoder.precision()
+    }
+
+    /// Bytes of the backbone's weights in memory (see [`Encoder::weight_bytes`]).
+    pub fn backbone_weight_bytes(&self) -> usize {
+        self.snapshot().encoder.weight_bytes()
+    }
+
+    /// Quantises the backbone's linear weights in place (adapters stay registered and f32);
+    /// requests in flight finish with the previous weights. Quantised backbones cannot be
+    /// converted again (see [`Encoder::quantize`]).
+    pub fn quantize(&self, precision: Precision) -> Result<()> {
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.snapshot();
+        let mut encoder = cur.encoder.clone();
+        encoder.quantize(precision)?;
+        let adapters = cur.adapters.clone();
+        drop(cur);
+        self.install(Registry { encoder, adapters });
+        Ok(())
     }
 
     fn snapshot(&self) -> Arc<Registry> {

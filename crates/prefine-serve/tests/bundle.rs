@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::{json_close, texts, tiny_model, write_adapter, Spec};
+use prefine_model::Precision;
 use prefine_serve::bundle::{verify_bundle, ExportOptions};
 use prefine_serve::{export_bundle, is_bundle, load_bundle, Engine};
 
@@ -33,6 +34,7 @@ fn opts(root: &Path, names: &[&str], merge: Option<&str>, out: &str) -> ExportOp
             .map(|n| (n.to_string(), root.join("a").join(n)))
             .collect(),
         merge: merge.map(str::to_string),
+        quantize: Precision::F32,
         out: root.join(out),
     }
 }
@@ -147,5 +149,58 @@ fn export_errors_leave_nothing_behind() {
     let mut dup = opts(&f.root, &["tc"], None, "x6");
     dup.adapters.push(dup.adapters[0].clone());
     assert!(export_bundle(&dup).is_err());
+    no_partial_dirs(&f.root);
+}
+
+/// `--quantize int8|bf16`: the bundle stores the quantised weights (smaller backbone file, the
+/// precision in the manifest), loads at that precision, and serves exactly the predictions of
+/// the same backbone quantised in memory; with `--merge`, the LoRA is folded in before
+/// quantising.
+#[test]
+fn quantized_bundles_serve_like_the_in_memory_quantized_engine() {
+    let f = fixture();
+    let size = |dir: &Path| {
+        std::fs::metadata(dir.join("model/model.safetensors"))
+            .unwrap()
+            .len()
+    };
+    export_bundle(&opts(&f.root, &["tc"], None, "plain")).unwrap();
+    let f32_size = size(&f.root.join("plain"));
+    for (p, out) in [(Precision::Int8, "int8"), (Precision::Bf16, "bf16")] {
+        let mut o = opts(&f.root, &["ner", "tc", "tc-head"], None, out);
+        o.quantize = p;
+        let m = export_bundle(&o).unwrap();
+        assert_eq!(m.precision, p);
+        let b = f.root.join(out);
+        assert!(size(&b) < f32_size, "{p}: {} vs f32 {f32_size}", size(&b));
+        let text = std::fs::read_to_string(b.join("manifest.json")).unwrap();
+        assert!(text.contains(&format!("\"precision\": \"{p}\"")), "{text}");
+        let bundle = load_bundle(&b).unwrap();
+        assert_eq!(bundle.precision(), p);
+        let mem = Engine::load(f.root.join("model")).unwrap();
+        mem.quantize(p).unwrap();
+        for n in ["ner", "tc", "tc-head"] {
+            mem.register(n, &f.root.join("a").join(n)).unwrap();
+            assert_eq!(predictions(&bundle, n), predictions(&mem, n), "{p} {n}");
+        }
+    }
+    // Merge, then quantise: the merged single-task model at int8.
+    let mut o = opts(&f.root, &["ner"], Some("ner"), "merged-int8");
+    o.quantize = Precision::Int8;
+    let m = export_bundle(&o).unwrap();
+    assert_eq!(
+        (m.precision, m.merged.as_deref()),
+        (Precision::Int8, Some("ner"))
+    );
+    let merged = load_bundle(&f.root.join("merged-int8")).unwrap();
+    assert!(!merged.adapter("ner").unwrap().has_lora);
+    let orig = Engine::load(f.root.join("model")).unwrap();
+    orig.register("ner", &f.root.join("a/ner")).unwrap();
+    json_close(
+        &predictions(&merged, "ner"),
+        &predictions(&orig, "ner"),
+        0.05,
+    )
+    .unwrap();
     no_partial_dirs(&f.root);
 }

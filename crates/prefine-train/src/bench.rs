@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use prefine_model::heads::Classifier;
-use prefine_model::{seed_rng, Encoder, EncoderInput, Forward, LoraConfig, LoraTarget};
+use prefine_model::{seed_rng, Encoder, EncoderInput, Forward, LoraConfig, LoraTarget, Precision};
 use rand::Rng;
 use serde::Serialize;
 
@@ -68,6 +68,8 @@ pub struct BenchOptions {
     pub seq: Option<usize>,
     /// Warm-up and timed runs.
     pub runs: Option<(usize, usize)>,
+    /// Precision of the backbone's linear weights (inference workloads only).
+    pub precision: Precision,
 }
 
 /// One JSON line, with the same keys as the PyTorch anchor.
@@ -93,6 +95,8 @@ pub struct BenchResult {
     pub timed_steps: usize,
     /// Worker threads.
     pub threads: usize,
+    /// Precision of the backbone's linear weights.
+    pub precision: Precision,
     /// Loss of the last step (training workloads).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_loss: Option<f32>,
@@ -152,6 +156,18 @@ pub fn run(workload: Workload, mut encoder: Encoder, opts: &BenchOptions) -> Res
         });
     }
     encoder.pooler = None;
+    if opts.precision != Precision::F32 {
+        if !matches!(workload, Workload::InferB1 | Workload::InferB32) {
+            return Err(Error::Config {
+                field: "precision".into(),
+                reason: format!(
+                    "{} trains: quantised backbones are inference-only (use f32)",
+                    workload.name()
+                ),
+            });
+        }
+        encoder.quantize(opts.precision)?;
+    }
     let (input, labels) = inputs(batch, seq)?;
     let weight = input.attention_mask.clone();
     let mut times = Vec::with_capacity(timed);
@@ -225,6 +241,7 @@ pub fn run(workload: Workload, mut encoder: Encoder, opts: &BenchOptions) -> Res
         warmup,
         timed_steps: timed,
         threads: rayon::current_num_threads(),
+        precision: opts.precision,
         last_loss,
     })
 }

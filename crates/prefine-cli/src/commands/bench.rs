@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use prefine_model::Encoder;
+use prefine_model::{Encoder, Precision};
 use prefine_train::bench::{run as run_workload, BenchOptions, Workload};
 
 /// Arguments of `prefine bench`.
@@ -24,6 +24,9 @@ pub struct BenchArgs {
     /// One warm-up and two timed runs (a smoke test, not a measurement).
     #[arg(long)]
     quick: bool,
+    /// Precision of the backbone's linear weights: f32 | bf16 | int8 (inference workloads).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 /// Runs `prefine bench`.
@@ -40,6 +43,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         batch: a.batch,
         seq: a.seq,
         runs: a.quick.then_some((1, 2)),
+        precision: a.precision,
     };
     tracing::info!(
         "running {} ({} threads)",

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
+use prefine_model::Precision;
 use prefine_serve::{export_bundle, ExportOptions};
 
 /// Arguments of `prefine export`.
@@ -18,6 +19,10 @@ pub struct ExportArgs {
     /// Fold this adapter's LoRA group into the backbone weights (a single-task model).
     #[arg(long, value_name = "NAME")]
     merge: Option<String>,
+    /// Store the backbone's linear weights as int8 (+ f32 per-channel scales) or bf16
+    /// (inference only; embeddings, layer norms, adapters and heads stay f32).
+    #[arg(long, value_name = "none|int8|bf16", default_value = "none")]
+    quantize: Precision,
     /// The bundle directory to create (must not exist).
     #[arg(long)]
     out: PathBuf,
@@ -44,6 +49,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         model_dir: a.model.unwrap_or_else(super::default_model_dir),
         adapters,
         merge: a.merge,
+        quantize: a.quantize,
         out: a.out,
     };
     let m = export_bundle(&opts)?;
@@ -55,11 +61,12 @@ pub fn run(a: ExportArgs) -> Result<()> {
         .sum();
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!(
-        "wrote {}: {} files, {:.1} MiB (backbone {:.1} MiB, {} adapter(s) {:.2} MiB){}",
+        "wrote {}: {} files, {:.1} MiB (backbone {:.1} MiB, {}, {} adapter(s) {:.2} MiB){}",
         opts.out.display(),
         m.files.len(),
         mib(m.total_bytes),
         mib(backbone),
+        m.precision,
         m.adapters.len(),
         mib(m.total_bytes - backbone),
         m.merged
@@ -67,5 +74,34 @@ pub fn run(a: ExportArgs) -> Result<()> {
             .map(|n| format!(", LoRA of {n:?} merged into the backbone"))
             .unwrap_or_default()
     );
+    println!("{}", load_check(&opts.out));
     Ok(())
+}
+
+/// Loads the bundle in a fresh `prefine serve --load-only` process and reports what it took
+/// (this process's own peak includes the export itself, so it would not be the load's).
+fn load_check(bundle: &std::path::Path) -> String {
+    let run = || -> Result<serde_json::Value> {
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .arg("--model")
+            .arg(bundle)
+            .arg("--load-only")
+            .env("PREFINE_LOG", "warn")
+            .output()?;
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    match run() {
+        Ok(v) => format!(
+            "loading it (fresh process): {:.2} s, peak RSS {:.0} MiB ({} backbone weights {:.1} MiB in memory)",
+            v["load_s"].as_f64().unwrap_or(f64::NAN),
+            v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+            v["precision"].as_str().unwrap_or("?"),
+            v["backbone_weight_mib"].as_f64().unwrap_or(f64::NAN),
+        ),
+        Err(e) => format!("loading it (fresh process): not measured ({e})"),
+    }
 }

@@ -23,6 +23,9 @@ pub struct PredictArgs {
     /// Texts per forward pass.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Precision of the backbone's linear weights: f32 | bf16 | int8 (quantised after loading).
+    #[arg(long, default_value = "f32")]
+    precision: prefine_model::Precision,
     /// Texts.
     texts: Vec<String>,
 }
@@ -50,7 +53,8 @@ pub fn run(a: PredictArgs) -> Result<()> {
         None if a.texts.is_empty() => bail!("no texts given (pass TEXT arguments or --input FILE)"),
         None => a.texts.clone(),
     };
-    let art = load_artifact(&a.adapter, a.model.as_deref())?;
+    let mut art = load_artifact(&a.adapter, a.model.as_deref())?;
+    art.model.encoder.quantize(a.precision)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for chunk in texts.chunks(a.batch_size.max(1)) {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use prefine_model::Precision;
 use prefine_serve::{is_bundle, load_bundle, serve, shutdown_signal, Engine, ServeConfig};
 
 use super::export::parse_named_dir;
@@ -54,6 +55,14 @@ pub struct ServeArgs {
     /// Longest a client may take to send a request body; slower ones get 408 (seconds).
     #[arg(long, default_value_t = 30)]
     body_timeout_s: u64,
+    /// Quantise the backbone's linear weights after loading (f32 | bf16 | int8); a quantised
+    /// bundle is served at its own precision.
+    #[arg(long)]
+    precision: Option<Precision>,
+    /// Load the model or bundle and its adapters, print one JSON line (load time, peak RSS,
+    /// precision, weight memory) and exit without listening.
+    #[arg(long)]
+    load_only: bool,
 }
 
 /// Peak resident memory of this process in MiB (Linux), if known.
@@ -80,15 +89,33 @@ pub fn run(a: ServeArgs) -> Result<()> {
         Engine::load(&model)?
     };
     let engine = engine.with_max_batch_rows(a.max_batch.max(1));
+    if let Some(p) = a.precision {
+        engine
+            .quantize(p)
+            .with_context(|| format!("--precision {p}"))?;
+    }
     for s in &a.adapters {
         let (name, dir) = parse_named_dir(s)?;
         engine
             .register(&name, &dir)
             .with_context(|| format!("--adapter {s}"))?;
     }
+    if a.load_only {
+        let v = serde_json::json!({
+            "model": model,
+            "precision": engine.precision(),
+            "adapters": engine.adapter_names(),
+            "load_s": start.elapsed().as_secs_f64(),
+            "peak_rss_mib": peak_rss_mib(),
+            "backbone_weight_mib": engine.backbone_weight_bytes() as f64 / (1024.0 * 1024.0),
+        });
+        println!("{v}");
+        return Ok(());
+    }
     tracing::info!(
-        "loaded {} ({} adapters: {}) in {:.2} s; peak memory {}",
+        "loaded {} ({}; {} adapters: {}) in {:.2} s; peak memory {}",
         model.display(),
+        engine.precision(),
         engine.adapter_names().len(),
         engine.adapter_names().join(", "),
         start.elapsed().as_secs_f64(),

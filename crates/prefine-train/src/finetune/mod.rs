@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use prefine_data::{subsample, LabelSet};
-use prefine_model::{seed_rng, Encoder};
+use prefine_model::{seed_rng, Encoder, Precision};
 use prefine_tokenize::{TextTokenizer, TokenizeConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -643,7 +643,20 @@ pub fn evaluate_file(
     data: &Path,
     lenient: bool,
 ) -> Result<Value> {
-    let art = artifact::load_artifact(adapter_dir, model_dir)?;
+    evaluate_file_at(adapter_dir, model_dir, data, lenient, Precision::F32)
+}
+
+/// [`evaluate_file`] with the backbone's linear weights quantised to `precision` after loading
+/// (the adapter's LoRA group and head stay f32).
+pub fn evaluate_file_at(
+    adapter_dir: &Path,
+    model_dir: Option<&Path>,
+    data: &Path,
+    lenient: bool,
+    precision: Precision,
+) -> Result<Value> {
+    let mut art = artifact::load_artifact(adapter_dir, model_dir)?;
+    art.model.encoder.quantize(precision)?;
     let cfg = FinetuneConfig {
         max_length: art.manifest.max_length,
         stride: art.manifest.stride,
