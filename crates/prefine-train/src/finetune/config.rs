@@ -89,6 +89,12 @@ fn d_keep() -> usize {
 fn d_cache_mb() -> usize {
     2048
 }
+fn d_true() -> bool {
+    true
+}
+fn is_true(v: &bool) -> bool {
+    *v
+}
 fn d_fraction() -> f64 {
     1.0
 }
@@ -187,6 +193,11 @@ pub struct FinetuneConfig {
     /// (0 recomputes every pass, with backbone dropout as in the other modes).
     #[serde(default = "d_cache_mb")]
     pub feature_cache_mb: usize,
+    /// Batch training examples of similar length (shuffle, sort inside chunks of 50 batches,
+    /// shuffle the batches; like Hugging Face's `group_by_length`): less padding, faster. `false`
+    /// cuts batches from a plain shuffle, as `hf_finetune_anchor.py` does.
+    #[serde(default = "d_true", skip_serializing_if = "is_true")]
+    pub group_by_length: bool,
 }
 
 impl FinetuneConfig {
@@ -316,6 +327,21 @@ mod tests {
         assert_eq!(c.lora.rank, 8);
         let back = FinetuneConfig::from_toml_str(&c.to_toml(), Path::new("c.toml")).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn group_by_length_is_on_by_default_and_written_only_when_off() {
+        let c = FinetuneConfig::new(TaskKind::Ner, Mode::Full);
+        assert!(c.group_by_length);
+        assert!(!c.to_toml().contains("group_by_length"));
+        let off = FinetuneConfig::from_toml_str(
+            "task = \"ner\"\nmode = \"full\"\ngroup_by_length = false\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert!(!off.group_by_length);
+        let back = FinetuneConfig::from_toml_str(&off.to_toml(), Path::new("c.toml")).unwrap();
+        assert_eq!(back, off);
     }
 
     #[test]

@@ -81,6 +81,13 @@ pub fn tc_features(
     Ok((out, truncated))
 }
 
+/// Cuts a seeded shuffle of the indices into batches (no grouping by length).
+pub fn shuffled_batches(n: usize, batch: usize, rng: &mut TrainRng) -> Vec<Vec<usize>> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(rng);
+    idx.chunks(batch).map(<[usize]>::to_vec).collect()
+}
+
 /// Groups indices into batches of similar length: shuffle (when `rng` is given), sort by length
 /// inside chunks of 50 batches, cut, then shuffle the batch order.
 pub fn bucketed_batches(
@@ -121,4 +128,35 @@ pub fn pad_batch(seqs: &[&[u32]], pad_id: u32) -> Result<EncoderInput> {
     }
     let types = vec![vec![0u32; len]; seqs.len()];
     Ok(EncoderInput::from_vecs(&ids, &types, &mask)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_batchings_cover_every_example_once() {
+        let lengths: Vec<usize> = (0..103).map(|i| 1 + (i * 37) % 61).collect();
+        let mut rng = prefine_model::seed_rng(7);
+        let plain = shuffled_batches(lengths.len(), 10, &mut rng);
+        let grouped = bucketed_batches(&lengths, 10, Some(&mut rng));
+        for batches in [&plain, &grouped] {
+            assert_eq!(batches.len(), 11);
+            let mut all: Vec<usize> = batches.iter().flatten().copied().collect();
+            all.sort_unstable();
+            assert_eq!(all, (0..103).collect::<Vec<_>>());
+        }
+        // Grouping by length gives batches with a smaller spread of lengths.
+        let spread = |b: &Vec<Vec<usize>>| -> usize {
+            b.iter()
+                .map(|x| {
+                    let l = x.iter().map(|&i| lengths[i]);
+                    l.clone().max().unwrap() - l.min().unwrap()
+                })
+                .sum()
+        };
+        assert!(spread(&grouped) < spread(&plain));
+        // Seeded: the same seed gives the same batches.
+        assert_eq!(plain, shuffled_batches(103, 10, &mut prefine_model::seed_rng(7)));
+    }
 }

@@ -30,7 +30,7 @@ use crate::loss::masked_cross_entropy;
 use crate::optim::{AdamW, AdamWConfig, LinearSchedule};
 pub use config::{FinetuneConfig, Mode, TaskKind, TcPooling};
 use data::{read_file, split_file, SplitData};
-use features::{bucketed_batches, ner_features, pad_batch, tc_features};
+use features::{bucketed_batches, ner_features, pad_batch, shuffled_batches, tc_features};
 use hidden_cache::HiddenCache;
 use model::TaskModel;
 
@@ -452,7 +452,11 @@ pub fn run_finetune_with(
                 })?;
             shuffle_rng.set_word_pos(pos);
         }
-        let batches = bucketed_batches(&lengths, cfg.batch_size, Some(&mut shuffle_rng));
+        let batches = if cfg.group_by_length {
+            bucketed_batches(&lengths, cfg.batch_size, Some(&mut shuffle_rng))
+        } else {
+            shuffled_batches(lengths.len(), cfg.batch_size, &mut shuffle_rng)
+        };
         let mut pending = 0usize;
         for (bi, batch) in batches.iter().enumerate().skip(st.batch_in_epoch) {
             let step = st.step;
