@@ -157,6 +157,9 @@ mod tests {
         };
         assert!(spread(&grouped) < spread(&plain));
         // Seeded: the same seed gives the same batches.
-        assert_eq!(plain, shuffled_batches(103, 10, &mut prefine_model::seed_rng(7)));
+        assert_eq!(
+            plain,
+            shuffled_batches(103, 10, &mut prefine_model::seed_rng(7))
+        );
     }
 }
