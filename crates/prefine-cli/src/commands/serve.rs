@@ -67,10 +67,15 @@ pub struct ServeArgs {
 
 /// Peak resident memory of this process in MiB (Linux), if known.
 fn peak_rss_mib() -> Option<f64> {
+    status_mib("VmHWM:")
+}
+
+/// A `/proc/self/status` memory line in MiB (Linux), if known.
+fn status_mib(key: &str) -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb: f64 = s
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(key))?
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -107,6 +112,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             "adapters": engine.adapter_names(),
             "load_s": start.elapsed().as_secs_f64(),
             "peak_rss_mib": peak_rss_mib(),
+            "rss_mib": status_mib("VmRSS:"),
             "backbone_weight_mib": engine.backbone_weight_bytes() as f64 / (1024.0 * 1024.0),
         });
         println!("{v}");
