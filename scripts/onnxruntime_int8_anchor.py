@@ -47,10 +47,17 @@ def main():
         sys.exit(1)
     dst = src[: -len(".onnx")] + ".int8.onnx"
     if not os.path.exists(dst):
+        import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(
-            src, dst, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
+            src,
+            dst,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            # the fused graph (--opt) has com.microsoft ops that shape inference cannot type
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
         anchor.log(f"wrote {dst} ({os.path.getsize(dst) / 1e6:.1f} MB)")
     sess = anchor.make_session(dst)
