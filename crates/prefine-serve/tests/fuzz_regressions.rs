@@ -2,8 +2,6 @@
 //! Fuzzing section of docs/RELIABILITY.md) through the same entry points as the `cargo fuzz`
 //! targets: every input must give `Ok` or an error naming the file, never a panic.
 
-use std::path::Path;
-
 use prefine_serve::{decode_add_adapter_request, decode_predict_request, Error, ServeConfig};
 #[path = "../../../tests/support/fuzz_replay.rs"]
 mod fuzz_replay;
