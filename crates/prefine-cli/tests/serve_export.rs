@@ -187,3 +187,68 @@ fn bad_arguments_fail_with_a_message() {
     }
     assert!(!tmp.path().join("b").exists());
 }
+
+/// `export --quantize int8`: the bundle stores int8 weights, the export reports the load's peak
+/// RSS (measured by `serve --load-only` in a fresh process), and `serve --load-only` loads it
+/// at int8. A quantised backbone refuses training workloads with a message.
+#[test]
+fn quantized_export_and_load_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    let base = write_tiny_model(&model, &real_model(), 3).unwrap();
+    let tc = tmp.path().join("tc");
+    write_synthetic_adapter(&base, &model, &tc, SyntheticSpec::tc(true, 2)).unwrap();
+    let bundle = tmp.path().join("bundle");
+    let out = prefine()
+        .arg("export")
+        .arg("--model")
+        .arg(&model)
+        .arg("--adapter")
+        .arg(format!("tc={}", tc.display()))
+        .args(["--quantize", "int8", "--out"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("int8") && stdout.contains("peak RSS"),
+        "{stdout}"
+    );
+    let out = prefine()
+        .arg("serve")
+        .arg("--model")
+        .arg(&bundle)
+        .arg("--load-only")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["precision"], "int8", "{v}");
+    assert_eq!(v["adapters"], serde_json::json!(["tc"]), "{v}");
+
+    let out = prefine()
+        .args([
+            "bench",
+            "train_lora",
+            "--quick",
+            "--precision",
+            "int8",
+            "--model",
+        ])
+        .arg(&model)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("inference-only"), "{stderr}");
+    let out = prefine()
+        .args(["bench", "infer_b1", "--precision", "fp8"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
