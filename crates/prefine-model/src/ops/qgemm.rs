@@ -417,18 +417,7 @@ unsafe fn epilogue_avx512(
     c: *mut f32,
     ldc: usize,
 ) {
-    let m0: __mmask16 = if nr >= 16 {
-        0xFFFF
-    } else {
-        ((1u32 << nr) - 1) as u16
-    };
-    let m1: __mmask16 = if nr >= 32 {
-        0xFFFF
-    } else if nr > 16 {
-        ((1u32 << (nr - 16)) - 1) as u16
-    } else {
-        0
-    };
+    let (m0, m1) = super::sgemm::tail_masks(nr);
     let sw = [
         _mm512_loadu_ps(cols.scale.as_ptr()),
         _mm512_loadu_ps(cols.scale.as_ptr().add(16)),

@@ -332,6 +332,20 @@ unsafe fn sgemm_blocks(
     }
 }
 
+/// Store masks of the two 16-lane halves of a 32-column tile whose first `nr` columns are valid.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn tail_masks(nr: usize) -> (__mmask16, __mmask16) {
+    let lanes = |n: usize| -> __mmask16 {
+        if n >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << n) - 1) as u16
+        }
+    };
+    (lanes(nr), lanes(nr.saturating_sub(16)))
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -356,18 +370,7 @@ unsafe fn kernel_12x32(
             row[1] = _mm512_fmadd_ps(av, b1, row[1]);
         }
     }
-    let m0: __mmask16 = if nr >= 16 {
-        0xFFFF
-    } else {
-        ((1u32 << nr) - 1) as u16
-    };
-    let m1: __mmask16 = if nr >= 32 {
-        0xFFFF
-    } else if nr > 16 {
-        ((1u32 << (nr - 16)) - 1) as u16
-    } else {
-        0
-    };
+    let (m0, m1) = tail_masks(nr);
     for (i, row) in acc.iter().enumerate().take(mr) {
         let cr = c.add(i * ldc);
         if overwrite {
