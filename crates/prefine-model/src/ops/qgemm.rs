@@ -475,12 +475,7 @@ fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, vnni: bool, sink: &Sink) {
     let mblocks = m.div_ceil(MC);
     let threads = rayon::current_num_threads();
     let parallel = threads > 1 && m * n * w.k >= 32 * 32 * 64;
-    let groups = if !parallel || mblocks >= 2 * threads {
-        1
-    } else {
-        npanels.min((2 * threads).div_ceil(mblocks))
-    };
-    let per_group = npanels.div_ceil(groups);
+    let (groups, per_group) = super::sgemm::column_groups(mblocks, npanels, parallel);
     let task = |t: usize| {
         let (ib, g) = (t / groups, t % groups);
         let i0 = ib * MC;

@@ -275,19 +275,7 @@ unsafe fn sgemm_blocks(
             let bp: &Vec<f32> = bpack;
             let npanels = nc.div_ceil(NR);
             let mblocks = m.div_ceil(MC);
-            // Enough tasks for every thread even when m is small (batch-1 inference): split the
-            // column panels into groups.
-            let threads = if parallel {
-                rayon::current_num_threads()
-            } else {
-                1
-            };
-            let groups = if mblocks >= 2 * threads {
-                1
-            } else {
-                npanels.min((2 * threads).div_ceil(mblocks))
-            };
-            let per_group = npanels.div_ceil(groups);
+            let (groups, per_group) = column_groups(mblocks, npanels, parallel);
             let task = |t: usize| {
                 let (ib, g) = (t / groups, t % groups);
                 let i0 = ib * MC;
@@ -323,13 +311,26 @@ unsafe fn sgemm_blocks(
                 });
             };
             let tasks = mblocks * groups;
-            if threads > 1 && tasks > 1 {
+            if parallel && rayon::current_num_threads() > 1 && tasks > 1 {
                 (0..tasks).into_par_iter().for_each(task);
             } else {
                 (0..tasks).for_each(task);
             }
         }
     }
+}
+
+/// How to split a GEMM into tasks: `mblocks` row blocks times `groups` groups of `per_group`
+/// column panels each. With few row blocks (batch-1 inference) the column panels are split so
+/// that every thread gets work; serial calls get one group. Returns `(groups, per_group)`.
+pub(crate) fn column_groups(mblocks: usize, npanels: usize, parallel: bool) -> (usize, usize) {
+    let threads = rayon::current_num_threads();
+    let groups = if !parallel || mblocks >= 2 * threads {
+        1
+    } else {
+        npanels.min((2 * threads).div_ceil(mblocks))
+    };
+    (groups, npanels.div_ceil(groups))
 }
 
 /// Store masks of the two 16-lane halves of a 32-column tile whose first `nr` columns are valid.
