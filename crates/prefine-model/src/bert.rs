@@ -183,6 +183,9 @@ pub struct Encoder {
     groups: BTreeMap<String, LoraConfig>,
     /// The number format of the blocks' linear weights (see [`crate::quant`]).
     precision: Precision,
+    /// Whether the f32 linear weights are packed for inference
+    /// ([`Encoder::prepare_inference`]).
+    packed: bool,
 }
 
 impl Encoder {
@@ -400,6 +403,7 @@ impl Encoder {
                 pooler,
                 groups: BTreeMap::new(),
                 precision,
+                packed: false,
             },
             report,
         ))
@@ -486,9 +490,24 @@ impl Encoder {
         self.precision = precision;
     }
 
-    /// Fails with [`Error::InferenceOnly`] on a quantised encoder.
+    /// Whether the f32 linear weights are packed for inference
+    /// ([`Encoder::prepare_inference`]).
+    pub fn is_packed(&self) -> bool {
+        self.packed
+    }
+
+    pub(crate) fn set_packed(&mut self) {
+        self.packed = true;
+    }
+
+    /// Whether the linear weights are held for inference only (quantised or packed).
+    pub fn is_inference_only(&self) -> bool {
+        self.precision != Precision::F32 || self.packed
+    }
+
+    /// Fails with [`Error::InferenceOnly`] on a quantised or packed encoder.
     fn require_f32(&self, what: &str) -> Result<()> {
-        if self.precision == Precision::F32 {
+        if !self.is_inference_only() {
             Ok(())
         } else {
             Err(Error::InferenceOnly {
@@ -501,7 +520,7 @@ impl Encoder {
     /// On a quantised encoder: refuses training mode and trainable parameters (their
     /// gradients would flow through quantised layers that have none).
     fn check_inference_only(&self, training: bool) -> Result<()> {
-        if self.precision == Precision::F32 {
+        if !self.is_inference_only() {
             return Ok(());
         }
         if training {

@@ -61,11 +61,12 @@ pub enum Error {
     /// Inputs to a forward pass are inconsistent.
     #[error("bad input: {0}")]
     Input(String),
-    /// Something that needs f32 weights (training, gradients, merging, a Hugging Face
-    /// checkpoint) was asked of a quantised encoder.
+    /// Something that needs trainable f32 weights (training, gradients, merging, a Hugging
+    /// Face checkpoint) was asked of a quantised or packed encoder.
     #[error(
-        "the backbone is quantised ({precision}): {what} is not supported; quantised encoders \
-         are inference-only (train on the f32 model, quantise afterwards)"
+        "the backbone is prepared for inference ({precision}, quantised or packed): {what} is \
+         not supported; such encoders are inference-only (train on the f32 model as loaded, \
+         quantise or pack afterwards)"
     )]
     InferenceOnly {
         /// The encoder's precision.

@@ -39,6 +39,7 @@ use crate::bert::Encoder;
 use crate::error::{Error, Result};
 use crate::ops::bf16::{bf16_linear, bf16_to_f32, Bf16Matrix};
 use crate::ops::f32_slice;
+use crate::ops::packed_f32::{packed_linear, PackedF32Matrix};
 use crate::ops::qgemm::{int8_linear, quantize_weight_rows, PackedI8};
 use crate::weights::write_atomic;
 
@@ -99,6 +100,8 @@ impl std::str::FromStr for Precision {
 enum QuantizedWeight {
     Int8(PackedI8),
     Bf16(Bf16Matrix),
+    /// f32, packed once in the GEMM kernel's layout ([`Encoder::prepare_inference`]).
+    F32(PackedF32Matrix),
 }
 
 /// The quantised weight of one linear layer `[out, in]` (the bias stays an f32 parameter of
@@ -123,10 +126,15 @@ impl std::fmt::Debug for QuantizedLinear {
 }
 
 impl QuantizedLinear {
-    /// Quantises an f32 weight `[out, in]` to `precision` (`Bf16` or `Int8`).
+    /// Quantises an f32 weight `[out, in]` to `precision`: `Bf16` or `Int8`, or `F32` kept at
+    /// full precision and packed for inference.
     pub fn quantize(weight: &Tensor, precision: Precision) -> Result<Self> {
         let (out, inp) = weight.dims2()?;
         let w: Vec<f32> = weight.flatten_all()?.to_vec1()?;
+        if precision == Precision::F32 {
+            let weight = QuantizedWeight::F32(PackedF32Matrix::from_f32(&w, out, inp));
+            return Ok(Self { out, inp, weight });
+        }
         if let Some(i) = w.iter().position(|v| !v.is_finite()) {
             return Err(Error::Input(format!(
                 "cannot quantise a weight holding a non-finite value (flat index {i})"
@@ -138,11 +146,7 @@ impl QuantizedLinear {
                 QuantizedWeight::Int8(PackedI8::pack(&q, &scales, out, inp))
             }
             Precision::Bf16 => QuantizedWeight::Bf16(Bf16Matrix::from_f32(&w, out, inp)),
-            Precision::F32 => {
-                return Err(Error::Input(
-                    "QuantizedLinear::quantize: f32 is not a quantised precision".into(),
-                ))
-            }
+            Precision::F32 => unreachable!("packed above"),
         };
         Ok(Self { out, inp, weight })
     }
@@ -198,6 +202,7 @@ impl QuantizedLinear {
         match self.weight {
             QuantizedWeight::Int8(_) => Precision::Int8,
             QuantizedWeight::Bf16(_) => Precision::Bf16,
+            QuantizedWeight::F32(_) => Precision::F32,
         }
     }
 
@@ -211,6 +216,7 @@ impl QuantizedLinear {
         match &self.weight {
             QuantizedWeight::Int8(p) => p.bytes(),
             QuantizedWeight::Bf16(b) => b.bytes(),
+            QuantizedWeight::F32(p) => p.bytes(),
         }
     }
 
@@ -225,6 +231,7 @@ impl QuantizedLinear {
                     .collect()
             }
             QuantizedWeight::Bf16(b) => b.to_bits().into_iter().map(bf16_to_f32).collect(),
+            QuantizedWeight::F32(p) => p.to_f32(),
         };
         Ok(Tensor::from_vec(v, (self.out, self.inp), &Device::Cpu)?)
     }
@@ -269,6 +276,12 @@ impl QuantizedLinear {
                 shape,
                 b.to_bits().iter().flat_map(|v| v.to_le_bytes()).collect(),
             )],
+            QuantizedWeight::F32(p) => vec![(
+                name.to_string(),
+                safetensors::Dtype::F32,
+                shape,
+                p.to_f32().iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )],
         }
     }
 }
@@ -308,6 +321,7 @@ impl CustomOp2 for QuantizedLinearOp {
         let y = match &q.weight {
             QuantizedWeight::Int8(p) => int8_linear(x, m, p, b, false),
             QuantizedWeight::Bf16(w) => bf16_linear(x, m, w, b),
+            QuantizedWeight::F32(w) => packed_linear(x, m, w, b),
         };
         let mut od = l1.dims().to_vec();
         *od.last_mut().expect("non-empty dims") = q.out;
@@ -322,8 +336,9 @@ impl CustomOp2 for QuantizedLinearOp {
         _dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         candle_core::bail!(
-            "a {} quantised linear layer has no gradient: quantised encoders are inference-only \
-             (train on the f32 model, quantise afterwards)",
+            "a {} linear layer prepared for inference (quantised or packed) has no gradient: \
+             such encoders are inference-only (train on the f32 model as loaded, quantise or \
+             pack afterwards)",
             self.0.precision()
         )
     }
@@ -443,6 +458,12 @@ impl Encoder {
     /// quantised again nor turned back to f32 (reload the f32 model), and a merged LoRA group
     /// must be unmerged first.
     pub fn quantize(&mut self, precision: Precision) -> Result<()> {
+        if self.is_packed() && precision != Precision::F32 {
+            return Err(Error::InferenceOnly {
+                precision: self.precision(),
+                what: format!("converting packed f32 weights to {precision}"),
+            });
+        }
         if precision == self.precision() {
             return Ok(());
         }
@@ -452,6 +473,37 @@ impl Encoder {
                 what: format!("converting to {precision}"),
             });
         }
+        self.convert_linears(precision)?;
+        self.set_precision(precision);
+        Ok(())
+    }
+
+    /// Prepares the backbone for inference at `precision`. `Int8` and `Bf16` quantise (see
+    /// [`Encoder::quantize`]); `F32` keeps every value and packs each block's linear weight
+    /// once into the GEMM kernel's layout, releasing the f32 tensors, so that no forward pass
+    /// repacks weights. Either way the encoder becomes inference-only, like a quantised one
+    /// (LoRA groups and heads still run in f32 beside the packed weights). Preparing twice at
+    /// the same precision does nothing.
+    pub fn prepare_inference(&mut self, precision: Precision) -> Result<()> {
+        if precision != Precision::F32 {
+            return self.quantize(precision);
+        }
+        if self.is_packed() {
+            return Ok(());
+        }
+        if self.precision() != Precision::F32 {
+            return Err(Error::InferenceOnly {
+                precision: self.precision(),
+                what: "converting back to f32".into(),
+            });
+        }
+        self.convert_linears(Precision::F32)?;
+        self.set_packed();
+        Ok(())
+    }
+
+    /// Replaces every block's f32 linear weight by its [`QuantizedLinear`] at `precision`.
+    fn convert_linears(&mut self, precision: Precision) -> Result<()> {
         if let Some(m) = self
             .blocks
             .iter()
@@ -459,7 +511,8 @@ impl Encoder {
             .find_map(|l| l.merged.clone())
         {
             return Err(Error::Input(format!(
-                "LoRA group {m:?} is merged into the base weights; unmerge it (or bake it) before quantising"
+                "LoRA group {m:?} is merged into the base weights; unmerge it (or bake it) before \
+                 quantising or packing"
             )));
         }
         use rayon::prelude::*;
@@ -472,7 +525,6 @@ impl Encoder {
             .par_iter_mut()
             .map(|lin| lin.quantize(precision))
             .collect::<Result<Vec<()>>>()?;
-        self.set_precision(precision);
         Ok(())
     }
 
@@ -499,6 +551,12 @@ impl Encoder {
     /// by [`Encoder::from_model_dir`]. An f32 encoder is written with
     /// [`Encoder::save_pretrained`] instead.
     pub fn save_quantized(&self, dir: &Path, tokenizer_from: Option<&Path>) -> Result<()> {
+        if self.is_packed() {
+            return Err(Error::InferenceOnly {
+                precision: Precision::F32,
+                what: "saving packed weights (a run-time layout: save the model as loaded)".into(),
+            });
+        }
         if self.precision() == Precision::F32 {
             return Err(Error::Input(
                 "save_quantized: the encoder is not quantised; use save_pretrained".into(),

@@ -1,6 +1,7 @@
 //! Quantised backbones (`Encoder::quantize`): int8 and bf16 forward passes against f32 on the
 //! real MiniLM, quantised checkpoints written and read back bit-exactly, mixed-adapter batches,
-//! and clear errors for everything a quantised (inference-only) encoder cannot do.
+//! and clear errors for everything a quantised (inference-only) encoder cannot do. Packed f32
+//! backbones (`Encoder::prepare_inference(F32)`) are checked the same way, for exactness.
 
 mod common;
 
@@ -102,6 +103,29 @@ fn quantized_forward_is_close_to_f32_on_minilm() {
     assert_eq!(max_abs_diff(&again, &want), 0.0);
 }
 
+/// Packing f32 weights for inference changes the layout only: MiniLM's hidden states equal the
+/// unpacked encoder's, the weights unpack to the originals, and the memory held is the same.
+#[test]
+fn packed_f32_forward_equals_unpacked_on_minilm() {
+    let (enc, input) = minilm();
+    let want = enc.forward(&input, Forward::eval(None)).unwrap();
+    let mut packed = enc.clone();
+    packed.prepare_inference(Precision::F32).unwrap();
+    assert!(packed.is_packed() && packed.is_inference_only());
+    assert_eq!(packed.precision(), Precision::F32);
+    assert_eq!(packed.weight_bytes(), enc.weight_bytes());
+    packed.prepare_inference(Precision::F32).unwrap();
+    let got = packed.forward(&input, Forward::eval(None)).unwrap();
+    let d = max_abs_diff(&want, &got);
+    assert!(d <= 1e-6, "packed vs unpacked: max |diff| {d}");
+    let (b0, p0) = (&enc.blocks[0], &packed.blocks[0]);
+    for (t, lin) in &p0.linears {
+        let w = lin.quantized.as_ref().unwrap().dequantize().unwrap();
+        let orig = b0.linears[t].weight.t().detach();
+        assert_eq!(max_abs_diff(&w, &orig), 0.0, "{t:?}");
+    }
+}
+
 #[test]
 fn quantized_checkpoint_round_trips_bit_exactly() {
     let (enc, input) = minilm();
@@ -175,9 +199,9 @@ fn lora_groups_and_mixed_batches_on_a_quantized_encoder() {
     ];
     let mask = vec![vec![1, 1, 1, 1, 1], vec![1, 1, 1, 0, 0], vec![1; 5]];
     let input = EncoderInput::from_vecs(&ids, &vec![vec![0; 5]; 3], &mask).unwrap();
-    for p in [Precision::Int8, Precision::Bf16] {
+    for p in [Precision::Int8, Precision::Bf16, Precision::F32] {
         let mut enc = f32_enc.clone();
-        enc.quantize(p).unwrap();
+        enc.prepare_inference(p).unwrap();
         let with_a = enc.forward(&input, Forward::eval(Some("a"))).unwrap();
         let without = enc.forward(&input, Forward::eval(None)).unwrap();
         let f32_a = f32_enc.forward(&input, Forward::eval(Some("a"))).unwrap();
@@ -263,4 +287,34 @@ fn training_a_quantized_encoder_fails_clearly() {
     let mut merged = tiny_with_groups();
     merged.merge_group("a").unwrap();
     assert!(merged.quantize(Precision::Int8).is_err());
+    assert!(merged.prepare_inference(Precision::F32).is_err());
+}
+
+#[test]
+fn training_a_packed_f32_encoder_fails_clearly() {
+    let mut enc = tiny_with_groups();
+    enc.prepare_inference(Precision::F32).unwrap();
+    let input = EncoderInput::from_vecs(&[vec![2, 5, 3]], &[vec![0; 3]], &[vec![1; 3]]).unwrap();
+    let mut rng = seed_rng(0);
+    assert_inference_only(
+        enc.forward(&input, Forward::train(Some("a"), &mut rng)),
+        "train forward",
+    );
+    let mut full = enc.clone();
+    full.set_backbone_trainable(true);
+    assert_inference_only(full.forward(&input, Forward::eval(None)), "trainable base");
+    assert_inference_only(enc.clone().merge_group("a"), "merge");
+    let dir = tempfile::tempdir().unwrap();
+    assert_inference_only(enc.save_pretrained(dir.path(), None), "save_pretrained");
+    assert_inference_only(enc.save_quantized(dir.path(), None), "save_quantized");
+    assert_inference_only(enc.clone().quantize(Precision::Int8), "quantise packed");
+    assert_inference_only(enc.deep_copy_base(), "deep copy");
+    // A quantised encoder is not packed back to f32.
+    let mut q = tiny_with_groups();
+    q.quantize(Precision::Int8).unwrap();
+    assert_inference_only(q.prepare_inference(Precision::F32), "int8 to packed f32");
+    assert!(
+        q.prepare_inference(Precision::Int8).is_ok(),
+        "same precision"
+    );
 }

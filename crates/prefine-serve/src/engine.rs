@@ -199,14 +199,15 @@ impl Engine {
         self.snapshot().encoder.weight_bytes()
     }
 
-    /// Quantises the backbone's linear weights in place (adapters stay registered and f32);
-    /// requests in flight finish with the previous weights. Quantised backbones cannot be
-    /// converted again (see [`Encoder::quantize`]).
-    pub fn quantize(&self, precision: Precision) -> Result<()> {
+    /// Prepares the backbone's linear weights for inference in place: int8 / bf16 quantise,
+    /// f32 packs them once for the GEMM kernel (see [`Encoder::prepare_inference`]); adapters
+    /// stay registered and f32, and requests in flight finish with the previous weights.
+    /// Quantised backbones cannot be converted again.
+    pub fn prepare_inference(&self, precision: Precision) -> Result<()> {
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.snapshot();
         let mut encoder = cur.encoder.clone();
-        encoder.quantize(precision)?;
+        encoder.prepare_inference(precision)?;
         let adapters = cur.adapters.clone();
         drop(cur);
         self.install(Registry { encoder, adapters });

@@ -178,7 +178,7 @@ fn quantized_bundles_serve_like_the_in_memory_quantized_engine() {
         let bundle = load_bundle(&b).unwrap();
         assert_eq!(bundle.precision(), p);
         let mem = Engine::load(f.root.join("model")).unwrap();
-        mem.quantize(p).unwrap();
+        mem.prepare_inference(p).unwrap();
         for n in ["ner", "tc", "tc-head"] {
             mem.register(n, &f.root.join("a").join(n)).unwrap();
             assert_eq!(predictions(&bundle, n), predictions(&mem, n), "{p} {n}");

@@ -156,17 +156,22 @@ pub fn run(workload: Workload, mut encoder: Encoder, opts: &BenchOptions) -> Res
         });
     }
     encoder.pooler = None;
-    if opts.precision != Precision::F32 {
-        if !matches!(workload, Workload::InferB1 | Workload::InferB32) {
-            return Err(Error::Config {
-                field: "precision".into(),
-                reason: format!(
-                    "{} trains: quantised backbones are inference-only (use f32)",
-                    workload.name()
-                ),
-            });
+    let inference = matches!(workload, Workload::InferB1 | Workload::InferB32);
+    if opts.precision != Precision::F32 && !inference {
+        return Err(Error::Config {
+            field: "precision".into(),
+            reason: format!(
+                "{} trains: quantised backbones are inference-only (use f32)",
+                workload.name()
+            ),
+        });
+    }
+    if inference {
+        // Inference packs f32 weights once (or quantises), as `predict` and `serve` do;
+        // PREFINE_NO_PREPACK=1 keeps plain f32 weights, for comparisons.
+        if opts.precision != Precision::F32 || std::env::var_os("PREFINE_NO_PREPACK").is_none() {
+            encoder.prepare_inference(opts.precision)?;
         }
-        encoder.quantize(opts.precision)?;
     }
     let (input, labels) = inputs(batch, seq)?;
     let weight = input.attention_mask.clone();

@@ -22,8 +22,11 @@ pub struct BenchArgs {
     #[arg(long)]
     seq: Option<usize>,
     /// One warm-up and two timed runs (a smoke test, not a measurement).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "timed")]
     quick: bool,
+    /// Override the number of timed runs (e.g. many, to profile one workload).
+    #[arg(long)]
+    timed: Option<usize>,
     /// Precision of the backbone's linear weights: f32 | bf16 | int8 (inference workloads).
     #[arg(long, default_value = "f32")]
     precision: Precision,
@@ -42,7 +45,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let opts = BenchOptions {
         batch: a.batch,
         seq: a.seq,
-        runs: a.quick.then_some((1, 2)),
+        runs: if a.quick {
+            Some((1, 2))
+        } else {
+            a.timed.map(|t| (workload.shape().0, t))
+        },
         precision: a.precision,
     };
     tracing::info!(

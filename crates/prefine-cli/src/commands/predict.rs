@@ -54,7 +54,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
         None => a.texts.clone(),
     };
     let mut art = load_artifact(&a.adapter, a.model.as_deref())?;
-    art.model.encoder.quantize(a.precision)?;
+    art.model.encoder.prepare_inference(a.precision)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for chunk in texts.chunks(a.batch_size.max(1)) {

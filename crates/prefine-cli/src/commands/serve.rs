@@ -94,11 +94,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         Engine::load(&model)?
     };
     let engine = engine.with_max_batch_rows(a.max_batch.max(1));
-    if let Some(p) = a.precision {
-        engine
-            .quantize(p)
-            .with_context(|| format!("--precision {p}"))?;
-    }
+    // Quantise to --precision, or keep the loaded precision; f32 weights are packed once for
+    // the GEMM kernel (serving never trains).
+    let precision = a.precision.unwrap_or(engine.precision());
+    engine
+        .prepare_inference(precision)
+        .with_context(|| format!("--precision {precision}"))?;
     for s in &a.adapters {
         let (name, dir) = parse_named_dir(s)?;
         engine

@@ -34,7 +34,7 @@ impl<'a> MatRef<'a> {
 
 /// Whether the AVX-512 kernel is used (`PREFINE_GEMM_CRATE=1` forces the `gemm` crate, for
 /// comparisons).
-fn use_own_kernel() -> bool {
+pub(crate) fn use_own_kernel() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -111,7 +111,7 @@ pub(crate) unsafe fn gemm_ptr(
 }
 
 /// Whether a GEMM is big enough to split across threads.
-fn worth_parallel(m: usize, n: usize, k: usize) -> bool {
+pub(crate) fn worth_parallel(m: usize, n: usize, k: usize) -> bool {
     m * n * k > 48 * 48 * 48
 }
 

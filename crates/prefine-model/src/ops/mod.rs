@@ -18,6 +18,7 @@ mod kernels;
 mod layer_norm;
 mod linear;
 mod lora_linear;
+pub(crate) mod packed_f32;
 pub mod qgemm;
 pub mod sgemm;
 mod softmax;

@@ -660,7 +660,7 @@ pub fn evaluate_file_at(
     precision: Precision,
 ) -> Result<Value> {
     let mut art = artifact::load_artifact(adapter_dir, model_dir)?;
-    art.model.encoder.quantize(precision)?;
+    art.model.encoder.prepare_inference(precision)?;
     let cfg = FinetuneConfig {
         max_length: art.manifest.max_length,
         stride: art.manifest.stride,

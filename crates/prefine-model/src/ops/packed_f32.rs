@@ -1,0 +1,122 @@
+//! f32 linear weights packed once for inference: the frozen weight is stored directly in the
+//! GEMM kernel's panel layout, so a forward pass no longer repacks every weight on every call.
+//! Without the AVX-512 kernel the weight stays row-major and the portable GEMM is used.
+
+use super::kernels::{gemm, use_own_kernel, worth_parallel, MatRef};
+use super::sgemm::PackedB;
+
+/// How the weight is held.
+#[derive(Clone)]
+enum Layout {
+    /// The AVX-512 kernel's panels.
+    Panels(PackedB),
+    /// Row-major `[out, in]` (CPUs without AVX-512, or `PREFINE_GEMM_CRATE=1`).
+    RowMajor(Vec<f32>),
+}
+
+/// A linear layer's f32 weight `[out, in]`, packed for inference.
+#[derive(Clone)]
+pub struct PackedF32Matrix {
+    out: usize,
+    inp: usize,
+    layout: Layout,
+}
+
+impl PackedF32Matrix {
+    /// Packs a row-major weight `w[out, in]`.
+    pub fn from_f32(w: &[f32], out: usize, inp: usize) -> Self {
+        assert_eq!(
+            w.len(),
+            out * inp,
+            "PackedF32Matrix: weight is not out x in"
+        );
+        let layout = if use_own_kernel() {
+            Layout::Panels(PackedB::pack(w, out, inp))
+        } else {
+            Layout::RowMajor(w.to_vec())
+        };
+        Self { out, inp, layout }
+    }
+
+    /// The weight back as row-major `[out, in]`.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.layout {
+            Layout::Panels(p) => p.unpack(),
+            Layout::RowMajor(w) => w.clone(),
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match &self.layout {
+            Layout::Panels(p) => p.bytes(),
+            Layout::RowMajor(w) => 4 * w.len(),
+        }
+    }
+}
+
+/// `y = x · Wᵀ + bias` for `x: [m, in]` (row-major) with a packed weight.
+pub fn packed_linear(x: &[f32], m: usize, w: &PackedF32Matrix, bias: &[f32]) -> Vec<f32> {
+    let (n, k) = (w.out, w.inp);
+    assert!(x.len() >= m * k, "packed_linear: x is shorter than m x in");
+    assert_eq!(bias.len(), n, "packed_linear: one bias per output");
+    // The bias is the GEMM's starting value (no separate pass).
+    let mut y = Vec::with_capacity(m * n);
+    for _ in 0..m {
+        y.extend_from_slice(bias);
+    }
+    let a = MatRef::row_major(&x[..m * k], k);
+    match &w.layout {
+        #[cfg(target_arch = "x86_64")]
+        Layout::Panels(p) => {
+            // SAFETY: `Panels` exists only when the AVX-512 kernel is available; `y` is an
+            // exclusive m x n row-major buffer, not aliased by `x` or the panels.
+            unsafe {
+                super::sgemm::sgemm_packed(
+                    m,
+                    a,
+                    p,
+                    y.as_mut_ptr(),
+                    n,
+                    true,
+                    worth_parallel(m, n, k),
+                )
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Layout::Panels(_) => unreachable!("panels are only built on x86_64"),
+        Layout::RowMajor(wt) => gemm(m, n, k, &mut y, true, a, MatRef::transposed(wt, k)),
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The packed layer computes what the per-call linear computes and keeps the weight.
+    #[test]
+    fn packed_linear_matches_the_plain_gemm() {
+        let (m, out, inp) = (7, 70, 45);
+        let x: Vec<f32> = (0..m * inp)
+            .map(|i| ((i % 11) as f32 - 5.0) * 0.1)
+            .collect();
+        let w: Vec<f32> = (0..out * inp)
+            .map(|i| ((i % 13) as f32 - 6.0) * 0.05)
+            .collect();
+        let bias: Vec<f32> = (0..out).map(|i| i as f32 * 0.01).collect();
+        let packed = PackedF32Matrix::from_f32(&w, out, inp);
+        assert_eq!(packed.to_f32(), w);
+        let y = packed_linear(&x, m, &packed, &bias);
+        for i in 0..m {
+            for j in 0..out {
+                let want: f32 = bias[j]
+                    + (0..inp)
+                        .map(|p| x[i * inp + p] * w[j * inp + p])
+                        .sum::<f32>();
+                let got = y[i * out + j];
+                assert!((got - want).abs() < 1e-4, "({i}, {j}): {got} vs {want}");
+            }
+        }
+    }
+}
