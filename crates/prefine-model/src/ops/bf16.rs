@@ -2,16 +2,18 @@
 //! to f32 for the f32 AVX-512 GEMM.
 //!
 //! This machine class (Ice Lake) has no AVX512_BF16, so bf16 buys memory (half the bytes of
-//! f32 weights), not arithmetic. The weight is kept transposed (`Wᵀ`, `[in, out]`): widening
-//! it gives a row-major `[k, n]` operand, whose panels the GEMM packs with contiguous copies.
-//! The widened copy goes into a per-thread scratch buffer, reused across calls.
+//! f32 weights), not arithmetic. With the AVX-512 GEMM the bits are kept in its panel layout,
+//! so widening them (one vector pass into a per-thread scratch, reused across calls) gives the
+//! kernel's operand with no packing per call; otherwise they are kept transposed (`Wᵀ`,
+//! `[in, out]`) for the portable GEMM.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::kernels::{gemm, MatRef};
+use super::kernels::{gemm, use_own_kernel, worth_parallel, MatRef};
+use super::sgemm::{PackedB, PanelsRef};
 
 /// `f32` -> bf16 bits, rounding to nearest with ties to even (as PyTorch's `to(bfloat16)`);
 /// NaN stays NaN (quiet), infinities stay infinite, overflow rounds to infinity.
@@ -29,13 +31,23 @@ pub fn bf16_to_f32(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
-/// A weight `W: [out, in]` stored as bf16, transposed (`[in, out]` row-major).
+/// How a [`Bf16Matrix`] holds its bits.
+#[derive(Clone)]
+enum Bf16Layout {
+    /// The AVX-512 GEMM's panel layout ([`PackedB`]): widening gives the kernel's operand
+    /// directly, with no packing per call.
+    Panels,
+    /// `Wᵀ`, `[in, out]` row-major (the portable GEMM's path).
+    Transposed,
+}
+
+/// A weight `W: [out, in]` stored as bf16.
 #[derive(Clone)]
 pub struct Bf16Matrix {
     out: usize,
     inp: usize,
-    /// `Wᵀ` as bf16 bits, `[inp, out]` row-major.
-    t: Vec<u16>,
+    layout: Bf16Layout,
+    bits: Vec<u16>,
 }
 
 impl std::fmt::Debug for Bf16Matrix {
@@ -48,36 +60,62 @@ impl Bf16Matrix {
     /// Rounds a row-major `[out, in]` f32 weight to bf16.
     pub fn from_f32(w: &[f32], out: usize, inp: usize) -> Self {
         assert_eq!(w.len(), out * inp, "Bf16Matrix::from_f32: not out x in");
-        let mut t = vec![0u16; out * inp];
-        for j in 0..out {
-            for p in 0..inp {
-                t[p * out + j] = f32_to_bf16(w[j * inp + p]);
-            }
-        }
-        Self { out, inp, t }
+        let bits: Vec<u16> = w.iter().map(|&v| f32_to_bf16(v)).collect();
+        Self::from_bits(&bits, out, inp)
     }
 
     /// From row-major `[out, in]` bf16 bits (as stored in a checkpoint).
     pub fn from_bits(w: &[u16], out: usize, inp: usize) -> Self {
         assert_eq!(w.len(), out * inp, "Bf16Matrix::from_bits: not out x in");
+        if use_own_kernel() {
+            // Every value (and the zero padding) is exactly representable in bf16, so packing
+            // the widened weight and narrowing it again loses nothing.
+            let wide: Vec<f32> = w.iter().map(|&b| bf16_to_f32(b)).collect();
+            let packed = PackedB::pack(&wide, out, inp);
+            let bits = packed.data().iter().map(|&v| f32_to_bf16(v)).collect();
+            return Self {
+                out,
+                inp,
+                layout: Bf16Layout::Panels,
+                bits,
+            };
+        }
         let mut t = vec![0u16; out * inp];
         for j in 0..out {
             for p in 0..inp {
                 t[p * out + j] = w[j * inp + p];
             }
         }
-        Self { out, inp, t }
+        Self {
+            out,
+            inp,
+            layout: Bf16Layout::Transposed,
+            bits: t,
+        }
     }
 
     /// The row-major `[out, in]` bf16 bits.
     pub fn to_bits(&self) -> Vec<u16> {
-        let mut w = vec![0u16; self.out * self.inp];
-        for p in 0..self.inp {
-            for j in 0..self.out {
-                w[j * self.inp + p] = self.t[p * self.out + j];
+        let (out, inp) = (self.out, self.inp);
+        match self.layout {
+            Bf16Layout::Panels => {
+                let wide: Vec<f32> = self.bits.iter().map(|&b| bf16_to_f32(b)).collect();
+                PanelsRef::new(out, inp, &wide)
+                    .unpack()
+                    .into_iter()
+                    .map(f32_to_bf16)
+                    .collect()
+            }
+            Bf16Layout::Transposed => {
+                let mut w = vec![0u16; out * inp];
+                for p in 0..inp {
+                    for j in 0..out {
+                        w[j * inp + p] = self.bits[p * out + j];
+                    }
+                }
+                w
             }
         }
-        w
     }
 
     /// `(out, in)`.
@@ -87,7 +125,7 @@ impl Bf16Matrix {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        2 * self.t.len()
+        2 * self.bits.len()
     }
 }
 
@@ -132,11 +170,13 @@ pub fn widen(src: &[u16], dst: &mut [f32]) {
 }
 
 thread_local! {
-    /// The widened `Wᵀ` of the layer being computed on this thread.
+    /// The widened weight of the layer being computed on this thread.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `y[m, out] = x[m, in] · Wᵀ + bias` with `W` in bf16.
+/// `y[m, out] = x[m, in] · Wᵀ + bias` with `W` in bf16: the bits are widened into a
+/// per-thread f32 scratch (already in the kernel's panel layout on AVX-512) and multiplied in
+/// f32.
 pub fn bf16_linear(x: &[f32], m: usize, w: &Bf16Matrix, bias: &[f32]) -> Vec<f32> {
     let (n, k) = (w.out, w.inp);
     assert!(x.len() >= m * k, "bf16_linear: x is shorter than m x in");
@@ -145,21 +185,35 @@ pub fn bf16_linear(x: &[f32], m: usize, w: &Bf16Matrix, bias: &[f32]) -> Vec<f32
     for _ in 0..m {
         y.extend_from_slice(bias);
     }
+    let a = MatRef::row_major(&x[..m * k], k);
     let mut run = |scratch: &mut Vec<f32>| {
-        if scratch.len() < k * n {
-            scratch.resize(k * n, 0.0);
+        let len = w.bits.len();
+        if scratch.len() < len {
+            scratch.resize(len, 0.0);
         }
-        let wt = &mut scratch[..k * n];
-        widen(&w.t, wt);
-        gemm(
-            m,
-            n,
-            k,
-            &mut y,
-            true,
-            MatRef::row_major(&x[..m * k], k),
-            MatRef::row_major(wt, n),
-        );
+        let wide = &mut scratch[..len];
+        widen(&w.bits, wide);
+        match w.layout {
+            #[cfg(target_arch = "x86_64")]
+            Bf16Layout::Panels => {
+                // SAFETY: panels are built only when the AVX-512 kernel is available; `y` is an
+                // exclusive m x n buffer, not aliased by `x` or the scratch.
+                unsafe {
+                    super::sgemm::sgemm_packed(
+                        m,
+                        a,
+                        PanelsRef::new(n, k, wide),
+                        y.as_mut_ptr(),
+                        n,
+                        true,
+                        worth_parallel(m, n, k),
+                    )
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Bf16Layout::Panels => unreachable!("panels are only built on x86_64"),
+            Bf16Layout::Transposed => gemm(m, n, k, &mut y, true, a, MatRef::row_major(wide, n)),
+        }
     };
     // A thread waiting inside the GEMM's parallel loop may run another layer's call (rayon
     // work stealing): then its scratch is borrowed and that call uses a buffer of its own.
@@ -230,10 +284,12 @@ mod tests {
         let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1).collect();
         let b = Bf16Matrix::from_f32(&w, n, k);
         assert_eq!(
-            Bf16Matrix::from_bits(&b.to_bits(), n, k).t,
-            b.t,
+            Bf16Matrix::from_bits(&b.to_bits(), n, k).bits,
+            b.bits,
             "bits round trip"
         );
+        let rounded: Vec<u16> = w.iter().map(|&v| f32_to_bf16(v)).collect();
+        assert_eq!(b.to_bits(), rounded, "row-major bits");
         let y = bf16_linear(&x, m, &b, &bias);
         for i in 0..m {
             for j in 0..n {

@@ -75,7 +75,7 @@ pub fn packed_linear(x: &[f32], m: usize, w: &PackedF32Matrix, bias: &[f32]) -> 
                 super::sgemm::sgemm_packed(
                     m,
                     a,
-                    p,
+                    p.view(),
                     y.as_mut_ptr(),
                     n,
                     true,

@@ -81,8 +81,54 @@ impl PackedB {
         Self { n, k, data }
     }
 
+    /// The packed values (panel layout, padding included).
+    pub(crate) fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// A borrowed view for [`sgemm_packed`].
+    pub(crate) fn view(&self) -> PanelsRef<'_> {
+        PanelsRef {
+            n: self.n,
+            k: self.k,
+            data: &self.data,
+        }
+    }
+
+    /// Bytes held (the padding of a last partial panel included).
+    pub(crate) fn bytes(&self) -> usize {
+        4 * self.data.len()
+    }
+
+    /// The weight `w[n, k]` back in row-major order.
+    pub(crate) fn unpack(&self) -> Vec<f32> {
+        self.view().unpack()
+    }
+}
+
+/// Panels in [`PackedB`]'s layout, borrowed: a packed weight, or one widened from bf16 into a
+/// scratch buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct PanelsRef<'a> {
+    n: usize,
+    k: usize,
+    data: &'a [f32],
+}
+
+impl<'a> PanelsRef<'a> {
+    /// Elements of the panels of a `[n, k]` weight.
+    pub(crate) fn len_for(n: usize, k: usize) -> usize {
+        n.div_ceil(NR) * NR * k
+    }
+
+    /// Panels of a `[n, k]` weight held in `data` (`len_for(n, k)` elements).
+    pub(crate) fn new(n: usize, k: usize, data: &'a [f32]) -> Self {
+        assert_eq!(data.len(), Self::len_for(n, k), "PanelsRef: wrong length");
+        Self { n, k, data }
+    }
+
     /// The panels of the block at columns `j0..j0 + nc`, depth `p0..p0 + kc`.
-    fn block(&self, j0: usize, p0: usize, nc: usize, kc: usize) -> &[f32] {
+    fn block(&self, j0: usize, p0: usize, nc: usize, kc: usize) -> &'a [f32] {
         let start = self.k * j0 + nc.div_ceil(NR) * NR * p0;
         &self.data[start..start + nc.div_ceil(NR) * NR * kc]
     }
@@ -90,11 +136,6 @@ impl PackedB {
     /// `(n, k)`: outputs and inputs of the weight.
     pub(crate) fn dims(&self) -> (usize, usize) {
         (self.n, self.k)
-    }
-
-    /// Bytes held (the padding of a last partial panel included).
-    pub(crate) fn bytes(&self) -> usize {
-        4 * self.data.len()
     }
 
     /// The weight `w[n, k]` back in row-major order.
@@ -123,8 +164,8 @@ impl PackedB {
 enum BSource<'a> {
     /// Any strided matrix, packed block by block on every call.
     Strided(MatRef<'a>),
-    /// Panels packed once ([`PackedB`]).
-    Packed(&'a PackedB),
+    /// Panels packed beforehand ([`PackedB`]).
+    Packed(PanelsRef<'a>),
 }
 
 /// Packs `B[p0..p0+kc, j0..j0+nc]` into NR-wide column panels, zero-padded.
@@ -327,7 +368,7 @@ pub(crate) unsafe fn sgemm(
     })
 }
 
-/// `C[m, n] (+)= A[m, k] · Wᵀ` for a weight packed once ([`PackedB`], `W[n, k]`).
+/// `C[m, n] (+)= A[m, k] · Wᵀ` for a weight in packed panels ([`PackedB::view`], `W[n, k]`).
 ///
 /// # Safety
 /// As [`sgemm`].
@@ -336,7 +377,7 @@ pub(crate) unsafe fn sgemm(
 pub(crate) unsafe fn sgemm_packed(
     m: usize,
     a: MatRef,
-    b: &PackedB,
+    b: PanelsRef,
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
@@ -633,7 +674,7 @@ mod tests {
             let want = naive(m, n, k, am, MatRef::transposed(&w, k));
             for acc in [false, true] {
                 let mut c = vec![if acc { 1.0 } else { 7.0 }; m * n];
-                unsafe { sgemm_packed(m, am, &packed, c.as_mut_ptr(), n, acc, true) };
+                unsafe { sgemm_packed(m, am, packed.view(), c.as_mut_ptr(), n, acc, true) };
                 for (x, w) in c.iter().zip(&want) {
                     let w = if acc { w + 1.0 } else { *w };
                     assert!(
