@@ -544,8 +544,11 @@ fn batch_worker(
                 texts: &j.texts,
             })
             .collect();
-        let results =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.predict_mixed(&pj)));
+        // The batch runs on a worker of the rayon pool: its kernels' parallel loops then start
+        // there, instead of being handed over from this thread one op at a time.
+        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rayon::scope(|_| engine.predict_mixed(&pj))
+        }));
         drop(pj);
         metrics.observe_batch(texts, jobs.len());
         match results {
