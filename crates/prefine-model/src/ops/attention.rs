@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rand::Rng;
 use rayon::prelude::*;
 
-use super::fast_math::{dot as fdot, exp, sum as fsum, zip_map_inplace};
+use super::fast_math::{dot as fdot, exp, masked_max, sum as fsum, zip_map_inplace};
 use super::kernels::{gemm_into_strided, MatRef, SharedMut};
 use super::{f32_slice, with_f32};
 
@@ -36,13 +36,10 @@ impl Attention {
     /// Softmax of one head's scores in place, masked and scaled.
     fn softmax_rows(&self, scores: &mut [f32], mask: &[f32], s: usize) {
         let scale = self.scale;
+        // max(x · scale) = max(x) · scale for scale > 0 (rounding is monotone).
+        debug_assert!(scale > 0.0, "attention scale must be positive");
         for row in scores.chunks_exact_mut(s) {
-            let mut max = f32::NEG_INFINITY;
-            for (x, m) in row.iter().zip(mask) {
-                if *m > 0.5 {
-                    max = max.max(x * scale);
-                }
-            }
+            let max = masked_max(row, mask) * scale;
             if max == f32::NEG_INFINITY {
                 row.fill(1.0 / s as f32);
                 continue;

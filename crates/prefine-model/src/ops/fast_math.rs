@@ -171,6 +171,54 @@ pub fn sum(v: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
 }
 
+/// The largest `v[i]` whose `mask[i] > 0.5` (`-inf` when there is none; NaN values are
+/// skipped, as `f32::max` does), with 16 lanes and no branches (vectorised, AVX-512 when
+/// available).
+#[inline(always)]
+pub fn masked_max(v: &[f32], mask: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected above.
+            return unsafe { masked_max_avx512(v, mask) };
+        }
+    }
+    masked_max_lanes(v, mask)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn masked_max_avx512(v: &[f32], mask: &[f32]) -> f32 {
+    masked_max_lanes(v, mask)
+}
+
+#[inline(always)]
+fn masked_max_lanes(v: &[f32], mask: &[f32]) -> f32 {
+    let n = v.len().min(mask.len());
+    let (v, mask) = (&v[..n], &mask[..n]);
+    let pick = |acc: f32, x: f32, m: f32| {
+        let y = if m > 0.5 { x } else { f32::NEG_INFINITY };
+        if y > acc {
+            y
+        } else {
+            acc
+        }
+    };
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let (cv, cm) = (v.chunks_exact(16), mask.chunks_exact(16));
+    let (rv, rm) = (cv.remainder(), cm.remainder());
+    for (x, m) in cv.zip(cm) {
+        for i in 0..16 {
+            acc[i] = pick(acc[i], x[i], m[i]);
+        }
+    }
+    let mut best = acc.iter().fold(f32::NEG_INFINITY, |a, &b| pick(a, b, 1.0));
+    for (x, m) in rv.iter().zip(rm) {
+        best = pick(best, *x, *m);
+    }
+    best
+}
+
 /// Dot product with 16 lanes.
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -215,6 +263,35 @@ unsafe fn zip_map_inplace_avx512(dst: &mut [f32], b: &[f32], f: impl Fn(f32, f32
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masked_max_matches_a_scalar_scan() {
+        for n in [0usize, 1, 15, 16, 17, 40, 128] {
+            let v: Vec<f32> = (0..n).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
+            for pattern in [0usize, 1, 3, 7] {
+                let mask: Vec<f32> = (0..n)
+                    .map(|i| {
+                        if pattern == 0 || i % pattern != 0 {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                let want = v
+                    .iter()
+                    .zip(&mask)
+                    .filter(|(_, m)| **m > 0.5)
+                    .fold(f32::NEG_INFINITY, |a, (x, _)| a.max(*x));
+                assert_eq!(masked_max(&v, &mask), want, "n={n} pattern={pattern}");
+            }
+        }
+        let mut with_nan = vec![1.0f32; 20];
+        with_nan[3] = f32::NAN;
+        with_nan[18] = 5.0;
+        assert_eq!(masked_max(&with_nan, &[1.0; 20]), 5.0);
+        assert_eq!(masked_max(&[3.0, 9.0], &[0.0, 0.0]), f32::NEG_INFINITY);
+    }
 
     #[test]
     fn exp_is_accurate() {
