@@ -236,17 +236,31 @@ fn assert_inference_only<T: std::fmt::Debug>(r: prefine_model::Result<T>, what: 
     }
 }
 
-#[test]
-fn training_a_quantized_encoder_fails_clearly() {
-    let mut enc = tiny_with_groups();
-    enc.quantize(Precision::Int8).unwrap();
+/// What every inference-only encoder refuses: training mode, a trainable backbone, merging,
+/// writing a Hugging Face checkpoint and copying f32 base weights.
+fn assert_training_refused(enc: &Encoder) {
     let input = EncoderInput::from_vecs(&[vec![2, 5, 3]], &[vec![0; 3]], &[vec![1; 3]]).unwrap();
     let mut rng = seed_rng(0);
-    // Training mode (dropout on).
     assert_inference_only(
         enc.forward(&input, Forward::train(Some("a"), &mut rng)),
         "train forward",
     );
+    let mut full = enc.clone();
+    full.set_backbone_trainable(true);
+    assert_inference_only(full.forward(&input, Forward::eval(None)), "trainable base");
+    assert_inference_only(enc.clone().merge_group("a"), "merge");
+    let dir = tempfile::tempdir().unwrap();
+    assert_inference_only(enc.save_pretrained(dir.path(), None), "save_pretrained");
+    assert_inference_only(enc.deep_copy_base(), "deep copy");
+}
+
+#[test]
+fn training_a_quantized_encoder_fails_clearly() {
+    let mut enc = tiny_with_groups();
+    enc.quantize(Precision::Int8).unwrap();
+    assert_training_refused(&enc);
+    let input = EncoderInput::from_vecs(&[vec![2, 5, 3]], &[vec![0; 3]], &[vec![1; 3]]).unwrap();
+    let mut rng = seed_rng(0);
     // A trainable LoRA group.
     let mut lora = enc.clone();
     lora.add_lora_group("new", &LoraConfig::default(), &mut rng)
@@ -256,18 +270,10 @@ fn training_a_quantized_encoder_fails_clearly() {
         "trainable group",
     );
     assert_inference_only(lora.forward_mixed(&input, &[Some("new")]), "mixed");
-    // A trainable backbone.
-    let mut full = enc.clone();
-    full.set_backbone_trainable(true);
-    assert_inference_only(full.forward(&input, Forward::eval(None)), "trainable base");
-    // Merging, Hugging Face checkpoints, re-quantising, copies of f32 weights.
-    assert_inference_only(enc.clone().merge_group("a"), "merge");
+    // Baking, re-quantising.
     assert_inference_only(enc.clone().bake_group("a"), "bake");
-    let dir = tempfile::tempdir().unwrap();
-    assert_inference_only(enc.save_pretrained(dir.path(), None), "save_pretrained");
     assert_inference_only(enc.clone().quantize(Precision::Bf16), "re-quantise");
     assert_inference_only(enc.clone().quantize(Precision::F32), "back to f32");
-    assert_inference_only(enc.deep_copy_base(), "deep copy");
     assert!(
         enc.clone().quantize(Precision::Int8).is_ok(),
         "same precision is a no-op"
@@ -294,21 +300,10 @@ fn training_a_quantized_encoder_fails_clearly() {
 fn training_a_packed_f32_encoder_fails_clearly() {
     let mut enc = tiny_with_groups();
     enc.prepare_inference(Precision::F32).unwrap();
-    let input = EncoderInput::from_vecs(&[vec![2, 5, 3]], &[vec![0; 3]], &[vec![1; 3]]).unwrap();
-    let mut rng = seed_rng(0);
-    assert_inference_only(
-        enc.forward(&input, Forward::train(Some("a"), &mut rng)),
-        "train forward",
-    );
-    let mut full = enc.clone();
-    full.set_backbone_trainable(true);
-    assert_inference_only(full.forward(&input, Forward::eval(None)), "trainable base");
-    assert_inference_only(enc.clone().merge_group("a"), "merge");
+    assert_training_refused(&enc);
     let dir = tempfile::tempdir().unwrap();
-    assert_inference_only(enc.save_pretrained(dir.path(), None), "save_pretrained");
     assert_inference_only(enc.save_quantized(dir.path(), None), "save_quantized");
     assert_inference_only(enc.clone().quantize(Precision::Int8), "quantise packed");
-    assert_inference_only(enc.deep_copy_base(), "deep copy");
     // A quantised encoder is not packed back to f32.
     let mut q = tiny_with_groups();
     q.quantize(Precision::Int8).unwrap();

@@ -66,20 +66,12 @@ pub(crate) unsafe fn gemm_ptr(
     b: MatRef,
     parallel: bool,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
     #[cfg(target_arch = "x86_64")]
     if use_own_kernel() {
         super::sgemm::sgemm(m, n, k, a, b, dst, ldc, accumulate, parallel);
         return;
     }
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                std::ptr::write_bytes(dst.add(i * ldc), 0, n);
-            }
-        }
+    if nothing_to_multiply(m, n, k, dst, ldc, accumulate) {
         return;
     }
     let parallelism = if parallel {
@@ -108,6 +100,33 @@ pub(crate) unsafe fn gemm_ptr(
         false,
         parallelism,
     );
+}
+
+/// Finishes a GEMM with an empty operand: nothing for `m == 0` or `n == 0`, a zeroed `dst` for
+/// `k == 0` (unless accumulating). Returns whether the GEMM was of that kind.
+///
+/// # Safety
+/// As [`gemm_ptr`]'s `dst`.
+pub(crate) unsafe fn nothing_to_multiply(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) -> bool {
+    if m == 0 || n == 0 {
+        return true;
+    }
+    if k != 0 {
+        return false;
+    }
+    if !accumulate {
+        for i in 0..m {
+            std::ptr::write_bytes(dst.add(i * ldc), 0, n);
+        }
+    }
+    true
 }
 
 /// Whether a GEMM is big enough to split across threads.

@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::kernels::MatRef;
+use super::kernels::{nothing_to_multiply, MatRef};
 
 const MR: usize = 12;
 const NR: usize = 32;
@@ -326,15 +326,7 @@ pub(crate) unsafe fn sgemm(
     accumulate: bool,
     parallel: bool,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                std::ptr::write_bytes(c.add(i * ldc), 0, n);
-            }
-        }
+    if nothing_to_multiply(m, n, k, c, ldc, accumulate) {
         return;
     }
     // A thread blocked in this GEMM's parallel loop can run another GEMM stolen by rayon (an
@@ -384,15 +376,7 @@ pub(crate) unsafe fn sgemm_packed(
     parallel: bool,
 ) {
     let (n, k) = b.dims();
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                std::ptr::write_bytes(c.add(i * ldc), 0, n);
-            }
-        }
+    if nothing_to_multiply(m, n, k, c, ldc, accumulate) {
         return;
     }
     sgemm_blocks(
