@@ -184,6 +184,17 @@ fn quantized_bundles_serve_like_the_in_memory_quantized_engine() {
             assert_eq!(predictions(&bundle, n), predictions(&mem, n), "{p} {n}");
         }
     }
+    // f32 weights packed for inference (what `serve` does by default) serve exactly the
+    // predictions of the plain f32 bundle, adapters registered after packing included.
+    export_bundle(&opts(&f.root, &["ner", "tc", "tc-head"], None, "f32")).unwrap();
+    let plain = load_bundle(&f.root.join("f32")).unwrap();
+    let packed = Engine::load(f.root.join("model")).unwrap();
+    packed.prepare_inference(Precision::F32).unwrap();
+    assert_eq!(packed.precision(), Precision::F32);
+    for n in ["ner", "tc", "tc-head"] {
+        packed.register(n, &f.root.join("a").join(n)).unwrap();
+        assert_eq!(predictions(&plain, n), predictions(&packed, n), "packed f32 {n}");
+    }
     // Merge, then quantise: the merged single-task model at int8.
     let mut o = opts(&f.root, &["ner"], Some("ner"), "merged-int8");
     o.quantize = Precision::Int8;
