@@ -193,7 +193,11 @@ fn quantized_bundles_serve_like_the_in_memory_quantized_engine() {
     assert_eq!(packed.precision(), Precision::F32);
     for n in ["ner", "tc", "tc-head"] {
         packed.register(n, &f.root.join("a").join(n)).unwrap();
-        assert_eq!(predictions(&plain, n), predictions(&packed, n), "packed f32 {n}");
+        assert_eq!(
+            predictions(&plain, n),
+            predictions(&packed, n),
+            "packed f32 {n}"
+        );
     }
     // Merge, then quantise: the merged single-task model at int8.
     let mut o = opts(&f.root, &["ner"], Some("ner"), "merged-int8");
