@@ -552,6 +552,14 @@ mod tests {
         c
     }
 
+    /// Deterministic values in [-0.5, 0.5) (a linear congruential generator).
+    fn uniform(mut seed: u32) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        }
+    }
+
     /// GEMMs inside an outer rayon loop: a thread waiting in one GEMM's parallel loop steals
     /// another GEMM (this used to panic with "RefCell already borrowed" on the packing buffer).
     #[test]
@@ -594,11 +602,7 @@ mod tests {
             eprintln!("no AVX-512F on this CPU: the sgemm kernel is not used here");
             return;
         }
-        let mut seed = 1u32;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        };
+        let mut rnd = uniform(1);
         for &(m, n, k) in &[
             (1, 1, 1),
             (13, 33, 7),
@@ -644,11 +648,7 @@ mod tests {
             eprintln!("no AVX-512F on this CPU: the sgemm kernel is not used here");
             return;
         }
-        let mut seed = 7u32;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        };
+        let mut rnd = uniform(7);
         for &(m, n, k) in &[(1, 1, 1), (32, 384, 384), (13, 33, 7), (200, 2100, 513)] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
