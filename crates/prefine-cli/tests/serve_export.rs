@@ -44,6 +44,24 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Runs `prefine export --model MODEL --adapter NAME=DIR... EXTRA... --out OUT`, asserts that it
+/// succeeded and returns its stdout.
+fn export(model: &Path, adapters: &[(&str, &Path)], extra: &[&str], out: &Path) -> String {
+    let mut cmd = prefine();
+    cmd.arg("export").arg("--model").arg(model);
+    for (name, dir) in adapters {
+        cmd.arg("--adapter")
+            .arg(format!("{name}={}", dir.display()));
+    }
+    let done = cmd.args(extra).arg("--out").arg(out).output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    String::from_utf8_lossy(&done.stdout).into_owned()
+}
+
 #[test]
 fn export_then_serve_a_bundle_and_stop_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
@@ -54,24 +72,7 @@ fn export_then_serve_a_bundle_and_stop_on_sigterm() {
     write_synthetic_adapter(&base, &model, &ner, SyntheticSpec::ner(true, 1)).unwrap();
     write_synthetic_adapter(&base, &model, &tc, SyntheticSpec::tc(false, 2)).unwrap();
     let bundle = tmp.path().join("bundle");
-    let out = prefine()
-        .arg("export")
-        .arg("--model")
-        .arg(&model)
-        .arg("--adapter")
-        .arg(format!("ner={}", ner.display()))
-        .arg("--adapter")
-        .arg(format!("tc={}", tc.display()))
-        .arg("--out")
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = export(&model, &[("ner", &ner), ("tc", &tc)], &[], &bundle);
     assert!(stdout.contains("MiB"), "{stdout}");
     assert!(bundle.join("manifest.json").is_file());
 
@@ -199,22 +200,7 @@ fn quantized_export_and_load_only() {
     let tc = tmp.path().join("tc");
     write_synthetic_adapter(&base, &model, &tc, SyntheticSpec::tc(true, 2)).unwrap();
     let bundle = tmp.path().join("bundle");
-    let out = prefine()
-        .arg("export")
-        .arg("--model")
-        .arg(&model)
-        .arg("--adapter")
-        .arg(format!("tc={}", tc.display()))
-        .args(["--quantize", "int8", "--out"])
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = export(&model, &[("tc", &tc)], &["--quantize", "int8"], &bundle);
     assert!(
         stdout.contains("int8") && stdout.contains("peak RSS"),
         "{stdout}"
