@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::kernels::{gemm, use_own_kernel, worth_parallel, MatRef};
+use super::kernels::{bias_rows, gemm, use_own_kernel, MatRef};
 use super::sgemm::{PackedB, PanelsRef};
 
 /// `f32` -> bf16 bits, rounding to nearest with ties to even (as PyTorch's `to(bfloat16)`);
@@ -181,11 +181,7 @@ pub fn bf16_linear(x: &[f32], m: usize, w: &Bf16Matrix, bias: &[f32]) -> Vec<f32
     let (n, k) = (w.out, w.inp);
     assert!(x.len() >= m * k, "bf16_linear: x is shorter than m x in");
     assert_eq!(bias.len(), n, "bf16_linear: one bias per output");
-    let mut y = Vec::with_capacity(m * n);
-    for _ in 0..m {
-        y.extend_from_slice(bias);
-    }
-    let a = MatRef::row_major(&x[..m * k], k);
+    let mut y = bias_rows(bias, m);
     let mut run = |scratch: &mut Vec<f32>| {
         let len = w.bits.len();
         if scratch.len() < len {
@@ -196,23 +192,19 @@ pub fn bf16_linear(x: &[f32], m: usize, w: &Bf16Matrix, bias: &[f32]) -> Vec<f32
         match w.layout {
             #[cfg(target_arch = "x86_64")]
             Bf16Layout::Panels => {
-                // SAFETY: panels are built only when the AVX-512 kernel is available; `y` is an
-                // exclusive m x n buffer, not aliased by `x` or the scratch.
-                unsafe {
-                    super::sgemm::sgemm_packed(
-                        m,
-                        a,
-                        PanelsRef::new(n, k, wide),
-                        y.as_mut_ptr(),
-                        n,
-                        true,
-                        worth_parallel(m, n, k),
-                    )
-                }
+                super::sgemm::gemm_panels_into(m, x, PanelsRef::new(n, k, wide), &mut y)
             }
             #[cfg(not(target_arch = "x86_64"))]
             Bf16Layout::Panels => unreachable!("panels are only built on x86_64"),
-            Bf16Layout::Transposed => gemm(m, n, k, &mut y, true, a, MatRef::row_major(wide, n)),
+            Bf16Layout::Transposed => gemm(
+                m,
+                n,
+                k,
+                &mut y,
+                true,
+                MatRef::row_major(&x[..m * k], k),
+                MatRef::row_major(wide, n),
+            ),
         }
     };
     // A thread waiting inside the GEMM's parallel loop may run another layer's call (rayon

@@ -129,6 +129,16 @@ pub(crate) unsafe fn nothing_to_multiply(
     true
 }
 
+/// `m` copies of `bias`, row-major: the starting value of a GEMM that accumulates `x · Wᵀ`
+/// onto the bias (no separate bias pass).
+pub(crate) fn bias_rows(bias: &[f32], m: usize) -> Vec<f32> {
+    let mut y = Vec::with_capacity(m * bias.len());
+    for _ in 0..m {
+        y.extend_from_slice(bias);
+    }
+    y
+}
+
 /// Whether a GEMM is big enough to split across threads.
 pub(crate) fn worth_parallel(m: usize, n: usize, k: usize) -> bool {
     m * n * k > 48 * 48 * 48

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::kernels::{column_sums, gemm, gemm_new, MatRef};
+use super::kernels::{bias_rows, column_sums, gemm, gemm_new, MatRef};
 use super::{f32_slice, with_f32};
 
 static WEIGHT_GRADS: AtomicUsize = AtomicUsize::new(0);
@@ -49,17 +49,13 @@ fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, out: usize, inp: u
         );
     };
     // The bias is the GEMM's starting value (no separate pass).
-    let mut y = Vec::with_capacity(m * out);
-    for _ in 0..m {
-        y.extend_from_slice(b);
-    }
-    let b = Some(b);
+    let mut y = bias_rows(b, m);
     gemm(
         m,
         out,
         inp,
         &mut y,
-        b.is_some(),
+        true,
         MatRef::row_major(x, inp),
         MatRef::transposed(w, inp),
     );

@@ -2,7 +2,7 @@
 //! GEMM kernel's panel layout, so a forward pass no longer repacks every weight on every call.
 //! Without the AVX-512 kernel the weight stays row-major and the portable GEMM is used.
 
-use super::kernels::{gemm, use_own_kernel, worth_parallel, MatRef};
+use super::kernels::{bias_rows, gemm, use_own_kernel, MatRef};
 use super::sgemm::PackedB;
 
 /// How the weight is held.
@@ -60,32 +60,21 @@ pub fn packed_linear(x: &[f32], m: usize, w: &PackedF32Matrix, bias: &[f32]) -> 
     let (n, k) = (w.out, w.inp);
     assert!(x.len() >= m * k, "packed_linear: x is shorter than m x in");
     assert_eq!(bias.len(), n, "packed_linear: one bias per output");
-    // The bias is the GEMM's starting value (no separate pass).
-    let mut y = Vec::with_capacity(m * n);
-    for _ in 0..m {
-        y.extend_from_slice(bias);
-    }
-    let a = MatRef::row_major(&x[..m * k], k);
+    let mut y = bias_rows(bias, m);
     match &w.layout {
         #[cfg(target_arch = "x86_64")]
-        Layout::Panels(p) => {
-            // SAFETY: `Panels` exists only when the AVX-512 kernel is available; `y` is an
-            // exclusive m x n row-major buffer, not aliased by `x` or the panels.
-            unsafe {
-                super::sgemm::sgemm_packed(
-                    m,
-                    a,
-                    p.view(),
-                    y.as_mut_ptr(),
-                    n,
-                    true,
-                    worth_parallel(m, n, k),
-                )
-            }
-        }
+        Layout::Panels(p) => super::sgemm::gemm_panels_into(m, x, p.view(), &mut y),
         #[cfg(not(target_arch = "x86_64"))]
         Layout::Panels(_) => unreachable!("panels are only built on x86_64"),
-        Layout::RowMajor(wt) => gemm(m, n, k, &mut y, true, a, MatRef::transposed(wt, k)),
+        Layout::RowMajor(wt) => gemm(
+            m,
+            n,
+            k,
+            &mut y,
+            true,
+            MatRef::row_major(&x[..m * k], k),
+            MatRef::transposed(wt, k),
+        ),
     }
     y
 }

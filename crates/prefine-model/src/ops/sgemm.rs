@@ -393,6 +393,31 @@ pub(crate) unsafe fn sgemm_packed(
     )
 }
 
+/// `y[m, n] += x[m, k] · Wᵀ` for a weight in packed panels (`x` and `y` row-major): the safe
+/// entry point of [`sgemm_packed`], multi-threaded when the product is large enough.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn gemm_panels_into(m: usize, x: &[f32], w: PanelsRef, y: &mut [f32]) {
+    let (n, k) = w.dims();
+    assert!(available(), "packed panels need the AVX-512 kernel");
+    assert!(
+        x.len() >= m * k && y.len() >= m * n,
+        "gemm_panels_into: short operand"
+    );
+    // SAFETY: AVX-512F checked above; `y` is an exclusive buffer of at least m x n elements,
+    // not aliased by `x` or the panels.
+    unsafe {
+        sgemm_packed(
+            m,
+            MatRef::row_major(&x[..m * k], k),
+            w,
+            y.as_mut_ptr(),
+            n,
+            true,
+            super::kernels::worth_parallel(m, n, k),
+        )
+    }
+}
+
 /// The blocked loops of [`sgemm`], with the caller's B packing buffer (unused for packed B).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
