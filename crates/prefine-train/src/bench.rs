@@ -225,9 +225,12 @@ pub fn run(workload: Workload, mut encoder: Encoder, opts: &BenchOptions) -> Res
                 let h = encoder.forward(&input, Forward::eval(group))?;
                 let logits = head.forward(&h)?;
                 let loss = masked_cross_entropy(&logits, &labels, &weight)?;
-                let grads = loss.backward()?;
-                opt.step(&grads)?;
+                // As the trainers do: the gradients are taken over (and the store freed) one
+                // tensor at a time, and the forward graph is gone before the update.
+                opt.accumulate(loss.backward()?)?;
                 last_loss = Some(loss.to_scalar::<f32>()?);
+                drop((h, logits, loss));
+                opt.apply(1.0)?;
                 if i >= warmup {
                     times.push(t0.elapsed().as_secs_f64());
                 }

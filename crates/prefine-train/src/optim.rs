@@ -89,7 +89,8 @@ struct Slot {
     decay: bool,
     m: Vec<f32>,
     v: Vec<f32>,
-    /// Accumulated gradient since the last update (empty until the first `accumulate`).
+    /// Accumulated gradient since the last update (empty until the first `accumulate`, and
+    /// released by every update so that it does not sit beside the next backward pass).
     grad: Vec<f32>,
     has_grad: bool,
     /// Updates applied to this parameter (PyTorch keeps the step count per parameter, so a
@@ -208,15 +209,16 @@ impl AdamW {
     }
 
     /// Applies one update from `grads` (no clipping, no accumulation).
-    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+    pub fn step(&mut self, grads: GradStore) -> Result<()> {
         self.accumulate(grads)?;
         self.apply(1.0)
     }
 
-    /// Adds the gradients of one micro-batch to the accumulation buffers.
-    pub fn accumulate(&mut self, grads: &GradStore) -> Result<()> {
+    /// Adds the gradients of one micro-batch to the accumulation buffers. The store is consumed
+    /// one tensor at a time, so that a gradient and its copy never both stay alive for long.
+    pub fn accumulate(&mut self, mut grads: GradStore) -> Result<()> {
         for slot in &mut self.slots {
-            let Some(g) = grads.get(slot.var.as_tensor()) else {
+            let Some(g) = grads.remove(slot.var.as_tensor()) else {
                 continue;
             };
             let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
@@ -301,6 +303,9 @@ impl AdamW {
                     }
                 });
             slot.has_grad = false;
+            // Release the buffer: kept, it would add one gradient-sized copy of every parameter
+            // to the next step's peak memory (the backward pass builds its own).
+            slot.grad = Vec::new();
             let shape = slot.var.shape().clone();
             slot.var
                 .set(&Tensor::from_vec(p, shape, slot.var.device())?)?;
@@ -355,7 +360,7 @@ mod tests {
         let (mut m, mut v) = ([0f64; 2], [0f64; 2]);
         for t in 1..=2 {
             let loss = var.as_tensor().sqr().unwrap().sum_all().unwrap();
-            opt.step(&loss.backward().unwrap()).unwrap();
+            opt.step(loss.backward().unwrap()).unwrap();
             for i in 0..2 {
                 let g = 2.0 * expected[i];
                 expected[i] *= 1.0 - 0.1 * 0.01;
@@ -398,11 +403,11 @@ mod tests {
                 .unwrap()
         };
         let both = ((loss(&a, &x1) + loss(&a, &x2)).unwrap() / 2.0).unwrap();
-        big.accumulate(&both.backward().unwrap()).unwrap();
+        big.accumulate(both.backward().unwrap()).unwrap();
         let s = big.clip_scale(1.0, 1.0);
         big.apply(s).unwrap();
-        acc.accumulate(&loss(&b, &x1).backward().unwrap()).unwrap();
-        acc.accumulate(&loss(&b, &x2).backward().unwrap()).unwrap();
+        acc.accumulate(loss(&b, &x1).backward().unwrap()).unwrap();
+        acc.accumulate(loss(&b, &x2).backward().unwrap()).unwrap();
         let s = acc.clip_scale(1.0, 0.5);
         acc.apply(s).unwrap();
         let (va, vb): (Vec<f32>, Vec<f32>) = (

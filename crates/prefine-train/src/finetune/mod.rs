@@ -502,7 +502,9 @@ pub fn run_finetune_with(
                     step,
                 });
             }
-            opt.accumulate(&loss.backward()?)?;
+            opt.accumulate(loss.backward()?)?;
+            // The forward graph is not needed for the update: free it first.
+            drop((loss, logits));
             pending += 1;
             st.epoch_loss += lv as f64;
             if pending == cfg.grad_accumulation || bi + 1 == batches.len() {

@@ -335,7 +335,9 @@ impl Pretrainer {
                 step: self.step + 1,
             });
         }
-        self.opt.accumulate(&loss.backward()?)?;
+        self.opt.accumulate(loss.backward()?)?;
+        // The forward graph is not needed for the update: free it first.
+        drop(loss);
         self.opt.set_lr(self.schedule.lr(self.step));
         let scale = self.opt.clip_scale(self.cfg.max_grad_norm, 1.0);
         self.opt.apply(scale)?;
