@@ -17,6 +17,8 @@ const NR: usize = 32;
 const KC: usize = 256;
 const MC: usize = 96;
 const NC: usize = 2048;
+/// How many rows of a B panel the micro-kernel prefetches ahead.
+const PREFETCH_ROWS: usize = 64;
 
 thread_local! {
     /// Per-thread packing buffer for panels of A (reused across calls: no allocation or
@@ -24,6 +26,26 @@ thread_local! {
     static A_PACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Per-thread packing buffer for panels of B (the calling thread's).
     static B_PACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A packed once per call and shared by all of its tasks (few row blocks).
+    static A_SHARED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+type Buffer = std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>;
+
+/// Runs `f` on the first `len` elements of this thread's buffer `key` (grown when short), or on
+/// a fresh buffer when it is already borrowed: a thread blocked in a parallel loop may run
+/// another GEMM stolen by rayon, which must not share the outer call's buffer. The contents are
+/// stale: `f` must write what it reads.
+fn with_buffer<R>(key: &'static Buffer, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
 }
 
 /// Whether the AVX-512 path can run on this CPU.
@@ -448,42 +470,55 @@ unsafe fn sgemm_blocks(
             let npanels = nc.div_ceil(NR);
             let mblocks = m.div_ceil(MC);
             let (groups, per_group) = column_groups(mblocks, npanels, parallel);
+            let block_len = (MC / MR) * kc * MR;
+            let run_block = |ib: usize, g: usize, apack: &[f32]| {
+                let i0 = ib * MC;
+                let mc = MC.min(m - i0);
+                let (first, last) = (g * per_group, ((g + 1) * per_group).min(npanels));
+                for jp in first..last {
+                    let jr = jp * NR;
+                    let nr = NR.min(nc - jr);
+                    let bpanel = bp.as_ptr().add(jp * kc * NR);
+                    for ir in (0..mc).step_by(MR) {
+                        let mr = MR.min(mc - ir);
+                        let apanel = apack.as_ptr().add((ir / MR) * kc * MR);
+                        let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
+                        kernel_tile(kc, apanel, bpanel, cptr, ldc, mr, nr, overwrite);
+                    }
+                }
+            };
+            let tasks = mblocks * groups;
+            let parallel_tasks = parallel && rayon::current_num_threads() > 1 && tasks > 1;
+            if groups > 1 && parallel_tasks {
+                // Few row blocks (batch-1 inference), split by columns: pack each block of A
+                // once here rather than once per column group.
+                with_buffer(&A_SHARED, mblocks * block_len, |shared| {
+                    for ib in 0..mblocks {
+                        let i0 = ib * MC;
+                        let mc = MC.min(m - i0);
+                        let need = mc.div_ceil(MR) * kc * MR;
+                        let at = ib * block_len;
+                        pack_a(a, i0, mc, p0, kc, &mut shared[at..at + need]);
+                    }
+                    let shared = &*shared;
+                    (0..tasks).into_par_iter().for_each(|t| {
+                        let ib = t / groups;
+                        run_block(ib, t % groups, &shared[ib * block_len..]);
+                    });
+                });
+                continue;
+            }
             let task = |t: usize| {
                 let (ib, g) = (t / groups, t % groups);
                 let i0 = ib * MC;
                 let mc = MC.min(m - i0);
-                let (first, last) = (g * per_group, ((g + 1) * per_group).min(npanels));
-                if first >= last {
-                    return;
-                }
-                A_PACK.with(|cell| {
-                    // Never held across a rayon call, but stay safe if that changes.
-                    let mut own = Vec::new();
-                    let mut borrowed = cell.try_borrow_mut();
-                    let apack: &mut Vec<f32> = match borrowed.as_mut() {
-                        Ok(b) => b,
-                        Err(_) => &mut own,
-                    };
-                    let need = mc.div_ceil(MR) * kc * MR;
-                    if apack.len() < need {
-                        apack.resize(need, 0.0);
-                    }
-                    pack_a(a, i0, mc, p0, kc, &mut apack[..need]);
-                    for jp in first..last {
-                        let jr = jp * NR;
-                        let nr = NR.min(nc - jr);
-                        let bpanel = bp.as_ptr().add(jp * kc * NR);
-                        for ir in (0..mc).step_by(MR) {
-                            let mr = MR.min(mc - ir);
-                            let apanel = apack.as_ptr().add((ir / MR) * kc * MR);
-                            let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
-                            kernel_12x32(kc, apanel, bpanel, cptr, ldc, mr, nr, overwrite);
-                        }
-                    }
+                let need = mc.div_ceil(MR) * kc * MR;
+                with_buffer(&A_PACK, need, |apack| {
+                    pack_a(a, i0, mc, p0, kc, apack);
+                    run_block(ib, g, apack);
                 });
             };
-            let tasks = mblocks * groups;
-            if parallel && rayon::current_num_threads() > 1 && tasks > 1 {
+            if parallel_tasks {
                 (0..tasks).into_par_iter().for_each(task);
             } else {
                 (0..tasks).for_each(task);
@@ -519,10 +554,16 @@ pub(crate) fn tail_masks(nr: usize) -> (__mmask16, __mmask16) {
     (lanes(nr), lanes(nr.saturating_sub(16)))
 }
 
+/// One `mr x nr` tile (`mr <= MR`, `nr <= NR`) of `C (+)= Apanel · Bpanel`: runs the
+/// smallest row kernel that covers `mr`, so that a short last row panel (e.g. 32 = 12 + 12 + 8
+/// rows at batch-1 inference) does no wasted multiplies.
+///
+/// # Safety
+/// As [`kernel_rows`].
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel_12x32(
+#[inline(always)]
+unsafe fn kernel_tile(
     kc: usize,
     ap: *const f32,
     bp: *const f32,
@@ -532,8 +573,39 @@ unsafe fn kernel_12x32(
     nr: usize,
     overwrite: bool,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    match mr {
+        0..=4 => kernel_rows::<4>(kc, ap, bp, c, ldc, mr, nr, overwrite),
+        5..=8 => kernel_rows::<8>(kc, ap, bp, c, ldc, mr, nr, overwrite),
+        _ => kernel_rows::<MR>(kc, ap, bp, c, ldc, mr, nr, overwrite),
+    }
+}
+
+/// The micro-kernel for the first `R` rows of an `MR`-tall packed A panel (`R <= MR`).
+///
+/// # Safety
+/// AVX-512F; `ap` holds `kc x MR` packed values, `bp` `kc x NR`; `c` is valid for `mr` rows of
+/// `nr` elements at stride `ldc`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_rows<const R: usize>(
+    kc: usize,
+    ap: *const f32,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    overwrite: bool,
+) {
+    debug_assert!(mr <= R && R <= MR);
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for p in 0..kc {
+        // Weights stream from L3 at small batch: fetch B a few rows ahead (the hardware
+        // prefetcher stops at every 4 KiB page of a 32 KiB panel). Past the panel's end this
+        // touches the next panel, which comes next; a prefetch never faults.
+        _mm_prefetch::<_MM_HINT_T0>(bp.add((p + PREFETCH_ROWS) * NR) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(bp.add((p + PREFETCH_ROWS) * NR + 16) as *const i8);
         let b0 = _mm512_loadu_ps(bp.add(p * NR));
         let b1 = _mm512_loadu_ps(bp.add(p * NR + 16));
         let arow = ap.add(p * MR);
@@ -635,6 +707,10 @@ mod tests {
             (12, 32, 256),
             (200, 70, 513),
             (5, 2100, 3),
+            // Batch-1 shapes: 12 + 12 + 8 rows (the 8-row kernel), one row block shared by
+            // the column groups; and a 4-row tail.
+            (32, 96, 384),
+            (100, 64, 40),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
