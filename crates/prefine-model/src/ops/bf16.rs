@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::kernels::{bias_rows, gemm, use_own_kernel, MatRef};
+use super::kernels::{linear_new, use_own_kernel, MatRef};
 use super::sgemm::{PackedB, PanelsRef};
 
 /// `f32` -> bf16 bits, rounding to nearest with ties to even (as PyTorch's `to(bfloat16)`);
@@ -181,8 +181,7 @@ pub fn bf16_linear(x: &[f32], m: usize, w: &Bf16Matrix, bias: &[f32]) -> Vec<f32
     let (n, k) = (w.out, w.inp);
     assert!(x.len() >= m * k, "bf16_linear: x is shorter than m x in");
     assert_eq!(bias.len(), n, "bf16_linear: one bias per output");
-    let mut y = bias_rows(bias, m);
-    let mut run = |scratch: &mut Vec<f32>| {
+    let run = |scratch: &mut Vec<f32>| {
         let len = w.bits.len();
         if scratch.len() < len {
             scratch.resize(len, 0.0);
@@ -192,18 +191,17 @@ pub fn bf16_linear(x: &[f32], m: usize, w: &Bf16Matrix, bias: &[f32]) -> Vec<f32
         match w.layout {
             #[cfg(target_arch = "x86_64")]
             Bf16Layout::Panels => {
-                super::sgemm::gemm_panels_into(m, x, PanelsRef::new(n, k, wide), &mut y)
+                super::sgemm::gemm_panels_bias(m, x, PanelsRef::new(n, k, wide), bias)
             }
             #[cfg(not(target_arch = "x86_64"))]
             Bf16Layout::Panels => unreachable!("panels are only built on x86_64"),
-            Bf16Layout::Transposed => gemm(
+            Bf16Layout::Transposed => linear_new(
                 m,
                 n,
                 k,
-                &mut y,
-                true,
                 MatRef::row_major(&x[..m * k], k),
                 MatRef::row_major(wide, n),
+                bias,
             ),
         }
     };
@@ -212,8 +210,7 @@ pub fn bf16_linear(x: &[f32], m: usize, w: &Bf16Matrix, bias: &[f32]) -> Vec<f32
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut s) => run(&mut s),
         Err(_) => run(&mut Vec::new()),
-    });
-    y
+    })
 }
 
 #[cfg(test)]

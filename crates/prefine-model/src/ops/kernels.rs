@@ -68,7 +68,8 @@ pub(crate) unsafe fn gemm_ptr(
 ) {
     #[cfg(target_arch = "x86_64")]
     if use_own_kernel() {
-        super::sgemm::sgemm(m, n, k, a, b, dst, ldc, accumulate, parallel);
+        let start = super::sgemm::Start::from_accumulate(accumulate);
+        super::sgemm::sgemm(m, n, k, a, b, dst, ldc, start, parallel);
         return;
     }
     if nothing_to_multiply(m, n, k, dst, ldc, accumulate) {
@@ -136,6 +137,44 @@ pub(crate) fn bias_rows(bias: &[f32], m: usize) -> Vec<f32> {
     for _ in 0..m {
         y.extend_from_slice(bias);
     }
+    y
+}
+
+/// A new row-major `[m, n]` matrix `a · b + 1 biasᵀ` (a linear layer's forward). With this
+/// crate's kernel the bias is added in the kernel's first store and the output is never
+/// zero-filled; otherwise the output starts as the bias rows.
+pub(crate) fn linear_new(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    bias: &[f32],
+) -> Vec<f32> {
+    assert_eq!(bias.len(), n, "linear: one bias per output column");
+    #[cfg(target_arch = "x86_64")]
+    if use_own_kernel() {
+        let mut out: Vec<f32> = Vec::with_capacity(m * n);
+        // SAFETY: `out` has capacity for m x n elements, not aliased by the operands; starting
+        // from the bias the kernel writes every element before `set_len` exposes them.
+        unsafe {
+            super::sgemm::sgemm(
+                m,
+                n,
+                k,
+                a,
+                b,
+                out.as_mut_ptr(),
+                n,
+                super::sgemm::Start::Bias(bias),
+                worth_parallel(m, n, k),
+            );
+            out.set_len(m * n);
+        }
+        return out;
+    }
+    let mut y = bias_rows(bias, m);
+    gemm(m, n, k, &mut y, true, a, b);
     y
 }
 

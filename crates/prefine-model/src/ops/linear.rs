@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::kernels::{bias_rows, column_sums, gemm, gemm_new, MatRef};
+use super::kernels::{column_sums, gemm_new, linear_new, MatRef};
 use super::{f32_slice, with_f32};
 
 static WEIGHT_GRADS: AtomicUsize = AtomicUsize::new(0);
@@ -48,18 +48,15 @@ fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, out: usize, inp: u
             MatRef::transposed(w, inp),
         );
     };
-    // The bias is the GEMM's starting value (no separate pass).
-    let mut y = bias_rows(b, m);
-    gemm(
+    // The bias is added in the GEMM's first store (no separate pass).
+    linear_new(
         m,
         out,
         inp,
-        &mut y,
-        true,
         MatRef::row_major(x, inp),
         MatRef::transposed(w, inp),
-    );
-    y
+        b,
+    )
 }
 
 /// Gradients of x, w and b for `y = x Wᵀ + b`, each only when `need_*` is set.

@@ -6,7 +6,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::kernels::{bias_rows, gemm, gemm_new, MatRef};
+use super::kernels::{gemm, gemm_new, linear_new, MatRef};
 use super::{f32_slice, with_f32};
 
 struct FrozenLoraLinear {
@@ -63,15 +63,13 @@ impl CustomOp3 for FrozenLoraLinear {
         h.iter_mut().for_each(|v| *v *= self.scale);
         let y = with_f32(&self.weight, "lora_linear", |w| {
             with_f32(&self.bias, "lora_linear", |bias| {
-                let mut y = bias_rows(bias, m);
-                gemm(
+                let mut y = linear_new(
                     m,
                     out,
                     inp,
-                    &mut y,
-                    true,
                     MatRef::row_major(x, inp),
                     MatRef::transposed(w, inp),
+                    bias,
                 );
                 gemm(
                     m,

@@ -2,7 +2,7 @@
 //! GEMM kernel's panel layout, so a forward pass no longer repacks every weight on every call.
 //! Without the AVX-512 kernel the weight stays row-major and the portable GEMM is used.
 
-use super::kernels::{bias_rows, gemm, use_own_kernel, MatRef};
+use super::kernels::{linear_new, use_own_kernel, MatRef};
 use super::sgemm::PackedB;
 
 /// How the weight is held.
@@ -60,23 +60,20 @@ pub fn packed_linear(x: &[f32], m: usize, w: &PackedF32Matrix, bias: &[f32]) -> 
     let (n, k) = (w.out, w.inp);
     assert!(x.len() >= m * k, "packed_linear: x is shorter than m x in");
     assert_eq!(bias.len(), n, "packed_linear: one bias per output");
-    let mut y = bias_rows(bias, m);
     match &w.layout {
         #[cfg(target_arch = "x86_64")]
-        Layout::Panels(p) => super::sgemm::gemm_panels_into(m, x, p.view(), &mut y),
+        Layout::Panels(p) => super::sgemm::gemm_panels_bias(m, x, p.view(), bias),
         #[cfg(not(target_arch = "x86_64"))]
         Layout::Panels(_) => unreachable!("panels are only built on x86_64"),
-        Layout::RowMajor(wt) => gemm(
+        Layout::RowMajor(wt) => linear_new(
             m,
             n,
             k,
-            &mut y,
-            true,
             MatRef::row_major(&x[..m * k], k),
             MatRef::transposed(wt, k),
+            bias,
         ),
     }
-    y
 }
 
 #[cfg(test)]

@@ -48,6 +48,67 @@ fn with_buffer<R>(key: &'static Buffer, len: usize, f: impl FnOnce(&mut [f32]) -
     })
 }
 
+/// What a GEMM's output starts from.
+#[derive(Clone, Copy)]
+pub(crate) enum Start<'a> {
+    /// Overwritten: `C = A · B`.
+    Zero,
+    /// Added to: `C += A · B`.
+    Accumulate,
+    /// A bias per column, added in the kernel's first store: `C = A · B + 1 biasᵀ` (no pass
+    /// that fills C first).
+    Bias(&'a [f32]),
+}
+
+impl Start<'_> {
+    /// `Accumulate` or `Zero`.
+    pub(crate) fn from_accumulate(accumulate: bool) -> Self {
+        if accumulate {
+            Start::Accumulate
+        } else {
+            Start::Zero
+        }
+    }
+}
+
+/// A bias pointer that rayon tasks may share (read-only).
+#[derive(Clone, Copy)]
+struct BiasPtr(*const f32);
+// SAFETY: only read, and the slice outlives the GEMM call.
+unsafe impl Send for BiasPtr {}
+unsafe impl Sync for BiasPtr {}
+
+impl BiasPtr {
+    #[inline(always)]
+    fn get(self) -> *const f32 {
+        self.0
+    }
+}
+
+/// Handles the GEMMs with an empty operand (see [`nothing_to_multiply`]); with a bias, an
+/// empty `k` leaves every row equal to the bias. Returns whether there was nothing to multiply.
+///
+/// # Safety
+/// As [`nothing_to_multiply`].
+unsafe fn empty_product(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    start: Start,
+) -> bool {
+    if !nothing_to_multiply(m, n, k, c, ldc, matches!(start, Start::Accumulate)) {
+        return false;
+    }
+    if let (Start::Bias(b), true) = (start, k == 0) {
+        for i in 0..m {
+            std::ptr::copy_nonoverlapping(b.as_ptr(), c.add(i * ldc), n);
+        }
+    }
+    true
+}
+
 /// Whether the AVX-512 path can run on this CPU.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -345,10 +406,10 @@ pub(crate) unsafe fn sgemm(
     b: MatRef,
     c: *mut f32,
     ldc: usize,
-    accumulate: bool,
+    start: Start,
     parallel: bool,
 ) {
-    if nothing_to_multiply(m, n, k, c, ldc, accumulate) {
+    if empty_product(m, n, k, c, ldc, start) {
         return;
     }
     // A thread blocked in this GEMM's parallel loop can run another GEMM stolen by rayon (an
@@ -363,7 +424,7 @@ pub(crate) unsafe fn sgemm(
             BSource::Strided(b),
             OutPtr(c),
             ldc,
-            accumulate,
+            start,
             parallel,
             &mut bpack,
         ),
@@ -375,7 +436,7 @@ pub(crate) unsafe fn sgemm(
             BSource::Strided(b),
             OutPtr(c),
             ldc,
-            accumulate,
+            start,
             parallel,
             &mut Vec::new(),
         ),
@@ -394,11 +455,11 @@ pub(crate) unsafe fn sgemm_packed(
     b: PanelsRef,
     c: *mut f32,
     ldc: usize,
-    accumulate: bool,
+    start: Start,
     parallel: bool,
 ) {
     let (n, k) = b.dims();
-    if nothing_to_multiply(m, n, k, c, ldc, accumulate) {
+    if empty_product(m, n, k, c, ldc, start) {
         return;
     }
     sgemm_blocks(
@@ -409,24 +470,33 @@ pub(crate) unsafe fn sgemm_packed(
         BSource::Packed(b),
         OutPtr(c),
         ldc,
-        accumulate,
+        start,
         parallel,
         &mut Vec::new(),
     )
 }
 
-/// `y[m, n] += x[m, k] · Wᵀ` for a weight in packed panels (`x` and `y` row-major): the safe
-/// entry point of [`sgemm_packed`], multi-threaded when the product is large enough.
+/// `x[m, k] · Wᵀ + bias` for a weight in packed panels (`x` row-major), as a new row-major
+/// `[m, n]` matrix: the safe entry point of [`sgemm_packed`], multi-threaded when the product is
+/// large enough. The bias is added in the kernel's first store, and the output is never
+/// zero-filled (the kernel writes every element).
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn gemm_panels_into(m: usize, x: &[f32], w: PanelsRef, y: &mut [f32]) {
+pub(crate) fn gemm_panels_bias(m: usize, x: &[f32], w: PanelsRef, bias: &[f32]) -> Vec<f32> {
     let (n, k) = w.dims();
     assert!(available(), "packed panels need the AVX-512 kernel");
     assert!(
-        x.len() >= m * k && y.len() >= m * n,
-        "gemm_panels_into: short operand"
+        x.len() >= m * k,
+        "gemm_panels_bias: x is shorter than m x k"
     );
-    // SAFETY: AVX-512F checked above; `y` is an exclusive buffer of at least m x n elements,
-    // not aliased by `x` or the panels.
+    assert_eq!(
+        bias.len(),
+        n,
+        "gemm_panels_bias: one bias per output column"
+    );
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: AVX-512F checked above; `y` has capacity for m x n elements, not aliased by `x`,
+    // the panels or the bias; starting from the bias, the GEMM writes every element before
+    // `set_len` exposes them.
     unsafe {
         sgemm_packed(
             m,
@@ -434,10 +504,12 @@ pub(crate) fn gemm_panels_into(m: usize, x: &[f32], w: PanelsRef, y: &mut [f32])
             w,
             y.as_mut_ptr(),
             n,
-            true,
+            Start::Bias(bias),
             super::kernels::worth_parallel(m, n, k),
-        )
+        );
+        y.set_len(m * n);
     }
+    y
 }
 
 /// The blocked loops of [`sgemm`], with the caller's B packing buffer (unused for packed B).
@@ -451,10 +523,18 @@ unsafe fn sgemm_blocks(
     b: BSource,
     out: OutPtr,
     ldc: usize,
-    accumulate: bool,
+    start: Start,
     parallel: bool,
     bpack: &mut Vec<f32>,
 ) {
+    let accumulate = matches!(start, Start::Accumulate);
+    let bias = BiasPtr(match start {
+        Start::Bias(b) => {
+            assert!(b.len() >= n, "sgemm: bias shorter than n");
+            b.as_ptr()
+        }
+        _ => std::ptr::null(),
+    });
     for j0 in (0..n).step_by(NC) {
         let nc = NC.min(n - j0);
         for p0 in (0..k).step_by(KC) {
@@ -483,7 +563,12 @@ unsafe fn sgemm_blocks(
                         let mr = MR.min(mc - ir);
                         let apanel = apack.as_ptr().add((ir / MR) * kc * MR);
                         let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
-                        kernel_tile(kc, apanel, bpanel, cptr, ldc, mr, nr, overwrite);
+                        let bias = if bias.get().is_null() {
+                            bias.get()
+                        } else {
+                            bias.get().add(j0 + jr)
+                        };
+                        kernel_tile(kc, apanel, bpanel, cptr, ldc, mr, nr, overwrite, bias);
                     }
                 }
             };
@@ -572,11 +657,12 @@ unsafe fn kernel_tile(
     mr: usize,
     nr: usize,
     overwrite: bool,
+    bias: *const f32,
 ) {
     match mr {
-        0..=4 => kernel_rows::<4>(kc, ap, bp, c, ldc, mr, nr, overwrite),
-        5..=8 => kernel_rows::<8>(kc, ap, bp, c, ldc, mr, nr, overwrite),
-        _ => kernel_rows::<MR>(kc, ap, bp, c, ldc, mr, nr, overwrite),
+        0..=4 => kernel_rows::<4>(kc, ap, bp, c, ldc, mr, nr, overwrite, bias),
+        5..=8 => kernel_rows::<8>(kc, ap, bp, c, ldc, mr, nr, overwrite, bias),
+        _ => kernel_rows::<MR>(kc, ap, bp, c, ldc, mr, nr, overwrite, bias),
     }
 }
 
@@ -584,7 +670,8 @@ unsafe fn kernel_tile(
 ///
 /// # Safety
 /// AVX-512F; `ap` holds `kc x MR` packed values, `bp` `kc x NR`; `c` is valid for `mr` rows of
-/// `nr` elements at stride `ldc`.
+/// `nr` elements at stride `ldc`; `bias` is null or valid for `nr` elements (added to the tile
+/// when it overwrites `c`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -597,6 +684,7 @@ unsafe fn kernel_rows<const R: usize>(
     mr: usize,
     nr: usize,
     overwrite: bool,
+    bias: *const f32,
 ) {
     debug_assert!(mr <= R && R <= MR);
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
@@ -616,11 +704,19 @@ unsafe fn kernel_rows<const R: usize>(
         }
     }
     let (m0, m1) = tail_masks(nr);
+    let (bias0, bias1) = if overwrite && !bias.is_null() {
+        (
+            _mm512_maskz_loadu_ps(m0, bias),
+            _mm512_maskz_loadu_ps(m1, bias.add(16)),
+        )
+    } else {
+        (_mm512_setzero_ps(), _mm512_setzero_ps())
+    };
     for (i, row) in acc.iter().enumerate().take(mr) {
         let cr = c.add(i * ldc);
         if overwrite {
-            _mm512_mask_storeu_ps(cr, m0, row[0]);
-            _mm512_mask_storeu_ps(cr.add(16), m1, row[1]);
+            _mm512_mask_storeu_ps(cr, m0, _mm512_add_ps(row[0], bias0));
+            _mm512_mask_storeu_ps(cr.add(16), m1, _mm512_add_ps(row[1], bias1));
         } else {
             let c0 = _mm512_maskz_loadu_ps(m0, cr);
             let c1 = _mm512_maskz_loadu_ps(m1, cr.add(16));
@@ -681,7 +777,7 @@ mod tests {
                 .into_par_iter()
                 .map(|_| {
                     let mut c = vec![0f32; m * n];
-                    unsafe { sgemm(m, n, k, am, bm, c.as_mut_ptr(), n, false, true) };
+                    unsafe { sgemm(m, n, k, am, bm, c.as_mut_ptr(), n, Start::Zero, true) };
                     c
                 })
                 .collect();
@@ -728,7 +824,19 @@ mod tests {
                 let want = naive(m, n, k, am, bm);
                 for acc in [false, true] {
                     let mut c = vec![if acc { 1.0 } else { 7.0 }; m * n];
-                    unsafe { sgemm(m, n, k, am, bm, c.as_mut_ptr(), n, acc, true) };
+                    unsafe {
+                        sgemm(
+                            m,
+                            n,
+                            k,
+                            am,
+                            bm,
+                            c.as_mut_ptr(),
+                            n,
+                            Start::from_accumulate(acc),
+                            true,
+                        )
+                    };
                     for (x, w) in c.iter().zip(&want) {
                         let w = if acc { w + 1.0 } else { *w };
                         assert!(
@@ -737,6 +845,40 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// A bias start adds one value per column to every row, on shapes with row and column
+    /// tails, several KC blocks and an empty `k` (rows equal to the bias).
+    #[test]
+    fn bias_start_adds_the_bias_once() {
+        if !available() {
+            eprintln!("no AVX-512F on this CPU: the sgemm kernel is not used here");
+            return;
+        }
+        let mut rnd = uniform(3);
+        for &(m, n, k) in &[(1, 5, 3), (32, 70, 300), (97, 40, 513), (7, 33, 0)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+            let bias: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let am = MatRef::row_major(&a, k);
+            let want = naive(m, n, k, am, MatRef::transposed(&w, k));
+            let mut c = vec![f32::NAN; m * n];
+            let wm = MatRef::transposed(&w, k);
+            unsafe { sgemm(m, n, k, am, wm, c.as_mut_ptr(), n, Start::Bias(&bias), true) };
+            let packed = PackedB::pack(&w, n, k);
+            let p = gemm_panels_bias(m, &a, packed.view(), &bias);
+            for (i, (x, y)) in c.iter().zip(&p).enumerate() {
+                let want = want[i] + bias[i % n];
+                assert!(
+                    (x - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "{m}x{n}x{k}: {x} vs {want}"
+                );
+                assert!(
+                    (y - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "{m}x{n}x{k}: {y} vs {want}"
+                );
             }
         }
     }
@@ -759,7 +901,17 @@ mod tests {
             let want = naive(m, n, k, am, MatRef::transposed(&w, k));
             for acc in [false, true] {
                 let mut c = vec![if acc { 1.0 } else { 7.0 }; m * n];
-                unsafe { sgemm_packed(m, am, packed.view(), c.as_mut_ptr(), n, acc, true) };
+                unsafe {
+                    sgemm_packed(
+                        m,
+                        am,
+                        packed.view(),
+                        c.as_mut_ptr(),
+                        n,
+                        Start::from_accumulate(acc),
+                        true,
+                    )
+                };
                 for (x, w) in c.iter().zip(&want) {
                     let w = if acc { w + 1.0 } else { *w };
                     assert!(
