@@ -85,6 +85,21 @@ impl BiasPtr {
     }
 }
 
+/// Where the micro-kernel reads A.
+#[derive(Clone, Copy)]
+enum ASource {
+    /// An `MR`-tall packed panel.
+    Panel(*const f32),
+    /// Rows in place, at this row stride.
+    Rows(*const f32, usize),
+}
+
+/// `PREFINE_SGEMM_PACK_A=1` packs A even when it is row-major (for comparisons).
+fn pack_a_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var_os("PREFINE_SGEMM_PACK_A").is_some_and(|v| v == "1"))
+}
+
 /// Handles the GEMMs with an empty operand (see [`nothing_to_multiply`]); with a bias, an
 /// empty `k` leaves every row equal to the bias. Returns whether there was nothing to multiply.
 ///
@@ -528,6 +543,9 @@ unsafe fn sgemm_blocks(
     bpack: &mut Vec<f32>,
 ) {
     let accumulate = matches!(start, Start::Accumulate);
+    // A row-major A (unit column stride) is read in place by the kernel.
+    let direct_a = a.cs == 1 && a.rs > 0 && !pack_a_forced();
+    let lda = a.rs.max(0) as usize;
     let bias = BiasPtr(match start {
         Start::Bias(b) => {
             assert!(b.len() >= n, "sgemm: bias shorter than n");
@@ -551,6 +569,7 @@ unsafe fn sgemm_blocks(
             let mblocks = m.div_ceil(MC);
             let (groups, per_group) = column_groups(mblocks, npanels, parallel);
             let block_len = (MC / MR) * kc * MR;
+            // `apack` is the row block's packed A, or empty when A is read in place.
             let run_block = |ib: usize, g: usize, apack: &[f32]| {
                 let i0 = ib * MC;
                 let mc = MC.min(m - i0);
@@ -561,17 +580,32 @@ unsafe fn sgemm_blocks(
                     let bpanel = bp.as_ptr().add(jp * kc * NR);
                     for ir in (0..mc).step_by(MR) {
                         let mr = MR.min(mc - ir);
-                        let apanel = apack.as_ptr().add((ir / MR) * kc * MR);
+                        let asrc = if direct_a {
+                            ASource::Rows(a.data.as_ptr().add((i0 + ir) * lda + p0), lda)
+                        } else {
+                            ASource::Panel(apack.as_ptr().add((ir / MR) * kc * MR))
+                        };
                         let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
                         let bias = if bias.get().is_null() {
                             bias.get()
                         } else {
                             bias.get().add(j0 + jr)
                         };
-                        kernel_tile(kc, apanel, bpanel, cptr, ldc, mr, nr, overwrite, bias);
+                        kernel_tile(kc, asrc, bpanel, cptr, ldc, mr, nr, overwrite, bias);
                     }
                 }
             };
+            if direct_a {
+                // Row-major A: the kernel broadcasts straight from its rows (no packing).
+                let tasks = mblocks * groups;
+                let task = |t: usize| run_block(t / groups, t % groups, &[]);
+                if parallel && rayon::current_num_threads() > 1 && tasks > 1 {
+                    (0..tasks).into_par_iter().for_each(task);
+                } else {
+                    (0..tasks).for_each(task);
+                }
+                continue;
+            }
             let tasks = mblocks * groups;
             let parallel_tasks = parallel && rayon::current_num_threads() > 1 && tasks > 1;
             if groups > 1 && parallel_tasks {
@@ -650,7 +684,7 @@ pub(crate) fn tail_masks(nr: usize) -> (__mmask16, __mmask16) {
 #[inline(always)]
 unsafe fn kernel_tile(
     kc: usize,
-    ap: *const f32,
+    a: ASource,
     bp: *const f32,
     c: *mut f32,
     ldc: usize,
@@ -659,25 +693,44 @@ unsafe fn kernel_tile(
     overwrite: bool,
     bias: *const f32,
 ) {
-    match mr {
-        0..=4 => kernel_rows::<4>(kc, ap, bp, c, ldc, mr, nr, overwrite, bias),
-        5..=8 => kernel_rows::<8>(kc, ap, bp, c, ldc, mr, nr, overwrite, bias),
-        _ => kernel_rows::<MR>(kc, ap, bp, c, ldc, mr, nr, overwrite, bias),
+    match (a, mr) {
+        (ASource::Panel(ap), 0..=4) => {
+            kernel_rows::<4, false>(kc, ap, MR, bp, c, ldc, mr, nr, overwrite, bias)
+        }
+        (ASource::Panel(ap), 5..=8) => {
+            kernel_rows::<8, false>(kc, ap, MR, bp, c, ldc, mr, nr, overwrite, bias)
+        }
+        (ASource::Panel(ap), _) => {
+            kernel_rows::<MR, false>(kc, ap, MR, bp, c, ldc, mr, nr, overwrite, bias)
+        }
+        (ASource::Rows(ap, lda), 0..=4) => {
+            kernel_rows::<4, true>(kc, ap, lda, bp, c, ldc, mr, nr, overwrite, bias)
+        }
+        (ASource::Rows(ap, lda), 5..=8) => {
+            kernel_rows::<8, true>(kc, ap, lda, bp, c, ldc, mr, nr, overwrite, bias)
+        }
+        (ASource::Rows(ap, lda), _) => {
+            kernel_rows::<MR, true>(kc, ap, lda, bp, c, ldc, mr, nr, overwrite, bias)
+        }
     }
 }
 
-/// The micro-kernel for the first `R` rows of an `MR`-tall packed A panel (`R <= MR`).
+/// The micro-kernel for `R` rows of A (`R <= MR`): the first `R` rows of an `MR`-tall packed
+/// panel (`ROWS == false`, `step == MR`), or `mr` rows read in place at row stride `step`
+/// (`ROWS == true`; the rows past `mr` repeat the last one and are not stored).
 ///
 /// # Safety
-/// AVX-512F; `ap` holds `kc x MR` packed values, `bp` `kc x NR`; `c` is valid for `mr` rows of
+/// AVX-512F; `ap` holds `kc x MR` packed values (or `mr` rows of `kc` values at stride `step`),
+/// `bp` `kc x NR`; `c` is valid for `mr` rows of
 /// `nr` elements at stride `ldc`; `bias` is null or valid for `nr` elements (added to the tile
 /// when it overwrites `c`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel_rows<const R: usize>(
+unsafe fn kernel_rows<const R: usize, const ROWS: bool>(
     kc: usize,
     ap: *const f32,
+    step: usize,
     bp: *const f32,
     c: *mut f32,
     ldc: usize,
@@ -686,7 +739,8 @@ unsafe fn kernel_rows<const R: usize>(
     overwrite: bool,
     bias: *const f32,
 ) {
-    debug_assert!(mr <= R && R <= MR);
+    debug_assert!(mr <= R && R <= MR && mr > 0);
+    let rows: [*const f32; R] = std::array::from_fn(|i| ap.add(i.min(mr - 1) * step));
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for p in 0..kc {
         // Weights stream from L3 at small batch: fetch B a few rows ahead (the hardware
@@ -698,7 +752,11 @@ unsafe fn kernel_rows<const R: usize>(
         let b1 = _mm512_loadu_ps(bp.add(p * NR + 16));
         let arow = ap.add(p * MR);
         for (i, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*arow.add(i));
+            let av = if ROWS {
+                _mm512_set1_ps(*rows[i].add(p))
+            } else {
+                _mm512_set1_ps(*arow.add(i))
+            };
             row[0] = _mm512_fmadd_ps(av, b0, row[0]);
             row[1] = _mm512_fmadd_ps(av, b1, row[1]);
         }
