@@ -70,6 +70,58 @@ pub fn gelu_grad(x: f32) -> f32 {
     cdf + x * INV_SQRT_2PI * exp(-0.5 * x * x)
 }
 
+/// Applies `f` element-wise from `src` into the uninitialised `dst` (every element of `dst` is
+/// written; `dst` and `src` have the same length), compiled for AVX-512 or AVX2+FMA when the
+/// CPU has it.
+pub fn map_into_uninit(
+    dst: &mut [std::mem::MaybeUninit<f32>],
+    src: &[f32],
+    f: impl Fn(f32) -> f32 + Copy,
+) {
+    assert_eq!(dst.len(), src.len(), "map_into_uninit: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected above.
+            unsafe { map_into_uninit_avx512(dst, src, f) };
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the features were detected above.
+            unsafe { map_into_uninit_avx2(dst, src, f) };
+            return;
+        }
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        d.write(f(*s));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn map_into_uninit_avx2(
+    dst: &mut [std::mem::MaybeUninit<f32>],
+    src: &[f32],
+    f: impl Fn(f32) -> f32 + Copy,
+) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        d.write(f(*s));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn map_into_uninit_avx512(
+    dst: &mut [std::mem::MaybeUninit<f32>],
+    src: &[f32],
+    f: impl Fn(f32) -> f32 + Copy,
+) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        d.write(f(*s));
+    }
+}
+
 /// Applies `f` element-wise from `src` into `dst`, compiled for AVX2+FMA when the CPU has it.
 #[inline(always)]
 pub fn map_into(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32 + Copy) {

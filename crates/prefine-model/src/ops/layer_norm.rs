@@ -32,18 +32,54 @@ fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
 
 /// `y = (x - mean) * rstd * g + b` row by row.
 fn forward_rows(x: &[f32], g: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+    forward_rows_sum(x, None, g, b, eps)
+}
+
+/// Layer norm of `x + residual` (or of `x`) row by row: the sum lives one row at a time, and
+/// the output is written once, never zero-filled first.
+fn forward_rows_sum(
+    x: &[f32],
+    residual: Option<&[f32]>,
+    g: &[f32],
+    b: &[f32],
+    eps: f32,
+) -> Vec<f32> {
     let d = g.len();
-    let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(d * ROWS)
-        .zip(x.par_chunks(d * ROWS))
-        .for_each(|(yc, xc)| {
-            for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
-                let (mean, rstd) = row_stats(xr, eps);
+    assert!(
+        d > 0 && x.len().is_multiple_of(d),
+        "layer_norm: rows of {d}"
+    );
+    let n = x.len();
+    if let Some(r) = residual {
+        assert_eq!(r.len(), n, "add_layer_norm: operands differ in length");
+    }
+    let mut y: Vec<f32> = Vec::with_capacity(n);
+    y.spare_capacity_mut()[..n]
+        .par_chunks_mut(d * ROWS)
+        .enumerate()
+        .for_each(|(t, yc)| {
+            let mut sum = vec![0f32; d];
+            for (r, yr) in yc.chunks_exact_mut(d).enumerate() {
+                let at = (t * ROWS + r) * d;
+                let xr = &x[at..at + d];
+                let row = match residual {
+                    Some(res) => {
+                        for ((s, a), c) in sum.iter_mut().zip(xr).zip(&res[at..at + d]) {
+                            *s = a + c;
+                        }
+                        &sum[..]
+                    }
+                    None => xr,
+                };
+                let (mean, rstd) = row_stats(row, eps);
                 for i in 0..d {
-                    yr[i] = (xr[i] - mean) * rstd * g[i] + b[i];
+                    yr[i].write((row[i] - mean) * rstd * g[i] + b[i]);
                 }
             }
         });
+    // SAFETY: the chunks cover the first n elements exactly (n is a multiple of d), and every
+    // row of every chunk was written above.
+    unsafe { y.set_len(n) };
     y
 }
 
@@ -242,9 +278,8 @@ impl CustomOp3 for AddLayerNorm {
                 l3.dims()
             );
         }
-        let sum = add(x, r);
         Ok((
-            CpuStorage::F32(forward_rows(&sum, &gb[..d], &gb[d..], self.eps)),
+            CpuStorage::F32(forward_rows_sum(x, Some(r), &gb[..d], &gb[d..], self.eps)),
             l1.shape().clone(),
         ))
     }
