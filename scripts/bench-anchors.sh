@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 7's side-by-side harness: the PyTorch, ONNX Runtime (plain, optimised graph, int8) and
-# prefine (f32, bf16, int8) runs of every standard workload (../shared/bench/WORKLOAD.md),
+# Issue 7's side-by-side harness: the PyTorch (f32, bf16 autocast), ONNX Runtime (plain,
+# optimised graph, int8) and prefine (f32, bf16, int8) runs of every standard workload
+# (../shared/bench/WORKLOAD.md),
 # alternated on this machine, then a ratio table as markdown and JSON:
 #   docs/bench-anchors.md, docs/bench-anchors.json, and the table between the
 #   `bench-anchors` markers of docs/BENCHMARKS.md.
@@ -51,6 +52,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for w in train_full train_lora; do
     run pytorch "$PY" "$SHARED/bench/pytorch_anchor.py" "$w"
     run prefine "$PREFINE" --threads 2 bench "$w" --model "$MODEL_DIR"
+    run pytorch-bf16 "$PY" scripts/pytorch_bf16_anchor.py "$w"
   done
   for w in infer_b1 infer_b32; do
     run pytorch "$PY" "$SHARED/bench/pytorch_anchor.py" "$w"
@@ -60,6 +62,7 @@ for round in $(seq 1 "$ROUNDS"); do
     run onnxruntime-int8 "$PY" scripts/onnxruntime_int8_anchor.py "$w"
     run prefine-int8 "$PREFINE" --threads 2 bench "$w" --model "$MODEL_DIR" --precision int8
     run prefine-bf16 "$PREFINE" --threads 2 bench "$w" --model "$MODEL_DIR" --precision bf16
+    run pytorch-bf16 "$PY" scripts/pytorch_bf16_anchor.py "$w"
   done
 done
 "$PY" scripts/bench_anchors_report.py "$RAW" \
