@@ -30,6 +30,8 @@ use rayon::prelude::*;
 
 /// Rows of `x` per register tile.
 const MR: usize = 12;
+/// How many 4-byte groups of a panel the VNNI kernel prefetches ahead (64 x 128 bytes).
+const PREFETCH_Q: usize = 64;
 /// Columns of `W` (outputs) per register tile and packed panel.
 const NR: usize = 32;
 /// Rows per parallel task (a multiple of `MR`).
@@ -339,7 +341,6 @@ fn tile_scalar(
 /// AVX-512F/BW/VNNI must be available; `a` must hold rows `row0..row0 + mr` of `4 * kq`
 /// bytes at stride `lda`, `panel` `kq * NR * 4` bytes.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile_vnni(
     kq: usize,
     a: *const u8,
@@ -348,12 +349,39 @@ unsafe fn tile_vnni(
     panel: *const i8,
     tile: &mut [[i32; NR]; MR],
 ) {
-    let mut rows = [a; MR];
+    // The smallest row count that covers `mr` (a 32-row batch-1 input is 12 + 12 + 8 rows).
+    match mr {
+        0..=4 => tile_vnni_rows::<4>(kq, a, lda, mr, panel, tile),
+        5..=8 => tile_vnni_rows::<8>(kq, a, lda, mr, panel, tile),
+        _ => tile_vnni_rows::<MR>(kq, a, lda, mr, panel, tile),
+    }
+}
+
+/// [`tile_vnni`] for `R` accumulator rows (`mr <= R <= MR`); fills the first `R` rows of `tile`.
+///
+/// # Safety
+/// As [`tile_vnni`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_vnni_rows<const R: usize>(
+    kq: usize,
+    a: *const u8,
+    lda: usize,
+    mr: usize,
+    panel: *const i8,
+    tile: &mut [[i32; NR]; MR],
+) {
+    let mut rows = [a; R];
     for (i, r) in rows.iter_mut().enumerate().take(mr) {
         *r = a.add(i * lda);
     }
-    let mut acc = [[_mm512_setzero_si512(); 2]; MR];
+    let mut acc = [[_mm512_setzero_si512(); 2]; R];
     for q in 0..kq {
+        // Weights stream from memory at small batch: fetch the panel a few KiB ahead (past
+        // its end this touches the next panel, which comes next; a prefetch never faults).
+        let ahead = panel.add((q + PREFETCH_Q) * NR * 4);
+        _mm_prefetch::<_MM_HINT_T0>(ahead);
+        _mm_prefetch::<_MM_HINT_T0>(ahead.add(64));
         let b0 = _mm512_loadu_si512(panel.add(q * NR * 4) as *const _);
         let b1 = _mm512_loadu_si512(panel.add(q * NR * 4 + 64) as *const _);
         for (i, row) in acc.iter_mut().enumerate() {
@@ -614,7 +642,7 @@ mod tests {
         c
     }
 
-    const SHAPES: [(usize, usize, usize); 9] = [
+    const SHAPES: [(usize, usize, usize); 10] = [
         (1, 1, 1),
         (1, 384, 384),
         (3, 5, 7),
@@ -624,6 +652,8 @@ mod tests {
         (97, 31, 257),
         (130, 65, 1537),
         (2, 1000, 9),
+        // Batch-1 rows: 12 + 12 + 8 (the 8-row kernel).
+        (32, 64, 384),
     ];
 
     fn case(m: usize, n: usize, k: usize, seed: u64) -> (Vec<f32>, Vec<i8>, Vec<f32>) {
