@@ -721,11 +721,16 @@ impl Encoder {
         let x = block
             .attention_norm
             .forward_residual(&attn, x, cfg.layer_norm_eps)?;
-        let inter = self.lin(block, LoraTarget::Intermediate, &x, fwd)?;
         let inter = match cfg.hidden_act {
-            Activation::GeluErf => ops::gelu(&inter)?,
-            Activation::GeluTanh => inter.gelu()?,
-            Activation::Relu => inter.relu()?,
+            // The activation fused into the GEMM where the layer allows it.
+            Activation::GeluErf => block.linears[&LoraTarget::Intermediate].forward_gelu(
+                &x,
+                fwd.group,
+                fwd.also,
+                fwd.dropout_rng.as_deref_mut(),
+            )?,
+            Activation::GeluTanh => self.lin(block, LoraTarget::Intermediate, &x, fwd)?.gelu()?,
+            Activation::Relu => self.lin(block, LoraTarget::Intermediate, &x, fwd)?.relu()?,
         };
         let out = self.lin(block, LoraTarget::Output, &inter, fwd)?;
         let out = self.dropout(&out, cfg.hidden_dropout_prob, fwd)?;

@@ -261,6 +261,26 @@ impl LoraLinear {
         }
     }
 
+    /// `GELU(forward(x, group, also, rng))` (exact GELU). A quantised or packed base with no
+    /// LoRA pair active here applies the activation inside its GEMM (no pass of its own);
+    /// otherwise this is [`Self::forward`] followed by [`ops::gelu`].
+    pub fn forward_gelu(
+        &self,
+        x: &Tensor,
+        group: Option<&str>,
+        also: Option<&str>,
+        rng: Option<&mut SeedRng>,
+    ) -> Result<Tensor> {
+        let active = [group, also]
+            .into_iter()
+            .flatten()
+            .any(|g| self.loras.contains_key(g));
+        if let (Some(q), None, false) = (&self.quantized, &self.merged, active) {
+            return q.forward_gelu(x, &self.bias.t());
+        }
+        Ok(ops::gelu(&self.forward(x, group, also, rng)?)?)
+    }
+
     /// Forward with the LoRA pair of `group` added (if this layer has one), and that of `also`
     /// (a second active group, e.g. the frozen other family in MTPF-TPL).
     pub fn forward(

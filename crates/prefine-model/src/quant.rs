@@ -239,9 +239,22 @@ impl QuantizedLinear {
     /// `x · Wᵀ + bias` for `x: [..., in]`, `bias: [out]`. Inference only: a backward pass
     /// through it fails with a message saying so.
     pub fn forward(self: &Arc<Self>, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        self.apply(x, bias, false)
+    }
+
+    /// `GELU(x · Wᵀ + bias)` (exact GELU), the activation applied to each output tile as the
+    /// GEMM writes it: no pass and no tensor of its own. Inference only, as [`Self::forward`].
+    pub fn forward_gelu(self: &Arc<Self>, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        self.apply(x, bias, true)
+    }
+
+    fn apply(self: &Arc<Self>, x: &Tensor, bias: &Tensor, gelu: bool) -> Result<Tensor> {
         Ok(x.contiguous()?.apply_op2_arc(
             &bias.contiguous()?,
-            Arc::new(Box::new(QuantizedLinearOp(self.clone()))),
+            Arc::new(Box::new(QuantizedLinearOp {
+                layer: self.clone(),
+                gelu,
+            })),
         )?)
     }
 
@@ -286,7 +299,11 @@ impl QuantizedLinear {
     }
 }
 
-struct QuantizedLinearOp(Arc<QuantizedLinear>);
+struct QuantizedLinearOp {
+    layer: Arc<QuantizedLinear>,
+    /// Exact GELU on the output.
+    gelu: bool,
+}
 
 impl CustomOp2 for QuantizedLinearOp {
     fn name(&self) -> &'static str {
@@ -300,7 +317,8 @@ impl CustomOp2 for QuantizedLinearOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let q = &self.0;
+        let q = &self.layer;
+        let gelu = self.gelu;
         let x = f32_slice(s1, l1, "quantized_linear")?;
         let b = f32_slice(s2, l2, "quantized_linear")?;
         if l1.dims().last() != Some(&q.inp) {
@@ -319,9 +337,9 @@ impl CustomOp2 for QuantizedLinearOp {
         }
         let m = x.len() / q.inp.max(1);
         let y = match &q.weight {
-            QuantizedWeight::Int8(p) => int8_linear(x, m, p, b, false),
-            QuantizedWeight::Bf16(w) => bf16_linear(x, m, w, b),
-            QuantizedWeight::F32(w) => packed_linear(x, m, w, b),
+            QuantizedWeight::Int8(p) => int8_linear(x, m, p, b, gelu, false),
+            QuantizedWeight::Bf16(w) => bf16_linear(x, m, w, b, gelu),
+            QuantizedWeight::F32(w) => packed_linear(x, m, w, b, gelu),
         };
         let mut od = l1.dims().to_vec();
         *od.last_mut().expect("non-empty dims") = q.out;
@@ -339,7 +357,7 @@ impl CustomOp2 for QuantizedLinearOp {
             "a {} linear layer prepared for inference (quantised or packed) has no gradient: \
              such encoders are inference-only (train on the f32 model as loaded, quantise or \
              pack afterwards)",
-            self.0.precision()
+            self.layer.precision()
         )
     }
 }

@@ -176,8 +176,8 @@ thread_local! {
 
 /// `y[m, out] = x[m, in] · Wᵀ + bias` with `W` in bf16: the bits are widened into a
 /// per-thread f32 scratch (already in the kernel's panel layout on AVX-512) and multiplied in
-/// f32.
-pub fn bf16_linear(x: &[f32], m: usize, w: &Bf16Matrix, bias: &[f32]) -> Vec<f32> {
+/// f32. With `gelu`, `GELU(x · Wᵀ + bias)`.
+pub fn bf16_linear(x: &[f32], m: usize, w: &Bf16Matrix, bias: &[f32], gelu: bool) -> Vec<f32> {
     let (n, k) = (w.out, w.inp);
     assert!(x.len() >= m * k, "bf16_linear: x is shorter than m x in");
     assert_eq!(bias.len(), n, "bf16_linear: one bias per output");
@@ -191,18 +191,24 @@ pub fn bf16_linear(x: &[f32], m: usize, w: &Bf16Matrix, bias: &[f32]) -> Vec<f32
         match w.layout {
             #[cfg(target_arch = "x86_64")]
             Bf16Layout::Panels => {
-                super::sgemm::gemm_panels_bias(m, x, PanelsRef::new(n, k, wide), bias)
+                super::sgemm::gemm_panels_bias(m, x, PanelsRef::new(n, k, wide), bias, gelu)
             }
             #[cfg(not(target_arch = "x86_64"))]
             Bf16Layout::Panels => unreachable!("panels are only built on x86_64"),
-            Bf16Layout::Transposed => linear_new(
-                m,
-                n,
-                k,
-                MatRef::row_major(&x[..m * k], k),
-                MatRef::row_major(wide, n),
-                bias,
-            ),
+            Bf16Layout::Transposed => {
+                let mut y = linear_new(
+                    m,
+                    n,
+                    k,
+                    MatRef::row_major(&x[..m * k], k),
+                    MatRef::row_major(wide, n),
+                    bias,
+                );
+                if gelu {
+                    super::fast_math::gelu_in_place(&mut y);
+                }
+                y
+            }
         }
     };
     // A thread waiting inside the GEMM's parallel loop may run another layer's call (rayon
@@ -279,7 +285,7 @@ mod tests {
         );
         let rounded: Vec<u16> = w.iter().map(|&v| f32_to_bf16(v)).collect();
         assert_eq!(b.to_bits(), rounded, "row-major bits");
-        let y = bf16_linear(&x, m, &b, &bias);
+        let y = bf16_linear(&x, m, &b, &bias, false);
         for i in 0..m {
             for j in 0..n {
                 let r: f64 = (0..k)

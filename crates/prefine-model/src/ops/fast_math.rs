@@ -70,6 +70,39 @@ pub fn gelu_grad(x: f32) -> f32 {
     cdf + x * INV_SQRT_2PI * exp(-0.5 * x * x)
 }
 
+/// Exact GELU in place over `x`, vectorised where the CPU allows (the activation of a linear
+/// layer fused into its output pass).
+pub fn gelu_in_place(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was detected above.
+        unsafe { gelu_in_place_avx512(x) };
+        return;
+    }
+    x.iter_mut().for_each(|v| *v = gelu(*v));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gelu_in_place_avx512(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = gelu(*v));
+}
+
+/// Exact GELU in place over an `mr x nr` tile at row stride `ldc`, for GEMM kernels (AVX-512
+/// code: the tile was just written and is still in L1).
+///
+/// # Safety
+/// AVX-512F must be available; `c` must be valid for `mr` rows of `nr` elements at stride
+/// `ldc`, accessed by no one else during the call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(crate) unsafe fn gelu_tile_avx512(c: *mut f32, ldc: usize, mr: usize, nr: usize) {
+    for i in 0..mr {
+        let row = std::slice::from_raw_parts_mut(c.add(i * ldc), nr);
+        row.iter_mut().for_each(|v| *v = gelu(*v));
+    }
+}
+
 /// Applies `f` element-wise from `src` into the uninitialised `dst` (every element of `dst` is
 /// written; `dst` and `src` have the same length), compiled for AVX-512 or AVX2+FMA when the
 /// CPU has it.

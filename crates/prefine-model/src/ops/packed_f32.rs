@@ -55,24 +55,37 @@ impl PackedF32Matrix {
     }
 }
 
-/// `y = x · Wᵀ + bias` for `x: [m, in]` (row-major) with a packed weight.
-pub fn packed_linear(x: &[f32], m: usize, w: &PackedF32Matrix, bias: &[f32]) -> Vec<f32> {
+/// `y = x · Wᵀ + bias` for `x: [m, in]` (row-major) with a packed weight; with `gelu`,
+/// `GELU(x · Wᵀ + bias)` (applied in the GEMM's last store on the panel path).
+pub fn packed_linear(
+    x: &[f32],
+    m: usize,
+    w: &PackedF32Matrix,
+    bias: &[f32],
+    gelu: bool,
+) -> Vec<f32> {
     let (n, k) = (w.out, w.inp);
     assert!(x.len() >= m * k, "packed_linear: x is shorter than m x in");
     assert_eq!(bias.len(), n, "packed_linear: one bias per output");
     match &w.layout {
         #[cfg(target_arch = "x86_64")]
-        Layout::Panels(p) => super::sgemm::gemm_panels_bias(m, x, p.view(), bias),
+        Layout::Panels(p) => super::sgemm::gemm_panels_bias(m, x, p.view(), bias, gelu),
         #[cfg(not(target_arch = "x86_64"))]
         Layout::Panels(_) => unreachable!("panels are only built on x86_64"),
-        Layout::RowMajor(wt) => linear_new(
-            m,
-            n,
-            k,
-            MatRef::row_major(&x[..m * k], k),
-            MatRef::transposed(wt, k),
-            bias,
-        ),
+        Layout::RowMajor(wt) => {
+            let mut y = linear_new(
+                m,
+                n,
+                k,
+                MatRef::row_major(&x[..m * k], k),
+                MatRef::transposed(wt, k),
+                bias,
+            );
+            if gelu {
+                super::fast_math::gelu_in_place(&mut y);
+            }
+            y
+        }
     }
 }
 
@@ -93,7 +106,7 @@ mod tests {
         let bias: Vec<f32> = (0..out).map(|i| i as f32 * 0.01).collect();
         let packed = PackedF32Matrix::from_f32(&w, out, inp);
         assert_eq!(packed.to_f32(), w);
-        let y = packed_linear(&x, m, &packed, &bias);
+        let y = packed_linear(&x, m, &packed, &bias, false);
         for i in 0..m {
             for j in 0..out {
                 let want: f32 = bias[j]
@@ -102,6 +115,32 @@ mod tests {
                         .sum::<f32>();
                 let got = y[i * out + j];
                 assert!((got - want).abs() < 1e-4, "({i}, {j}): {got} vs {want}");
+            }
+        }
+        // The fused activation is GELU of the same output, bit for bit, for every input width
+        // (one and several KC blocks) and layout.
+        for (m, inp) in [(7, 45), (33, 300), (13, 700)] {
+            let x: Vec<f32> = (0..m * inp)
+                .map(|i| ((i % 17) as f32 - 8.0) * 0.07)
+                .collect();
+            let w: Vec<f32> = (0..out * inp)
+                .map(|i| ((i % 19) as f32 - 9.0) * 0.01)
+                .collect();
+            for packed in [
+                PackedF32Matrix::from_f32(&w, out, inp),
+                PackedF32Matrix {
+                    out,
+                    inp,
+                    layout: Layout::RowMajor(w.clone()),
+                },
+            ] {
+                let mut want = packed_linear(&x, m, &packed, &bias, false);
+                super::super::fast_math::gelu_in_place(&mut want);
+                assert_eq!(
+                    packed_linear(&x, m, &packed, &bias, true),
+                    want,
+                    "{m}x{inp}"
+                );
             }
         }
     }

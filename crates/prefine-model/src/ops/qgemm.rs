@@ -490,6 +490,8 @@ enum Sink<'a> {
         c: OutPtr<f32>,
         bias: &'a [f32],
         simd: bool,
+        /// Apply the exact GELU to each tile once written (the layer's activation, fused).
+        gelu: bool,
     },
     /// The raw i32 accumulators (tests).
     I32 { c: OutPtr<i32> },
@@ -539,7 +541,12 @@ fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, vnni: bool, sink: &Sink) {
                     tile_scalar(w.kq, &x.a, x.lda, row0, mr, panel, &mut tile);
                 }
                 match sink {
-                    Sink::F32 { c, bias, simd } => {
+                    Sink::F32 {
+                        c,
+                        bias,
+                        simd,
+                        gelu,
+                    } => {
                         let cols = Cols {
                             scale: &w.scales[j0..j0 + NR],
                             sum: &w.row_sums[j0..j0 + NR],
@@ -554,10 +561,19 @@ fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, vnni: bool, sink: &Sink) {
                             #[cfg(target_arch = "x86_64")]
                             if *simd {
                                 epilogue_avx512(&tile, mr, nr, sx, zr, &cols, dst, n);
+                                if *gelu {
+                                    super::fast_math::gelu_tile_avx512(dst, n, mr, nr);
+                                }
                                 continue;
                             }
                             let _ = simd;
                             epilogue_scalar(&tile, mr, nr, sx, zr, &cols, dst, n);
+                            if *gelu {
+                                for i in 0..mr {
+                                    let row = std::slice::from_raw_parts_mut(dst.add(i * n), nr);
+                                    row.iter_mut().for_each(|v| *v = super::fast_math::gelu(*v));
+                                }
+                            }
                         }
                     }
                     Sink::I32 { c } => {
@@ -587,6 +603,7 @@ pub fn int8_linear(
     m: usize,
     w: &PackedI8,
     bias: &[f32],
+    gelu: bool,
     force_scalar: bool,
 ) -> Vec<f32> {
     let (n, k) = (w.n, w.k);
@@ -599,6 +616,7 @@ pub fn int8_linear(
         c: OutPtr(y.as_mut_ptr()),
         bias,
         simd,
+        gelu,
     };
     drive(&xq, m, w, vnni_available() && !force_scalar, &sink);
     // SAFETY: every tile of the m x n output was written by `drive` (the tiles cover it).
@@ -692,9 +710,23 @@ mod tests {
             let (x, q, sc) = case(m, n, k, 100 + t as u64);
             let w = PackedI8::pack(&q, &sc, n, k);
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 0.3).collect();
-            let fast = int8_linear(&x, m, &w, &bias, false);
-            let slow = int8_linear(&x, m, &w, &bias, true);
+            let fast = int8_linear(&x, m, &w, &bias, false, false);
+            let slow = int8_linear(&x, m, &w, &bias, false, true);
             assert_eq!(fast, slow, "{m}x{n}x{k}");
+            // The fused GELU is GELU of the same output, on both paths.
+            let mut want = fast.clone();
+            want.iter_mut()
+                .for_each(|v| *v = super::super::fast_math::gelu(*v));
+            assert_eq!(
+                int8_linear(&x, m, &w, &bias, true, false),
+                want,
+                "{m}x{n}x{k}"
+            );
+            assert_eq!(
+                int8_linear(&x, m, &w, &bias, true, true),
+                want,
+                "{m}x{n}x{k}"
+            );
             // And the quantisers agree code for code.
             let qa = quantize_rows_with(&x, m, k, avx512_available());
             let qb = quantize_rows_with(&x, m, k, false);
@@ -715,7 +747,7 @@ mod tests {
         let (q, sc) = quantize_weight_rows(&w, n, k);
         let packed = PackedI8::pack(&q, &sc, n, k);
         let bias = vec![0.5f32; n];
-        let y = int8_linear(&x, m, &packed, &bias, false);
+        let y = int8_linear(&x, m, &packed, &bias, false, false);
         let mut max_err = 0f64;
         let mut max_ref = 0f64;
         for i in 0..m {

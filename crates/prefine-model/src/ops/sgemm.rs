@@ -441,6 +441,7 @@ pub(crate) unsafe fn sgemm(
             ldc,
             start,
             parallel,
+            false,
             &mut bpack,
         ),
         Err(_) => sgemm_blocks(
@@ -453,6 +454,7 @@ pub(crate) unsafe fn sgemm(
             ldc,
             start,
             parallel,
+            false,
             &mut Vec::new(),
         ),
     })
@@ -472,9 +474,15 @@ pub(crate) unsafe fn sgemm_packed(
     ldc: usize,
     start: Start,
     parallel: bool,
+    gelu: bool,
 ) {
     let (n, k) = b.dims();
     if empty_product(m, n, k, c, ldc, start) {
+        if gelu && k == 0 {
+            for i in 0..m {
+                super::fast_math::gelu_in_place(std::slice::from_raw_parts_mut(c.add(i * ldc), n));
+            }
+        }
         return;
     }
     sgemm_blocks(
@@ -487,6 +495,7 @@ pub(crate) unsafe fn sgemm_packed(
         ldc,
         start,
         parallel,
+        gelu,
         &mut Vec::new(),
     )
 }
@@ -496,7 +505,15 @@ pub(crate) unsafe fn sgemm_packed(
 /// large enough. The bias is added in the kernel's first store, and the output is never
 /// zero-filled (the kernel writes every element).
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn gemm_panels_bias(m: usize, x: &[f32], w: PanelsRef, bias: &[f32]) -> Vec<f32> {
+/// With `gelu`, the exact GELU is applied to each tile in the kernel's last store (the
+/// activation of the layer, without a pass of its own).
+pub(crate) fn gemm_panels_bias(
+    m: usize,
+    x: &[f32],
+    w: PanelsRef,
+    bias: &[f32],
+    gelu: bool,
+) -> Vec<f32> {
     let (n, k) = w.dims();
     assert!(available(), "packed panels need the AVX-512 kernel");
     assert!(
@@ -521,6 +538,7 @@ pub(crate) fn gemm_panels_bias(m: usize, x: &[f32], w: PanelsRef, bias: &[f32]) 
             n,
             Start::Bias(bias),
             super::kernels::worth_parallel(m, n, k),
+            gelu,
         );
         y.set_len(m * n);
     }
@@ -540,6 +558,7 @@ unsafe fn sgemm_blocks(
     ldc: usize,
     start: Start,
     parallel: bool,
+    gelu: bool,
     bpack: &mut Vec<f32>,
 ) {
     let accumulate = matches!(start, Start::Accumulate);
@@ -558,6 +577,7 @@ unsafe fn sgemm_blocks(
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
             let overwrite = p0 == 0 && !accumulate;
+            let gelu_now = gelu && p0 + kc == k;
             let bp: &[f32] = match b {
                 BSource::Strided(b) => {
                     pack_b(b, p0, kc, j0, nc, bpack);
@@ -592,6 +612,9 @@ unsafe fn sgemm_blocks(
                             bias.get().add(j0 + jr)
                         };
                         kernel_tile(kc, asrc, bpanel, cptr, ldc, mr, nr, overwrite, bias);
+                        if gelu_now {
+                            super::fast_math::gelu_tile_avx512(cptr, ldc, mr, nr);
+                        }
                     }
                 }
             };
@@ -926,7 +949,7 @@ mod tests {
             let wm = MatRef::transposed(&w, k);
             unsafe { sgemm(m, n, k, am, wm, c.as_mut_ptr(), n, Start::Bias(&bias), true) };
             let packed = PackedB::pack(&w, n, k);
-            let p = gemm_panels_bias(m, &a, packed.view(), &bias);
+            let p = gemm_panels_bias(m, &a, packed.view(), &bias, false);
             for (i, (x, y)) in c.iter().zip(&p).enumerate() {
                 let want = want[i] + bias[i % n];
                 assert!(
@@ -968,6 +991,7 @@ mod tests {
                         n,
                         Start::from_accumulate(acc),
                         true,
+                        false,
                     )
                 };
                 for (x, w) in c.iter().zip(&want) {
