@@ -99,7 +99,17 @@ unsafe fn gelu_in_place_avx512(x: &mut [f32]) {
 pub(crate) unsafe fn gelu_tile_avx512(c: *mut f32, ldc: usize, mr: usize, nr: usize) {
     for i in 0..mr {
         let row = std::slice::from_raw_parts_mut(c.add(i * ldc), nr);
-        row.iter_mut().for_each(|v| *v = gelu(*v));
+        // Rows are short (a 32-column tile): whole 16-lane chunks make each one vector of
+        // work (a plain loop would leave a 32-element row to its scalar remainder).
+        let mut chunks = row.chunks_exact_mut(16);
+        for ch in &mut chunks {
+            for v in ch.iter_mut() {
+                *v = gelu(*v);
+            }
+        }
+        for v in chunks.into_remainder() {
+            *v = gelu(*v);
+        }
     }
 }
 
