@@ -40,7 +40,10 @@ use crate::error::{Error, Result};
 use crate::ops::bf16::{bf16_linear, bf16_to_f32, Bf16Matrix};
 use crate::ops::f32_slice;
 use crate::ops::packed_f32::{packed_linear, PackedF32Matrix};
-use crate::ops::qgemm::{int8_linear, quantize_weight_rows, PackedI8};
+use crate::ops::qgemm::{
+    int8_linear, int8_linear_quantized, quantize_rows, quantize_weight_rows, PackedI8,
+    QuantizedRows,
+};
 use crate::weights::write_atomic;
 
 /// The safetensors metadata key that records a quantised checkpoint's precision.
@@ -249,11 +252,17 @@ impl QuantizedLinear {
     }
 
     fn apply(self: &Arc<Self>, x: &Tensor, bias: &Tensor, gelu: bool) -> Result<Tensor> {
-        Ok(x.contiguous()?.apply_op2_arc(
+        let x = x.contiguous()?;
+        let input = match &self.weight {
+            QuantizedWeight::Int8(_) => Some(quantized_input(&x, self.inp)?),
+            _ => None,
+        };
+        Ok(x.apply_op2_arc(
             &bias.contiguous()?,
             Arc::new(Box::new(QuantizedLinearOp {
                 layer: self.clone(),
                 gelu,
+                input,
             })),
         )?)
     }
@@ -299,10 +308,46 @@ impl QuantizedLinear {
     }
 }
 
+thread_local! {
+    /// The input this thread quantised last, by tensor id (ids are never reused): the query,
+    /// key and value layers read one input, which is quantised once.
+    static LAST_INPUT: std::cell::RefCell<Option<(candle_core::TensorId, usize, Arc<QuantizedRows>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `x` (contiguous, rows of `k`) quantised to u8 rows, reusing this thread's last result when
+/// it is the same tensor.
+fn quantized_input(x: &Tensor, k: usize) -> Result<Arc<QuantizedRows>> {
+    let id = x.id();
+    let hit = LAST_INPUT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|(i, kk, _)| *i == id && *kk == k)
+            .map(|(_, _, q)| q.clone())
+    });
+    if let Some(q) = hit {
+        return Ok(q);
+    }
+    let n = x.elem_count();
+    if k == 0 || !n.is_multiple_of(k) {
+        return Err(Error::Input(format!(
+            "quantized_linear: input {:?} does not end with in_features {k}",
+            x.dims()
+        )));
+    }
+    let q = Arc::new(crate::ops::with_f32(x, "quantized_linear", |v| {
+        quantize_rows(v, n / k, k)
+    })?);
+    LAST_INPUT.with(|c| *c.borrow_mut() = Some((id, k, q.clone())));
+    Ok(q)
+}
+
 struct QuantizedLinearOp {
     layer: Arc<QuantizedLinear>,
     /// Exact GELU on the output.
     gelu: bool,
+    /// The input already quantised (int8 weights).
+    input: Option<Arc<QuantizedRows>>,
 }
 
 impl CustomOp2 for QuantizedLinearOp {
@@ -337,7 +382,10 @@ impl CustomOp2 for QuantizedLinearOp {
         }
         let m = x.len() / q.inp.max(1);
         let y = match &q.weight {
-            QuantizedWeight::Int8(p) => int8_linear(x, m, p, b, gelu, false),
+            QuantizedWeight::Int8(p) => match &self.input {
+                Some(xq) => int8_linear_quantized(xq, m, p, b, gelu, false),
+                None => int8_linear(x, m, p, b, gelu, false),
+            },
             QuantizedWeight::Bf16(w) => bf16_linear(x, m, w, b, gelu),
             QuantizedWeight::F32(w) => packed_linear(x, m, w, b, gelu),
         };
@@ -626,5 +674,42 @@ impl Encoder {
         })?;
         write_atomic(&path, &bytes)?;
         self.write_config_and_tokenizer(dir, tokenizer_from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An input quantised once and reused (same tensor) gives what quantising it again gives,
+    /// and another tensor of the same shape is never served the cached codes.
+    #[test]
+    fn shared_input_quantisation_is_exact_and_keyed_by_tensor() {
+        let dev = Device::Cpu;
+        let w = Tensor::from_vec(
+            (0..6 * 8)
+                .map(|i| ((i % 7) as f32 - 3.0) * 0.1)
+                .collect::<Vec<f32>>(),
+            (6, 8),
+            &dev,
+        )
+        .unwrap();
+        let bias = Tensor::zeros(6, DType::F32, &dev).unwrap();
+        let q = Arc::new(QuantizedLinear::quantize(&w, Precision::Int8).unwrap());
+        let xa: Vec<f32> = (0..3 * 8).map(|i| (i as f32 * 0.37).sin()).collect();
+        let xb: Vec<f32> = xa.iter().map(|v| -2.0 * v).collect();
+        let a = Tensor::from_vec(xa.clone(), (3, 8), &dev).unwrap();
+        let b = Tensor::from_vec(xb, (3, 8), &dev).unwrap();
+        let first = q.forward(&a, &bias).unwrap().to_vec2::<f32>().unwrap();
+        let again = q.forward(&a, &bias).unwrap().to_vec2::<f32>().unwrap();
+        let fresh = q
+            .forward(&Tensor::from_vec(xa, (3, 8), &dev).unwrap(), &bias)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(first, again);
+        assert_eq!(first, fresh);
+        let other = q.forward(&b, &bias).unwrap().to_vec2::<f32>().unwrap();
+        assert_ne!(first, other);
     }
 }

@@ -606,11 +606,29 @@ pub fn int8_linear(
     gelu: bool,
     force_scalar: bool,
 ) -> Vec<f32> {
-    let (n, k) = (w.n, w.k);
-    assert!(x.len() >= m * k, "int8_linear: x is shorter than m x k");
+    assert!(x.len() >= m * w.k, "int8_linear: x is shorter than m x k");
+    let simd = avx512_available() && !force_scalar;
+    let xq = quantize_rows_with(x, m, w.k, simd);
+    int8_linear_quantized(&xq, m, w, bias, gelu, force_scalar)
+}
+
+/// [`int8_linear`] from activations already quantised by [`quantize_rows`] (several layers
+/// reading one input, e.g. query, key and value, quantise it once).
+pub fn int8_linear_quantized(
+    xq: &QuantizedRows,
+    m: usize,
+    w: &PackedI8,
+    bias: &[f32],
+    gelu: bool,
+    force_scalar: bool,
+) -> Vec<f32> {
+    let n = w.n;
+    assert!(
+        xq.scale.len() >= m && xq.a.len() >= m * xq.lda && xq.lda == w.kq * 4,
+        "int8_linear: quantised input does not match m x k"
+    );
     assert_eq!(bias.len(), n, "int8_linear: one bias per output");
     let simd = avx512_available() && !force_scalar;
-    let xq = quantize_rows_with(x, m, k, simd);
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
     let sink = Sink::F32 {
         c: OutPtr(y.as_mut_ptr()),
@@ -618,7 +636,7 @@ pub fn int8_linear(
         simd,
         gelu,
     };
-    drive(&xq, m, w, vnni_available() && !force_scalar, &sink);
+    drive(xq, m, w, vnni_available() && !force_scalar, &sink);
     // SAFETY: every tile of the m x n output was written by `drive` (the tiles cover it).
     unsafe { y.set_len(m * n) };
     y
