@@ -54,6 +54,11 @@ impl Attention {
     }
 }
 
+thread_local! {
+    /// Per-thread scratch for one head's `[seq, seq]` scores at inference.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
         "prefine-attention"
@@ -82,7 +87,10 @@ impl CustomOp3 for Attention {
         );
         let nh = self.heads;
         let dh = h / nh;
-        let mut ctx = vec![0f32; b * s * h];
+        // Every element of `ctx` is written by exactly one (batch, head) task's GEMM (in
+        // overwrite mode), so it is never zero-filled first.
+        let n = b * s * h;
+        let mut ctx: Vec<f32> = Vec::with_capacity(n);
         // Probabilities are kept only when a backward pass will need them.
         let mut probs = if self.keep_probs {
             vec![0f32; b * nh * s * s]
@@ -91,15 +99,7 @@ impl CustomOp3 for Attention {
         };
         let out = SharedMut(ctx.as_mut_ptr());
         let probs_ptr = SharedMut(probs.as_mut_ptr());
-        (0..b * nh).into_par_iter().for_each(|bh| {
-            let mut scratch = Vec::new();
-            let p: &mut [f32] = if self.keep_probs {
-                // SAFETY: each task owns the [s, s] block `bh` of `probs`.
-                unsafe { std::slice::from_raw_parts_mut(probs_ptr.get().add(bh * s * s), s * s) }
-            } else {
-                scratch.resize(s * s, 0f32);
-                &mut scratch
-            };
+        let head = |bh: usize, p: &mut [f32]| {
             let (bi, hi) = (bh / nh, bh % nh);
             let base = bi * s * h + hi * dh;
             let qm = MatRef {
@@ -145,7 +145,30 @@ impl CustomOp3 for Attention {
                     vm,
                 )
             };
+        };
+        (0..b * nh).into_par_iter().for_each(|bh| {
+            if self.keep_probs {
+                // SAFETY: each task owns the [s, s] block `bh` of `probs`.
+                let p = unsafe {
+                    std::slice::from_raw_parts_mut(probs_ptr.get().add(bh * s * s), s * s)
+                };
+                head(bh, p);
+                return;
+            }
+            // Inference: the scores live in this thread's reused scratch (the GEMM overwrites
+            // it); a nested call on a busy thread gets a buffer of its own.
+            SCORES.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut buf) => {
+                    if buf.len() < s * s {
+                        buf.resize(s * s, 0.0);
+                    }
+                    head(bh, &mut buf[..s * s]);
+                }
+                Err(_) => head(bh, &mut vec![0f32; s * s]),
+            });
         });
+        // SAFETY: the (batch, head) blocks written above cover all n elements of `ctx`.
+        unsafe { ctx.set_len(n) };
         if self.keep_probs {
             *self.probs.lock().expect("not poisoned") = Some(probs);
         }
