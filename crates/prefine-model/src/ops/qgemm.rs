@@ -507,7 +507,9 @@ fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, vnni: bool, sink: &Sink) {
     let parallel = threads > 1 && m * n * w.k >= 32 * 32 * 64;
     let (groups, per_group) = super::sgemm::column_groups(mblocks, npanels, parallel);
     let task = |t: usize| {
-        let (ib, g) = (t / groups, t % groups);
+        // Group-major order: rayon halves the task range, and each half then holds every row
+        // block (a short last block no longer lands beside its twin on one thread).
+        let (ib, g) = (t % mblocks, t / mblocks);
         let i0 = ib * MC;
         let mc = MC.min(m - i0);
         let (first, last) = (g * per_group, ((g + 1) * per_group).min(npanels));

@@ -618,10 +618,12 @@ unsafe fn sgemm_blocks(
                     }
                 }
             };
+            // Tasks run in group-major order: rayon halves the task range, and each half then
+            // holds every row block (a short last block no longer lands beside its twin).
             if direct_a {
                 // Row-major A: the kernel broadcasts straight from its rows (no packing).
                 let tasks = mblocks * groups;
-                let task = |t: usize| run_block(t / groups, t % groups, &[]);
+                let task = |t: usize| run_block(t % mblocks, t / mblocks, &[]);
                 if parallel && rayon::current_num_threads() > 1 && tasks > 1 {
                     (0..tasks).into_par_iter().for_each(task);
                 } else {
@@ -644,14 +646,14 @@ unsafe fn sgemm_blocks(
                     }
                     let shared = &*shared;
                     (0..tasks).into_par_iter().for_each(|t| {
-                        let ib = t / groups;
-                        run_block(ib, t % groups, &shared[ib * block_len..]);
+                        let ib = t % mblocks;
+                        run_block(ib, t / mblocks, &shared[ib * block_len..]);
                     });
                 });
                 continue;
             }
             let task = |t: usize| {
-                let (ib, g) = (t / groups, t % groups);
+                let (ib, g) = (t % mblocks, t / mblocks);
                 let i0 = ib * MC;
                 let mc = MC.min(m - i0);
                 let need = mc.div_ceil(MR) * kc * MR;
