@@ -165,44 +165,6 @@ unsafe fn map_into_uninit_avx512(
     }
 }
 
-/// Applies `f` element-wise from `src` into `dst`, compiled for AVX2+FMA when the CPU has it.
-#[inline(always)]
-pub fn map_into(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32 + Copy) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was detected above.
-            unsafe { map_into_avx512(dst, src, f) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the features were detected above.
-            unsafe { map_into_avx2(dst, src, f) };
-            return;
-        }
-    }
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = f(*s);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn map_into_avx2(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32 + Copy) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = f(*s);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn map_into_avx512(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32 + Copy) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = f(*s);
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn zip_map_into_avx512(

@@ -71,20 +71,6 @@ impl Start<'_> {
     }
 }
 
-/// A bias pointer that rayon tasks may share (read-only).
-#[derive(Clone, Copy)]
-struct BiasPtr(*const f32);
-// SAFETY: only read, and the slice outlives the GEMM call.
-unsafe impl Send for BiasPtr {}
-unsafe impl Sync for BiasPtr {}
-
-impl BiasPtr {
-    #[inline(always)]
-    fn get(self) -> *const f32 {
-        self.0
-    }
-}
-
 /// Where the micro-kernel reads A.
 #[derive(Clone, Copy)]
 enum ASource {
@@ -565,13 +551,13 @@ unsafe fn sgemm_blocks(
     // A row-major A (unit column stride) is read in place by the kernel.
     let direct_a = a.cs == 1 && a.rs > 0 && !pack_a_forced();
     let lda = a.rs.max(0) as usize;
-    let bias = BiasPtr(match start {
+    let bias = match start {
         Start::Bias(b) => {
             assert!(b.len() >= n, "sgemm: bias shorter than n");
-            b.as_ptr()
+            Some(b)
         }
-        _ => std::ptr::null(),
-    });
+        _ => None,
+    };
     for j0 in (0..n).step_by(NC) {
         let nc = NC.min(n - j0);
         for p0 in (0..k).step_by(KC) {
@@ -606,11 +592,7 @@ unsafe fn sgemm_blocks(
                             ASource::Panel(apack.as_ptr().add((ir / MR) * kc * MR))
                         };
                         let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
-                        let bias = if bias.get().is_null() {
-                            bias.get()
-                        } else {
-                            bias.get().add(j0 + jr)
-                        };
+                        let bias = bias.map_or(std::ptr::null(), |b| b.as_ptr().add(j0 + jr));
                         kernel_tile(kc, asrc, bpanel, cptr, ldc, mr, nr, overwrite, bias);
                         if gelu_now {
                             super::fast_math::gelu_tile_avx512(cptr, ldc, mr, nr);
