@@ -12,31 +12,20 @@ into BENCH_OUT/minilm[_opt].int8.onnx. Timing, inputs, threads (2) and the JSON 
 anchor script, which is imported from ANCHOR_SCRIPT (default ../shared/bench/onnxruntime_anchor.py
 next to the repository). One JSON line on stdout; diagnostics on stderr.
 """
-import importlib.util
 import json
 import os
 import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ANCHOR = os.environ.get(
-    "ANCHOR_SCRIPT", os.path.join(HERE, "..", "..", "shared", "bench", "onnxruntime_anchor.py")
-)
-
-
-def load_anchor():
-    spec = importlib.util.spec_from_file_location("onnxruntime_anchor", ANCHOR)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from shared_anchor import load_anchor
 
 
 def main():
     argv = sys.argv[1:]
     use_opt = "--opt" in argv
     argv = [a for a in argv if a != "--opt"]
-    anchor = load_anchor()
+    anchor = load_anchor("onnxruntime_anchor.py")
     if len(argv) != 1 or argv[0] not in anchor.WORKLOADS:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

@@ -11,27 +11,15 @@ is that each run executes inside torch.autocast("cpu", dtype=torch.bfloat16): ma
 weights, optimizer state and reductions in f32 (PyTorch's mixed precision). One JSON line on
 stdout; diagnostics on stderr.
 """
-import importlib.util
 import json
-import os
 import statistics
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ANCHOR = os.environ.get(
-    "ANCHOR_SCRIPT", os.path.join(HERE, "..", "..", "shared", "bench", "pytorch_anchor.py")
-)
-
-
-def load_anchor():
-    spec = importlib.util.spec_from_file_location("pytorch_anchor", ANCHOR)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from shared_anchor import load_anchor
 
 
 def main():
-    anchor = load_anchor()
+    anchor = load_anchor("pytorch_anchor.py")
     torch = anchor.torch
     if len(sys.argv) != 2 or sys.argv[1] not in anchor.WORKLOADS:
         print(__doc__, file=sys.stderr)

@@ -10,7 +10,7 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use super::fast_math::{dot as fdot, exp, masked_max, sum as fsum, zip_map_inplace};
-use super::kernels::{gemm_into_strided, MatRef, SharedMut};
+use super::kernels::{gemm_into_strided, with_buffer, MatRef, SharedMut};
 use super::{f32_slice, with_f32};
 
 struct Attention {
@@ -157,15 +157,7 @@ impl CustomOp3 for Attention {
             }
             // Inference: the scores live in this thread's reused scratch (the GEMM overwrites
             // it); a nested call on a busy thread gets a buffer of its own.
-            SCORES.with(|cell| match cell.try_borrow_mut() {
-                Ok(mut buf) => {
-                    if buf.len() < s * s {
-                        buf.resize(s * s, 0.0);
-                    }
-                    head(bh, &mut buf[..s * s]);
-                }
-                Err(_) => head(bh, &mut vec![0f32; s * s]),
-            });
+            with_buffer(&SCORES, s * s, |p| head(bh, p));
         });
         // SAFETY: the (batch, head) blocks written above cover all n elements of `ctx`.
         unsafe { ctx.set_len(n) };

@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::kernels::{linear_new, use_own_kernel, MatRef};
+use super::kernels::{linear_new, use_own_kernel, with_buffer, MatRef};
 use super::sgemm::{PackedB, PanelsRef};
 
 /// `f32` -> bf16 bits, rounding to nearest with ties to even (as PyTorch's `to(bfloat16)`);
@@ -181,12 +181,9 @@ pub fn bf16_linear(x: &[f32], m: usize, w: &Bf16Matrix, bias: &[f32], gelu: bool
     let (n, k) = (w.out, w.inp);
     assert!(x.len() >= m * k, "bf16_linear: x is shorter than m x in");
     assert_eq!(bias.len(), n, "bf16_linear: one bias per output");
-    let run = |scratch: &mut Vec<f32>| {
-        let len = w.bits.len();
-        if scratch.len() < len {
-            scratch.resize(len, 0.0);
-        }
-        let wide = &mut scratch[..len];
+    // A thread waiting inside the GEMM's parallel loop may run another layer's call (rayon
+    // work stealing): `with_buffer` then gives that call a buffer of its own.
+    with_buffer(&SCRATCH, w.bits.len(), |wide| {
         widen(&w.bits, wide);
         match w.layout {
             #[cfg(target_arch = "x86_64")]
@@ -195,27 +192,16 @@ pub fn bf16_linear(x: &[f32], m: usize, w: &Bf16Matrix, bias: &[f32], gelu: bool
             }
             #[cfg(not(target_arch = "x86_64"))]
             Bf16Layout::Panels => unreachable!("panels are only built on x86_64"),
-            Bf16Layout::Transposed => {
-                let mut y = linear_new(
-                    m,
-                    n,
-                    k,
-                    MatRef::row_major(&x[..m * k], k),
-                    MatRef::row_major(wide, n),
-                    bias,
-                );
-                if gelu {
-                    super::fast_math::gelu_in_place(&mut y);
-                }
-                y
-            }
+            Bf16Layout::Transposed => linear_new(
+                m,
+                n,
+                k,
+                MatRef::row_major(&x[..m * k], k),
+                MatRef::row_major(wide, n),
+                bias,
+                gelu,
+            ),
         }
-    };
-    // A thread waiting inside the GEMM's parallel loop may run another layer's call (rayon
-    // work stealing): then its scratch is borrowed and that call uses a buffer of its own.
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut s) => run(&mut s),
-        Err(_) => run(&mut Vec::new()),
     })
 }
 

@@ -140,9 +140,32 @@ pub(crate) fn bias_rows(bias: &[f32], m: usize) -> Vec<f32> {
     y
 }
 
-/// A new row-major `[m, n]` matrix `a · b + 1 biasᵀ` (a linear layer's forward). With this
-/// crate's kernel the bias is added in the kernel's first store and the output is never
-/// zero-filled; otherwise the output starts as the bias rows.
+/// A per-thread scratch buffer (see [`with_buffer`]).
+pub(crate) type Buffer = std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>;
+
+/// Runs `f` on the first `len` elements of this thread's buffer `key` (grown when short), or on
+/// a fresh buffer when it is already borrowed: a thread blocked in a parallel loop may run
+/// another op stolen by rayon, which must not share the outer call's buffer. The contents are
+/// stale: `f` must write what it reads.
+pub(crate) fn with_buffer<R>(
+    key: &'static Buffer,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// A new row-major `[m, n]` matrix `a · b + 1 biasᵀ` (a linear layer's forward), with the exact
+/// GELU applied when `gelu`. With this crate's kernel the bias is added in the kernel's first
+/// store and the output is never zero-filled; otherwise the output starts as the bias rows.
 pub(crate) fn linear_new(
     m: usize,
     n: usize,
@@ -150,7 +173,16 @@ pub(crate) fn linear_new(
     a: MatRef,
     b: MatRef,
     bias: &[f32],
+    gelu: bool,
 ) -> Vec<f32> {
+    let mut y = linear_bias_new(m, n, k, a, b, bias);
+    if gelu {
+        super::fast_math::gelu_in_place(&mut y);
+    }
+    y
+}
+
+fn linear_bias_new(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, bias: &[f32]) -> Vec<f32> {
     assert_eq!(bias.len(), n, "linear: one bias per output column");
     #[cfg(target_arch = "x86_64")]
     if use_own_kernel() {

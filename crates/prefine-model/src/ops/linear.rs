@@ -56,6 +56,7 @@ fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, out: usize, inp: u
         MatRef::row_major(x, inp),
         MatRef::transposed(w, inp),
         b,
+        false,
     )
 }
 

@@ -70,6 +70,7 @@ impl CustomOp3 for FrozenLoraLinear {
                     MatRef::row_major(x, inp),
                     MatRef::transposed(w, inp),
                     bias,
+                    false,
                 );
                 gemm(
                     m,

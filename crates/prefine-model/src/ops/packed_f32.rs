@@ -72,20 +72,15 @@ pub fn packed_linear(
         Layout::Panels(p) => super::sgemm::gemm_panels_bias(m, x, p.view(), bias, gelu),
         #[cfg(not(target_arch = "x86_64"))]
         Layout::Panels(_) => unreachable!("panels are only built on x86_64"),
-        Layout::RowMajor(wt) => {
-            let mut y = linear_new(
-                m,
-                n,
-                k,
-                MatRef::row_major(&x[..m * k], k),
-                MatRef::transposed(wt, k),
-                bias,
-            );
-            if gelu {
-                super::fast_math::gelu_in_place(&mut y);
-            }
-            y
-        }
+        Layout::RowMajor(wt) => linear_new(
+            m,
+            n,
+            k,
+            MatRef::row_major(&x[..m * k], k),
+            MatRef::transposed(wt, k),
+            bias,
+            gelu,
+        ),
     }
 }
 
