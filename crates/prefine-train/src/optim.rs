@@ -1,11 +1,14 @@
 //! AdamW with PyTorch's semantics (decoupled weight decay, bias-corrected moments), fused into
 //! one pass per parameter, with a per-parameter decay flag (no decay on biases and layer norms
-//! is the usual fine-tuning recipe).
+//! is the usual fine-tuning recipe). Each parameter is updated in place in its own storage
+//! (a candle in-place op), reading the backward pass's gradient tensor where it lies: no copy of
+//! parameters or gradients per step.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp1, Layout, Storage, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 
 use crate::error::{Error, Result};
 
@@ -89,10 +92,9 @@ struct Slot {
     decay: bool,
     m: Vec<f32>,
     v: Vec<f32>,
-    /// Accumulated gradient since the last update (empty until the first `accumulate`, and
+    /// Accumulated gradient since the last update (none until the first `accumulate`, and
     /// released by every update so that it does not sit beside the next backward pass).
-    grad: Vec<f32>,
-    has_grad: bool,
+    grad: Option<Grad>,
     /// Updates applied to this parameter (PyTorch keeps the step count per parameter, so a
     /// parameter that skips steps gets its own bias correction).
     steps: u64,
@@ -124,8 +126,7 @@ impl AdamW {
                     decay,
                     m: vec![0.0; n],
                     v: vec![0.0; n],
-                    grad: Vec::new(),
-                    has_grad: false,
+                    grad: None,
                     steps: 0,
                     lr_mult: 1.0,
                 }
@@ -221,30 +222,32 @@ impl AdamW {
             let Some(g) = grads.remove(slot.var.as_tensor()) else {
                 continue;
             };
-            let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
-            if slot.has_grad {
-                slot.grad.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
-            } else {
-                slot.grad = g;
-                slot.has_grad = true;
-            }
+            slot.grad = Some(match slot.grad.take() {
+                // The first micro-batch's gradient is kept as the backward pass made it.
+                None => Grad::Tensor(g.contiguous()?),
+                Some(sum) => {
+                    let mut sum = sum.into_vec()?;
+                    with_f32(&g.contiguous()?, |g| {
+                        sum.par_iter_mut().zip(g).for_each(|(a, b)| *a += b)
+                    })?;
+                    Grad::Sum(sum)
+                }
+            });
         }
         Ok(())
     }
 
     /// L2 norm of the accumulated gradient over all parameters.
     pub fn grad_norm(&self) -> f64 {
-        self.slots
-            .iter()
-            .filter(|s| s.has_grad)
-            .map(|s| {
-                s.grad
-                    .par_iter()
-                    .map(|&g| (g as f64) * (g as f64))
-                    .sum::<f64>()
-            })
-            .sum::<f64>()
-            .sqrt()
+        let mut total = 0.0f64;
+        for slot in &self.slots {
+            if let Some(g) = &slot.grad {
+                total += g
+                    .with_slice(|g| g.par_iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>())
+                    .unwrap_or(f64::NAN);
+            }
+        }
+        total.sqrt()
     }
 
     /// Scale that clips the accumulated gradient to `max_norm` (PyTorch `clip_grad_norm_`), given
@@ -268,10 +271,10 @@ impl AdamW {
         let (ob1, ob2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
         let gs = grad_scale as f32;
         for slot in &mut self.slots {
-            if !slot.has_grad {
+            let Some(grad) = slot.grad.take() else {
                 continue;
-            }
-            if slot.grad.iter().any(|x| !x.is_finite()) {
+            };
+            if !grad.with_slice(all_finite)? {
                 return Err(Error::NonFinite {
                     what: format!("gradient of {}", slot.name),
                     step: self.step,
@@ -280,36 +283,136 @@ impl AdamW {
             slot.steps += 1;
             let t = slot.steps as i32;
             let lr = c.lr * slot.lr_mult;
-            let step_size = (lr / (1.0 - c.beta1.powi(t))) as f32;
-            let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt() as f32;
-            let mut p: Vec<f32> = slot.var.as_tensor().flatten_all()?.to_vec1()?;
             let decay = if slot.decay {
                 (1.0 - lr * c.weight_decay) as f32
             } else {
                 1.0
             };
-            let chunk = 16 * 1024;
-            p.par_chunks_mut(chunk)
-                .zip(slot.m.par_chunks_mut(chunk))
-                .zip(slot.v.par_chunks_mut(chunk))
-                .zip(slot.grad.par_chunks(chunk))
-                .for_each(|(((p, m), v), g)| {
-                    for i in 0..p.len() {
-                        let gi = g[i] * gs;
-                        m[i] = b1 * m[i] + ob1 * gi;
-                        v[i] = b2 * v[i] + ob2 * gi * gi;
-                        let denom = v[i].sqrt() / bc2_sqrt + eps;
-                        p[i] = p[i] * decay - step_size * m[i] / denom;
-                    }
-                });
-            slot.has_grad = false;
-            // Release the buffer: kept, it would add one gradient-sized copy of every parameter
-            // to the next step's peak memory (the backward pass builds its own).
-            slot.grad = Vec::new();
-            let shape = slot.var.shape().clone();
-            slot.var
-                .set(&Tensor::from_vec(p, shape, slot.var.device())?)?;
+            let rule = UpdateRule {
+                b1,
+                b2,
+                ob1,
+                ob2,
+                eps,
+                grad_scale: gs,
+                step_size: (lr / (1.0 - c.beta1.powi(t))) as f32,
+                bc2_sqrt: (1.0 - c.beta2.powi(t)).sqrt() as f32,
+                decay,
+            };
+            // The parameter is updated where it lives (no copy out and back in); the gradient
+            // buffer is released when `grad` drops at the end of this iteration.
+            grad.with_slice(|g| {
+                slot.var.as_tensor().inplace_op1(&AdamWUpdate {
+                    rule,
+                    moments: RefCell::new((&mut slot.m, &mut slot.v)),
+                    grad: g,
+                })
+            })??;
         }
+        Ok(())
+    }
+}
+
+/// A parameter's accumulated gradient.
+enum Grad {
+    /// One micro-batch's gradient, as the backward pass produced it (contiguous).
+    Tensor(Tensor),
+    /// The sum over several micro-batches.
+    Sum(Vec<f32>),
+}
+
+impl Grad {
+    /// Runs `f` on the gradient's values.
+    fn with_slice<R>(&self, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+        match self {
+            Grad::Tensor(t) => with_f32(t, f),
+            Grad::Sum(v) => Ok(f(v)),
+        }
+    }
+
+    /// The values as an owned vector (copied out of a tensor).
+    fn into_vec(self) -> Result<Vec<f32>> {
+        match self {
+            Grad::Tensor(t) => Ok(t.flatten_all()?.to_vec1()?),
+            Grad::Sum(v) => Ok(v),
+        }
+    }
+}
+
+/// Runs `f` on the values of a contiguous `f32` CPU tensor.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        return Err(
+            candle_core::Error::Msg("AdamW: gradients must be f32 CPU tensors".into()).into(),
+        );
+    };
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        return Err(candle_core::Error::Msg("AdamW: gradient is not contiguous".into()).into());
+    };
+    Ok(f(&data[a..b]))
+}
+
+/// Whether every value is finite, in one vectorised pass (`0 x` is NaN for NaN and infinities).
+fn all_finite(g: &[f32]) -> bool {
+    g.par_chunks(16 * 1024)
+        .all(|c| c.iter().fold(0.0f32, |acc, &x| acc + x * 0.0) == 0.0)
+}
+
+/// The constants of one AdamW update of one parameter.
+#[derive(Clone, Copy)]
+struct UpdateRule {
+    b1: f32,
+    b2: f32,
+    ob1: f32,
+    ob2: f32,
+    eps: f32,
+    grad_scale: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    decay: f32,
+}
+
+/// The fused AdamW update of one parameter, applied to its storage in place.
+struct AdamWUpdate<'a> {
+    rule: UpdateRule,
+    moments: RefCell<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
+    grad: &'a [f32],
+}
+
+impl InplaceOp1 for AdamWUpdate<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("AdamW: parameters must be f32");
+        };
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("AdamW: parameter is not contiguous");
+        };
+        let p = &mut data[a..b];
+        let mut moments = self.moments.borrow_mut();
+        let (m, v) = &mut *moments;
+        if p.len() != m.len() || p.len() != self.grad.len() {
+            candle_core::bail!("AdamW: parameter, moment and gradient sizes differ");
+        }
+        let r = self.rule;
+        let chunk = 16 * 1024;
+        p.par_chunks_mut(chunk)
+            .zip(m.par_chunks_mut(chunk))
+            .zip(v.par_chunks_mut(chunk))
+            .zip(self.grad.par_chunks(chunk))
+            .for_each(|(((p, m), v), g)| {
+                for i in 0..p.len() {
+                    let gi = g[i] * r.grad_scale;
+                    m[i] = r.b1 * m[i] + r.ob1 * gi;
+                    v[i] = r.b2 * v[i] + r.ob2 * gi * gi;
+                    let denom = v[i].sqrt() / r.bc2_sqrt + r.eps;
+                    p[i] = p[i] * r.decay - r.step_size * m[i] / denom;
+                }
+            });
         Ok(())
     }
 }
@@ -377,6 +480,26 @@ mod tests {
                 (got[i] as f64 - expected[i]).abs() < 1e-6,
                 "{got:?} vs {expected:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_non_finite_gradient_is_refused_and_leaves_the_parameter_as_it_was() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let var =
+                Var::from_tensor(&Tensor::new(&[1f32, -2.0, 3.0], &Device::Cpu).unwrap()).unwrap();
+            let mut opt = AdamW::new(
+                vec![("w".into(), var.clone(), true)],
+                AdamWConfig::default(),
+            )
+            .unwrap();
+            let x = Tensor::new(&[0.5f32, bad, 1.0], &Device::Cpu).unwrap();
+            let loss = (var.as_tensor() * &x).unwrap().sum_all().unwrap();
+            opt.accumulate(loss.backward().unwrap()).unwrap();
+            let err = opt.apply(1.0).unwrap_err();
+            assert!(matches!(err, Error::NonFinite { .. }), "{bad}: {err}");
+            let after: Vec<f32> = var.as_tensor().to_vec1().unwrap();
+            assert_eq!(after, [1.0, -2.0, 3.0], "{bad}");
         }
     }
 
