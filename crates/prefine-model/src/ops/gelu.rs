@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fast_math::{gelu as gelu_f, gelu_grad, map_into_uninit, zip_map_into};
+use super::fast_math::{gelu_grad, gelu_into_uninit, zip_map_into};
 use super::{f32_slice, with_f32};
 
 struct Gelu;
@@ -22,8 +22,8 @@ impl CustomOp1 for Gelu {
         y.spare_capacity_mut()[..n]
             .par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
-            .for_each(|(yc, xc)| map_into_uninit(yc, xc, gelu_f));
-        // SAFETY: the chunks of the first n elements were each written by `map_into_uninit`.
+            .for_each(|(yc, xc)| gelu_into_uninit(yc, xc));
+        // SAFETY: the chunks of the first n elements were each written by `gelu_into_uninit`.
         unsafe { y.set_len(n) };
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
