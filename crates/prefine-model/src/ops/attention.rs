@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rand::Rng;
 use rayon::prelude::*;
 
-use super::fast_math::{dot as fdot, exp, masked_max, sum as fsum, zip_map_inplace};
+use super::fast_math::{dot as fdot, masked_exp_sum, masked_max};
 use super::kernels::{gemm_into_strided, with_buffer, MatRef, SharedMut};
 use super::{f32_slice, with_f32};
 
@@ -44,11 +44,7 @@ impl Attention {
                 row.fill(1.0 / s as f32);
                 continue;
             }
-            zip_map_inplace(row, mask, |x, m| {
-                let z = if m > 0.5 { x * scale - max } else { -100.0 };
-                exp(z) * m
-            });
-            let inv = 1.0 / fsum(row);
+            let inv = 1.0 / masked_exp_sum(row, mask, scale, max);
             row.iter_mut().for_each(|v| *v *= inv);
         }
     }

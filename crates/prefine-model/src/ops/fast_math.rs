@@ -303,6 +303,93 @@ unsafe fn zip_map_into_avx2(
     }
 }
 
+/// Softmax numerators of one masked row in place, returning their sum: `row[j] =
+/// exp(row[j] * scale - max) * mask[j]` where `mask[j] > 0.5`, else `exp(-100) * mask[j]` (so
+/// a padded key gets exactly 0 for a 0 mask). One pass, AVX-512 when the CPU has it (range
+/// reduction with round-to-nearest-even, `scalef` for the power of two: within the accuracy of
+/// [`exp`], not always its last bit).
+pub fn masked_exp_sum(row: &mut [f32], mask: &[f32], scale: f32, max: f32) -> f32 {
+    assert_eq!(row.len(), mask.len(), "masked_exp_sum: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was detected above; both slices have `row.len()` elements.
+        return unsafe { masked_exp_sum_avx512(row, mask, scale, max) };
+    }
+    let mut total = 0.0;
+    for (x, &m) in row.iter_mut().zip(mask) {
+        let z = if m > 0.5 { *x * scale - max } else { -100.0 };
+        *x = exp(z) * m;
+        total += *x;
+    }
+    total
+}
+
+/// `exp` on 16 lanes (the polynomial of [`exp`]; round-to-nearest-even reduction and `scalef`).
+///
+/// # Safety
+/// AVX-512F must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let x = _mm512_min_ps(
+        _mm512_max_ps(x, _mm512_set1_ps(-87.3)),
+        _mm512_set1_ps(88.3),
+    );
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5e-1,
+    ] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let p = _mm512_add_ps(
+        _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r),
+        _mm512_set1_ps(1.0),
+    );
+    _mm512_scalef_ps(p, n)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn masked_exp_sum_avx512(row: &mut [f32], mask: &[f32], scale: f32, max: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let (vscale, vmax, half) = (
+        _mm512_set1_ps(scale),
+        _mm512_set1_ps(max),
+        _mm512_set1_ps(0.5),
+    );
+    let floor = _mm512_set1_ps(-100.0);
+    let mut acc = _mm512_setzero_ps();
+    let n = row.len();
+    let mut j = 0;
+    while j < n {
+        let lanes: __mmask16 = if n - j >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << (n - j)) - 1) as u16
+        };
+        let x = _mm512_maskz_loadu_ps(lanes, row.as_ptr().add(j));
+        let m = _mm512_maskz_loadu_ps(lanes, mask.as_ptr().add(j));
+        let keep = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, half);
+        let z = _mm512_mask_blend_ps(keep, floor, _mm512_fmsub_ps(x, vscale, vmax));
+        let e = _mm512_mul_ps(exp_avx512(z), m);
+        _mm512_mask_storeu_ps(row.as_mut_ptr().add(j), lanes, e);
+        acc = _mm512_add_ps(acc, e);
+        j += 16;
+    }
+    _mm512_reduce_add_ps(acc)
+}
+
 /// Sum with 16 independent lanes (vectorisable; f32 addition order differs from a sequential
 /// sum by rounding only).
 #[inline(always)]
@@ -383,30 +470,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
 }
 
-/// `dst[i] = f(dst[i], b[i])` in place, compiled for AVX-512/AVX2 when available.
-#[inline(always)]
-pub fn zip_map_inplace(dst: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was detected above.
-            unsafe { zip_map_inplace_avx512(dst, b, f) };
-            return;
-        }
-    }
-    for (d, y) in dst.iter_mut().zip(b) {
-        *d = f(*d, *y);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn zip_map_inplace_avx512(dst: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
-    for (d, y) in dst.iter_mut().zip(b) {
-        *d = f(*d, *y);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,6 +515,39 @@ mod tests {
         assert!(worst < 3e-7, "worst relative error {worst}");
         assert!(exp(-1000.0) < 1e-37);
         assert!(exp(1000.0).is_finite());
+    }
+
+    #[test]
+    fn masked_exp_sum_matches_the_scalar_definition() {
+        for n in [1usize, 15, 16, 17, 64, 128, 131] {
+            let row: Vec<f32> = (0..n)
+                .map(|j| ((j * 37 % 23) as f32 - 11.0) * 0.9)
+                .collect();
+            let mask: Vec<f32> = (0..n).map(|j| if j % 5 == 3 { 0.0 } else { 1.0 }).collect();
+            let (scale, max) = (0.3f32, 2.97f32);
+            let mut got = row.clone();
+            let sum = masked_exp_sum(&mut got, &mask, scale, max);
+            let mut want_sum = 0f64;
+            for j in 0..n {
+                let z = row[j] as f64 * scale as f64 - max as f64;
+                let want = if mask[j] > 0.5 { z.exp() } else { 0.0 };
+                want_sum += want;
+                // exp's own 3e-7, plus the f32 rounding of its argument (half an ulp of z).
+                let bound = (3e-7 + 6e-8 * z.abs()) * want;
+                assert!(
+                    (got[j] as f64 - want).abs() <= bound,
+                    "n={n} j={j}: {} vs {want}",
+                    got[j]
+                );
+                if mask[j] == 0.0 {
+                    assert_eq!(got[j], 0.0);
+                }
+            }
+            assert!(
+                (sum as f64 - want_sum).abs() <= 1e-6 * want_sum,
+                "n={n}: {sum} vs {want_sum}"
+            );
+        }
     }
 
     #[test]
