@@ -5,7 +5,8 @@
 //! parameters or gradients per step.
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, InplaceOp1, Layout, Storage, Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor, Var};
+use prefine_model::ops::with_f32;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -227,7 +228,7 @@ impl AdamW {
                 None => Grad::Tensor(g.contiguous()?),
                 Some(sum) => {
                     let mut sum = sum.into_vec()?;
-                    with_f32(&g.contiguous()?, |g| {
+                    with_f32(&g, "AdamW", |g| {
                         sum.par_iter_mut().zip(g).for_each(|(a, b)| *a += b)
                     })?;
                     Grad::Sum(sum)
@@ -325,7 +326,7 @@ impl Grad {
     /// Runs `f` on the gradient's values.
     fn with_slice<R>(&self, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
         match self {
-            Grad::Tensor(t) => with_f32(t, f),
+            Grad::Tensor(t) => Ok(with_f32(t, "AdamW", f)?),
             Grad::Sum(v) => Ok(f(v)),
         }
     }
@@ -337,20 +338,6 @@ impl Grad {
             Grad::Sum(v) => Ok(v),
         }
     }
-}
-
-/// Runs `f` on the values of a contiguous `f32` CPU tensor.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-        return Err(
-            candle_core::Error::Msg("AdamW: gradients must be f32 CPU tensors".into()).into(),
-        );
-    };
-    let Some((a, b)) = layout.contiguous_offsets() else {
-        return Err(candle_core::Error::Msg("AdamW: gradient is not contiguous".into()).into());
-    };
-    Ok(f(&data[a..b]))
 }
 
 /// Whether every value is finite, in one vectorised pass (`0 x` is NaN for NaN and infinities).

@@ -142,17 +142,11 @@ pub fn gelu_grad(x: f32) -> f32 {
 pub fn gelu_in_place(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was detected above.
-        unsafe { gelu_in_place_avx512(x) };
+        // SAFETY: the feature was detected above; source and destination are the same `x`.
+        unsafe { gelu_row_avx512(x.as_mut_ptr(), x.as_ptr(), x.len()) };
         return;
     }
     x.iter_mut().for_each(|v| *v = gelu(*v));
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn gelu_in_place_avx512(x: &mut [f32]) {
-    gelu_row_avx512(x.as_mut_ptr(), x.as_ptr(), x.len());
 }
 
 /// `dst[j] = gelu(src[j])` for `j < n`, 16 lanes at a time (masked tail); `dst` may be `src`.

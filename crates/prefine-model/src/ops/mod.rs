@@ -45,8 +45,9 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&
     }
 }
 
-/// Runs `f` on the contiguous `f32` data of a tensor.
-pub(crate) fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+/// Runs `f` on the contiguous `f32` data of a CPU tensor (made contiguous first if it is a
+/// strided view), without copying it out.
+pub fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
