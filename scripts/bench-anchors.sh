@@ -52,6 +52,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for w in train_full train_lora; do
     run pytorch "$PY" "$SHARED/bench/pytorch_anchor.py" "$w"
     run prefine "$PREFINE" --threads 2 bench "$w" --model "$MODEL_DIR"
+    run prefine-bf16 "$PREFINE" --threads 2 bench "$w" --model "$MODEL_DIR" --precision bf16
     run pytorch-bf16 "$PY" scripts/pytorch_bf16_anchor.py "$w"
   done
   for w in infer_b1 infer_b32; do

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use prefine_model::heads::Classifier;
+use prefine_model::ops::{with_matmul_precision, MatmulPrecision};
 use prefine_model::{seed_rng, Encoder, EncoderInput, Forward, LoraConfig, LoraTarget, Precision};
 use rand::Rng;
 use serde::Serialize;
@@ -68,7 +69,8 @@ pub struct BenchOptions {
     pub seq: Option<usize>,
     /// Warm-up and timed runs.
     pub runs: Option<(usize, usize)>,
-    /// Precision of the backbone's linear weights (inference workloads only).
+    /// Precision of the backbone's linear weights (inference workloads), or of the matmuls
+    /// (training workloads: `bf16` is mixed precision, `int8` is refused).
     pub precision: Precision,
 }
 
@@ -95,7 +97,7 @@ pub struct BenchResult {
     pub timed_steps: usize,
     /// Worker threads.
     pub threads: usize,
-    /// Precision of the backbone's linear weights.
+    /// Precision of the backbone's linear weights (inference) or matmuls (training).
     pub precision: Precision,
     /// Loss of the last step (training workloads).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -157,15 +159,22 @@ pub fn run(workload: Workload, mut encoder: Encoder, opts: &BenchOptions) -> Res
     }
     encoder.pooler = None;
     let inference = matches!(workload, Workload::InferB1 | Workload::InferB32);
-    if opts.precision != Precision::F32 && !inference {
-        return Err(Error::Config {
-            field: "precision".into(),
-            reason: format!(
-                "{} trains: quantised backbones are inference-only (use f32)",
-                workload.name()
-            ),
-        });
-    }
+    // Training in bf16 is mixed precision (bf16 matmul operands, f32 weights and
+    // accumulation); int8 is inference-only.
+    let matmul = match opts.precision {
+        _ if inference => MatmulPrecision::F32,
+        Precision::F32 => MatmulPrecision::F32,
+        Precision::Bf16 => MatmulPrecision::Bf16,
+        Precision::Int8 => {
+            return Err(Error::Config {
+                field: "precision".into(),
+                reason: format!(
+                    "{} trains: int8 is inference-only (use f32 or bf16)",
+                    workload.name()
+                ),
+            })
+        }
+    };
     if inference {
         // Inference packs f32 weights once (or quantises), as `predict` and `serve` do;
         // PREFINE_NO_PREPACK=1 keeps plain f32 weights, for comparisons.
@@ -222,9 +231,12 @@ pub fn run(workload: Workload, mut encoder: Encoder, opts: &BenchOptions) -> Res
             )?;
             for i in 0..warmup + timed {
                 let t0 = Instant::now();
-                let h = encoder.forward(&input, Forward::eval(group))?;
-                let logits = head.forward(&h)?;
-                let loss = masked_cross_entropy(&logits, &labels, &weight)?;
+                let (h, logits, loss) = with_matmul_precision(matmul, || -> Result<_> {
+                    let h = encoder.forward(&input, Forward::eval(group))?;
+                    let logits = head.forward(&h)?;
+                    let loss = masked_cross_entropy(&logits, &labels, &weight)?;
+                    Ok((h, logits, loss))
+                })?;
                 // As the trainers do: the gradients are taken over (and the store freed) one
                 // tensor at a time, and the forward graph is gone before the update.
                 opt.accumulate(loss.backward()?)?;

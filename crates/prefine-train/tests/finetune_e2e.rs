@@ -139,6 +139,38 @@ fn ner_full_finetune_learns_and_its_output_is_usable() {
 }
 
 #[test]
+fn bf16_mixed_precision_finetune_tracks_f32_and_records_its_precision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    ner_slice(&data, "conll2003", 32);
+    let run = |precision: &str| {
+        let cfg = FinetuneConfig::from_toml_str(
+            &format!(
+                "task = \"ner\"\nmode = \"full\"\nepochs = 3\nlr = 2e-4\nbatch_size = 16\n\
+                 warmup_ratio = 0.0\nprecision = \"{precision}\"\n"
+            ),
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let out = tmp.path().join(precision);
+        run_finetune(&cfg, &model_dir(), &data, &out).unwrap();
+        let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+        (epoch_losses(&out), config)
+    };
+    let (bf16, bf16_config) = run("bf16");
+    let (f32, f32_config) = run("f32");
+    assert!(bf16_config.contains("precision = \"bf16\""), "{bf16_config}");
+    assert!(!f32_config.contains("precision"), "f32 is the default: not written");
+    assert!(bf16[2] < bf16[0] * 0.8, "bf16 loss must fall: {bf16:?}");
+    // Same data, seed and schedule: the curves differ only by bf16 rounding.
+    for (b, f) in bf16.iter().zip(&f32) {
+        assert!((b - f).abs() < 0.05 * f, "bf16 {bf16:?} vs f32 {f32:?}");
+    }
+    assert_ne!(bf16, f32, "bf16 rounding had no effect");
+}
+
+#[test]
 fn tc_lora_finetune_saves_a_peft_adapter_with_its_head() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

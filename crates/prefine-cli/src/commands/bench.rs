@@ -27,7 +27,8 @@ pub struct BenchArgs {
     /// Override the number of timed runs (e.g. many, to profile one workload).
     #[arg(long)]
     timed: Option<usize>,
-    /// Precision of the backbone's linear weights: f32 | bf16 | int8 (inference workloads).
+    /// Precision: f32 | bf16 | int8 weights (inference workloads); f32 | bf16 matmuls
+    /// (training workloads: bf16 is mixed precision with f32 weights and accumulation).
     #[arg(long, default_value = "f32")]
     precision: Precision,
 }

@@ -73,6 +73,10 @@ pub struct FinetuneArgs {
     /// Write a checkpoint every N optimizer steps (besides each epoch end).
     #[arg(long)]
     checkpoint_every: Option<u64>,
+    /// Matmul precision while training: f32 | bf16 (mixed precision: bf16 operands, f32
+    /// accumulation and weights).
+    #[arg(long)]
+    precision: Option<String>,
 }
 
 /// Builds the config: file first, then flags.
@@ -136,6 +140,7 @@ pub fn build_config(a: &FinetuneArgs) -> Result<FinetuneConfig> {
     );
     set("pooling", a.pooling.clone().map(toml::Value::String));
     set("tag_scheme", a.tag_scheme.clone().map(toml::Value::String));
+    set("precision", a.precision.clone().map(toml::Value::String));
     if a.repair_iob {
         set("repair_iob", Some(toml::Value::Boolean(true)));
     }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use prefine_model::ops::MatmulPrecision;
 use prefine_train::pretrain::{resolve_config, PretrainConfig, Pretrainer, Strategy};
 
 /// Arguments of `prefine pretrain`.
@@ -30,6 +31,14 @@ pub struct PretrainArgs {
     /// Continue from OUT/checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Matmul precision: f32 | bf16 (mixed precision: bf16 operands, f32 accumulation and
+    /// weights); overrides the config.
+    #[arg(long, value_parser = parse_precision)]
+    precision: Option<MatmulPrecision>,
+}
+
+fn parse_precision(s: &str) -> std::result::Result<MatmulPrecision, String> {
+    MatmulPrecision::parse(s).ok_or_else(|| format!("{s:?}: expected f32 or bf16"))
 }
 
 /// Runs `prefine pretrain`.
@@ -53,12 +62,16 @@ pub fn run(a: PretrainArgs) -> Result<()> {
             }
         }
     }
-    let cfg = resolve_config(a.config.as_deref(), strategy, a.max_steps).map_err(|e| {
-        match &a.config {
-            Some(p) => super::checks::in_config_file(e, p, true),
-            None => e.into(),
-        }
-    })?;
+    let mut cfg =
+        resolve_config(a.config.as_deref(), strategy, a.max_steps).map_err(|e| {
+            match &a.config {
+                Some(p) => super::checks::in_config_file(e, p, true),
+                None => e.into(),
+            }
+        })?;
+    if let Some(p) = a.precision {
+        cfg.precision = p;
+    }
     // The LoRA settings are otherwise only checked once the data and the model are loaded.
     if cfg.strategy == Strategy::Tpl {
         cfg.tpl_lora.validate(usize::MAX).map_err(|e| {

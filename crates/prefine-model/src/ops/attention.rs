@@ -9,6 +9,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rand::Rng;
 use rayon::prelude::*;
 
+use super::autocast::{matmul_precision, MatmulPrecision};
 use super::fast_math::{dot as fdot, masked_exp_sum, masked_max};
 use super::kernels::{gemm_into_strided, with_buffer, MatRef, SharedMut};
 use super::{f32_slice, with_f32};
@@ -22,6 +23,8 @@ struct Attention {
     dropout: Option<Vec<f32>>,
     /// Whether to keep the probabilities for the backward pass.
     keep_probs: bool,
+    /// The precision of the score and context products (forward and backward).
+    precision: MatmulPrecision,
     probs: Mutex<Option<Vec<f32>>>,
 }
 
@@ -83,6 +86,7 @@ impl CustomOp3 for Attention {
         );
         let nh = self.heads;
         let dh = h / nh;
+        let prec = self.precision;
         // Every element of `ctx` is written by exactly one (batch, head) task's GEMM (in
         // overwrite mode), so it is never zero-filled first.
         let n = b * s * h;
@@ -98,16 +102,8 @@ impl CustomOp3 for Attention {
         let head = |bh: usize, p: &mut [f32]| {
             let (bi, hi) = (bh / nh, bh % nh);
             let base = bi * s * h + hi * dh;
-            let qm = MatRef {
-                data: &q[base..],
-                rs: h as isize,
-                cs: 1,
-            };
-            let kt = MatRef {
-                data: &k[base..],
-                rs: 1,
-                cs: h as isize,
-            };
+            let qm = MatRef::strided(&q[base..], h as isize, 1).at(prec);
+            let kt = MatRef::strided(&k[base..], 1, h as isize).at(prec);
             // SAFETY: `p` is this task's own [s, s] block.
             unsafe { gemm_into_strided(s, s, dh, p.as_mut_ptr(), s as isize, false, qm, kt) };
             self.softmax_rows(p, &self.key_mask[bi * s..(bi + 1) * s], s);
@@ -123,11 +119,7 @@ impl CustomOp3 for Attention {
                 }
                 None => p,
             };
-            let vm = MatRef {
-                data: &v[base..],
-                rs: h as isize,
-                cs: 1,
-            };
+            let vm = MatRef::strided(&v[base..], h as isize, 1).at(prec);
             // SAFETY: each (batch, head) task writes its own column block of `ctx`.
             unsafe {
                 gemm_into_strided(
@@ -137,7 +129,7 @@ impl CustomOp3 for Attention {
                     out.get().add(base),
                     h as isize,
                     false,
-                    MatRef::row_major(pv, s),
+                    MatRef::row_major(pv, s).at(prec),
                     vm,
                 )
             };
@@ -189,6 +181,7 @@ impl CustomOp3 for Attention {
             SharedMut(dv.as_mut_ptr()),
         );
         let scale = self.scale;
+        let prec = self.precision;
         with_f32(q, "attention.backward", |qv| {
             with_f32(k, "attention.backward", |kv| {
                 with_f32(v, "attention.backward", |vv| {
@@ -201,18 +194,10 @@ impl CustomOp3 for Attention {
                                 .dropout
                                 .as_ref()
                                 .map(|d| &d[bh * s * s..(bh + 1) * s * s]);
-                            let gm = MatRef {
-                                data: &g[base..],
-                                rs: h as isize,
-                                cs: 1,
-                            };
+                            let gm = MatRef::strided(&g[base..], h as isize, 1).at(prec);
                             // dP = dctx · Vᵀ
                             let mut dp = vec![0f32; s * s];
-                            let vt = MatRef {
-                                data: &vv[base..],
-                                rs: 1,
-                                cs: h as isize,
-                            };
+                            let vt = MatRef::strided(&vv[base..], 1, h as isize).at(prec);
                             // SAFETY: `dp` is local.
                             unsafe {
                                 gemm_into_strided(
@@ -240,7 +225,7 @@ impl CustomOp3 for Attention {
                                     pv.get().add(base),
                                     h as isize,
                                     false,
-                                    MatRef::transposed(&pm, s),
+                                    MatRef::transposed(&pm, s).at(prec),
                                     gm,
                                 )
                             };
@@ -254,16 +239,8 @@ impl CustomOp3 for Attention {
                                     .zip(pr)
                                     .for_each(|(x, pp)| *x = scale * pp * (*x - dot));
                             }
-                            let km = MatRef {
-                                data: &kv[base..],
-                                rs: h as isize,
-                                cs: 1,
-                            };
-                            let qm = MatRef {
-                                data: &qv[base..],
-                                rs: h as isize,
-                                cs: 1,
-                            };
+                            let km = MatRef::strided(&kv[base..], h as isize, 1).at(prec);
+                            let qm = MatRef::strided(&qv[base..], h as isize, 1).at(prec);
                             unsafe {
                                 // dQ = dS · K ; dK = dSᵀ · Q
                                 gemm_into_strided(
@@ -273,7 +250,7 @@ impl CustomOp3 for Attention {
                                     pq.get().add(base),
                                     h as isize,
                                     false,
-                                    MatRef::row_major(&dp, s),
+                                    MatRef::row_major(&dp, s).at(prec),
                                     km,
                                 );
                                 gemm_into_strided(
@@ -283,7 +260,7 @@ impl CustomOp3 for Attention {
                                     pk.get().add(base),
                                     h as isize,
                                     false,
-                                    MatRef::transposed(&dp, s),
+                                    MatRef::transposed(&dp, s).at(prec),
                                     qm,
                                 );
                             }
@@ -339,6 +316,7 @@ pub fn attention(
         key_mask: mask,
         dropout,
         keep_probs: q.track_op() || k.track_op() || v.track_op(),
+        precision: matmul_precision(),
         probs: Mutex::new(None),
     };
     q.contiguous()?.apply_op3_arc(

@@ -3,6 +3,8 @@
 
 use rayon::prelude::*;
 
+use super::autocast::{round_bf16_in_place, MatmulPrecision};
+
 /// A matrix operand given by its data and strides (in elements).
 #[derive(Clone, Copy)]
 pub(crate) struct MatRef<'a> {
@@ -11,6 +13,8 @@ pub(crate) struct MatRef<'a> {
     pub rs: isize,
     /// Stride between consecutive columns.
     pub cs: isize,
+    /// Round the values to bf16 before multiplying ([`MatmulPrecision::Bf16`]).
+    pub bf16: bool,
 }
 
 impl<'a> MatRef<'a> {
@@ -20,6 +24,7 @@ impl<'a> MatRef<'a> {
             data,
             rs: cols as isize,
             cs: 1,
+            bf16: false,
         }
     }
     /// The transpose of a row-major matrix with `cols` columns.
@@ -28,6 +33,25 @@ impl<'a> MatRef<'a> {
             data,
             rs: 1,
             cs: cols as isize,
+            bf16: false,
+        }
+    }
+
+    /// A strided matrix: element `(i, j)` at `data[i * rs + j * cs]`.
+    pub fn strided(data: &'a [f32], rs: isize, cs: isize) -> Self {
+        Self {
+            data,
+            rs,
+            cs,
+            bf16: false,
+        }
+    }
+
+    /// The same operand, multiplied in `precision`.
+    pub fn at(self, precision: MatmulPrecision) -> Self {
+        Self {
+            bf16: precision == MatmulPrecision::Bf16,
+            ..self
         }
     }
 }
@@ -75,6 +99,27 @@ pub(crate) unsafe fn gemm_ptr(
     if nothing_to_multiply(m, n, k, dst, ldc, accumulate) {
         return;
     }
+    // The `gemm` crate multiplies f32 only: round bf16 operands into copies first.
+    // Only the span the product reads is copied (strides are non-negative here).
+    let rounded = |x: MatRef, rows: usize, cols: usize| {
+        let span = (rows - 1) * x.rs.max(0) as usize + (cols - 1) * x.cs.max(0) as usize + 1;
+        let mut v = x.data[..span.min(x.data.len())].to_vec();
+        round_bf16_in_place(&mut v);
+        v
+    };
+    let (a_copy, b_copy);
+    let a_data = if a.bf16 {
+        a_copy = rounded(a, m, k);
+        &a_copy[..]
+    } else {
+        a.data
+    };
+    let b_data = if b.bf16 {
+        b_copy = rounded(b, k, n);
+        &b_copy[..]
+    } else {
+        b.data
+    };
     let parallelism = if parallel {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
@@ -88,10 +133,10 @@ pub(crate) unsafe fn gemm_ptr(
         1,
         ldc as isize,
         accumulate,
-        a.data.as_ptr(),
+        a_data.as_ptr(),
         a.cs,
         a.rs,
-        b.data.as_ptr(),
+        b_data.as_ptr(),
         b.cs,
         b.rs,
         1.0,

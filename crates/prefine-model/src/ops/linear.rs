@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
+use super::autocast::{matmul_precision, MatmulPrecision};
 use super::kernels::{column_sums, gemm_new, linear_new, MatRef};
 use super::{f32_slice, with_f32};
 
@@ -20,7 +21,8 @@ pub fn weight_grad_count() -> usize {
     WEIGHT_GRADS.load(Ordering::Relaxed)
 }
 
-struct Linear;
+/// `y = x · Wᵀ + b`, multiplying in the precision of the thread that built it.
+struct Linear(MatmulPrecision);
 
 fn dims(x: &Layout, w: &Layout) -> Result<(usize, usize, usize, Shape)> {
     let wd = w.dims();
@@ -38,14 +40,23 @@ fn dims(x: &Layout, w: &Layout) -> Result<(usize, usize, usize, Shape)> {
     Ok((m, out, inp, Shape::from(od)))
 }
 
-fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, out: usize, inp: usize) -> Vec<f32> {
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    m: usize,
+    out: usize,
+    inp: usize,
+    p: MatmulPrecision,
+) -> Vec<f32> {
     let Some(b) = b else {
         return gemm_new(
             m,
             out,
             inp,
-            MatRef::row_major(x, inp),
-            MatRef::transposed(w, inp),
+            MatRef::row_major(x, inp).at(p),
+            MatRef::transposed(w, inp).at(p),
         );
     };
     // The bias is added in the GEMM's first store (no separate pass).
@@ -53,8 +64,8 @@ fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, out: usize, inp: u
         m,
         out,
         inp,
-        MatRef::row_major(x, inp),
-        MatRef::transposed(w, inp),
+        MatRef::row_major(x, inp).at(p),
+        MatRef::transposed(w, inp).at(p),
         b,
         false,
     )
@@ -66,6 +77,7 @@ fn backward(
     w: &Tensor,
     dy: &Tensor,
     need: (bool, bool, bool),
+    p: MatmulPrecision,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let (out, inp) = w.dims2()?;
     let m = dy.elem_count() / out;
@@ -78,8 +90,8 @@ fn backward(
                     m,
                     inp,
                     out,
-                    MatRef::row_major(g, out),
-                    MatRef::row_major(wv, inp),
+                    MatRef::row_major(g, out).at(p),
+                    MatRef::row_major(wv, inp).at(p),
                 )
             })
         })??;
@@ -95,8 +107,8 @@ fn backward(
                     out,
                     inp,
                     m,
-                    MatRef::transposed(g, out),
-                    MatRef::row_major(xv, inp),
+                    MatRef::transposed(g, out).at(p),
+                    MatRef::row_major(xv, inp).at(p),
                 )
             })
         })??;
@@ -134,7 +146,10 @@ impl CustomOp3 for Linear {
         if b.len() != out {
             candle_core::bail!("linear: bias has {} elements, expected {out}", b.len());
         }
-        Ok((CpuStorage::F32(forward(x, w, Some(b), m, out, inp)), shape))
+        Ok((
+            CpuStorage::F32(forward(x, w, Some(b), m, out, inp, self.0)),
+            shape,
+        ))
     }
 
     fn bwd(
@@ -145,11 +160,12 @@ impl CustomOp3 for Linear {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        backward(x, w, dy, (x.track_op(), w.track_op(), b.track_op()))
+        backward(x, w, dy, (x.track_op(), w.track_op(), b.track_op()), self.0)
     }
 }
 
-struct LinearNoBias;
+/// `y = x · Wᵀ`, multiplying in the precision of the thread that built it.
+struct LinearNoBias(MatmulPrecision);
 
 impl CustomOp2 for LinearNoBias {
     fn name(&self) -> &'static str {
@@ -166,7 +182,10 @@ impl CustomOp2 for LinearNoBias {
         let (m, out, inp, shape) = dims(l1, l2)?;
         let x = f32_slice(s1, l1, "linear")?;
         let w = f32_slice(s2, l2, "linear")?;
-        Ok((CpuStorage::F32(forward(x, w, None, m, out, inp)), shape))
+        Ok((
+            CpuStorage::F32(forward(x, w, None, m, out, inp, self.0)),
+            shape,
+        ))
     }
 
     fn bwd(
@@ -176,7 +195,7 @@ impl CustomOp2 for LinearNoBias {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = backward(x, w, dy, (x.track_op(), w.track_op(), false))?;
+        let (dx, dw, _) = backward(x, w, dy, (x.track_op(), w.track_op(), false), self.0)?;
         Ok((dx, dw))
     }
 }
@@ -187,11 +206,12 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op3_arc(
         &w.contiguous()?,
         &b.contiguous()?,
-        std::sync::Arc::new(Box::new(Linear)),
+        std::sync::Arc::new(Box::new(Linear(matmul_precision()))),
     )
 }
 
 /// `x · Wᵀ` for `x: [..., in]`, `w: [out, in]`.
 pub fn linear_no_bias(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&w.contiguous()?, LinearNoBias)
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, LinearNoBias(matmul_precision()))
 }

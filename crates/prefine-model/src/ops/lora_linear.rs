@@ -6,6 +6,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
+use super::autocast::{matmul_precision, MatmulPrecision};
 use super::kernels::{gemm, gemm_new, linear_new, MatRef};
 use super::{f32_slice, with_f32};
 
@@ -15,6 +16,8 @@ struct FrozenLoraLinear {
     /// `[out]`.
     bias: Tensor,
     scale: f32,
+    /// The precision of every product (forward and backward).
+    precision: MatmulPrecision,
 }
 
 impl FrozenLoraLinear {
@@ -52,13 +55,14 @@ impl CustomOp3 for FrozenLoraLinear {
             );
         }
         let m = x.len() / inp;
+        let p = self.precision;
         // h = s · x Aᵀ  [m, r]
         let mut h = gemm_new(
             m,
             r,
             inp,
-            MatRef::row_major(x, inp),
-            MatRef::transposed(a, inp),
+            MatRef::row_major(x, inp).at(p),
+            MatRef::transposed(a, inp).at(p),
         );
         h.iter_mut().for_each(|v| *v *= self.scale);
         let y = with_f32(&self.weight, "lora_linear", |w| {
@@ -67,8 +71,8 @@ impl CustomOp3 for FrozenLoraLinear {
                     m,
                     out,
                     inp,
-                    MatRef::row_major(x, inp),
-                    MatRef::transposed(w, inp),
+                    MatRef::row_major(x, inp).at(p),
+                    MatRef::transposed(w, inp).at(p),
                     bias,
                     false,
                 );
@@ -78,8 +82,8 @@ impl CustomOp3 for FrozenLoraLinear {
                     r,
                     &mut y,
                     true,
-                    MatRef::row_major(&h, r),
-                    MatRef::transposed(b, r),
+                    MatRef::row_major(&h, r).at(p),
+                    MatRef::transposed(b, r).at(p),
                 );
                 y
             })
@@ -101,6 +105,7 @@ impl CustomOp3 for FrozenLoraLinear {
         let r = a.dims()[0];
         let m = x.elem_count() / inp;
         let s = self.scale;
+        let p = self.precision;
         let dy = dy.contiguous()?;
         let (dx, da, db) = with_f32(x, "lora_linear.backward", |xv| {
             with_f32(a, "lora_linear.backward", |av| {
@@ -112,8 +117,8 @@ impl CustomOp3 for FrozenLoraLinear {
                                 m,
                                 r,
                                 out,
-                                MatRef::row_major(g, out),
-                                MatRef::row_major(bv, r),
+                                MatRef::row_major(g, out).at(p),
+                                MatRef::row_major(bv, r).at(p),
                             );
                             dh.iter_mut().for_each(|v| *v *= s);
                             let db = b.track_op().then(|| {
@@ -123,16 +128,16 @@ impl CustomOp3 for FrozenLoraLinear {
                                     m,
                                     r,
                                     inp,
-                                    MatRef::row_major(xv, inp),
-                                    MatRef::transposed(av, inp),
+                                    MatRef::row_major(xv, inp).at(p),
+                                    MatRef::transposed(av, inp).at(p),
                                 );
                                 h.iter_mut().for_each(|v| *v *= s);
                                 gemm_new(
                                     out,
                                     r,
                                     m,
-                                    MatRef::transposed(g, out),
-                                    MatRef::row_major(&h, r),
+                                    MatRef::transposed(g, out).at(p),
+                                    MatRef::row_major(&h, r).at(p),
                                 )
                             });
                             // dA = dhᵀ x  [r, in]
@@ -142,8 +147,8 @@ impl CustomOp3 for FrozenLoraLinear {
                                     r,
                                     inp,
                                     m,
-                                    MatRef::transposed(&dh, r),
-                                    MatRef::row_major(xv, inp),
+                                    MatRef::transposed(&dh, r).at(p),
+                                    MatRef::row_major(xv, inp).at(p),
                                 )
                             });
                             // dx = dy W + dh A  [m, in]
@@ -152,8 +157,8 @@ impl CustomOp3 for FrozenLoraLinear {
                                     m,
                                     inp,
                                     out,
-                                    MatRef::row_major(g, out),
-                                    MatRef::row_major(w, inp),
+                                    MatRef::row_major(g, out).at(p),
+                                    MatRef::row_major(w, inp).at(p),
                                 );
                                 gemm(
                                     m,
@@ -161,8 +166,8 @@ impl CustomOp3 for FrozenLoraLinear {
                                     r,
                                     &mut dx,
                                     true,
-                                    MatRef::row_major(&dh, r),
-                                    MatRef::row_major(av, inp),
+                                    MatRef::row_major(&dh, r).at(p),
+                                    MatRef::row_major(av, inp).at(p),
                                 );
                                 dx
                             });
@@ -196,6 +201,7 @@ pub fn frozen_lora_linear(
         weight: weight.detach().contiguous()?,
         bias: bias.detach().contiguous()?,
         scale: scale as f32,
+        precision: matmul_precision(),
     };
     x.contiguous()?.apply_op3_arc(
         &a.contiguous()?,

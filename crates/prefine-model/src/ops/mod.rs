@@ -10,6 +10,7 @@
 //! Every op is checked against finite differences in `tests`.
 
 mod attention;
+pub mod autocast;
 pub mod bf16;
 mod dropout;
 pub mod fast_math;
@@ -24,6 +25,7 @@ pub mod sgemm;
 mod softmax;
 
 pub use attention::attention;
+pub use autocast::{matmul_precision, with_matmul_precision, MatmulPrecision};
 pub use dropout::{dropout, DropoutMask};
 pub use gelu::gelu;
 pub use layer_norm::{add_layer_norm, layer_norm};

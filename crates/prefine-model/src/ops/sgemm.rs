@@ -10,6 +10,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
+use super::autocast::round_bf16_in_place;
 use super::kernels::{nothing_to_multiply, with_buffer, MatRef};
 
 const MR: usize = 12;
@@ -249,32 +250,39 @@ fn pack_b(b: MatRef, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut Vec<f
         .par_chunks_mut(kc * NR)
         .enumerate()
         .for_each(|(jp, panel)| {
-            let jbase = j0 + jp * NR;
-            let width = NR.min(j0 + nc - jbase);
-            if b.rs == 1 {
-                // Bᵀ is row-major (a transposed weight): column j of B is contiguous along p.
-                let mut starts = [0usize; NR];
-                for (j, s) in starts.iter_mut().enumerate().take(width) {
-                    *s = ((p0 as isize) + (jbase + j) as isize * b.cs) as usize;
-                }
-                pack_transposed(b.data, &starts[..width], kc, NR, panel);
-                return;
-            }
-            if b.cs == 1 && b.rs > 0 {
-                // Row-major B: each panel row is one contiguous run of `width` values.
-                let first = ((p0 as isize) * b.rs + jbase as isize) as usize;
-                copy_rows(b.data, first, b.rs as usize, kc, width, NR, panel);
-                return;
-            }
-            for p in 0..kc {
-                let row = &mut panel[p * NR..(p + 1) * NR];
-                let src = ((p0 + p) as isize * b.rs + jbase as isize * b.cs) as usize;
-                for (j, r) in row[..width].iter_mut().enumerate() {
-                    *r = b.data[(src as isize + j as isize * b.cs) as usize];
-                }
-                row[width..].fill(0.0);
+            pack_b_panel(b, p0, kc, j0 + jp * NR, j0 + nc, panel);
+            if b.bf16 {
+                round_bf16_in_place(panel);
             }
         });
+}
+
+/// Packs the NR-wide panel of `B[p0..p0+kc, jbase..min(jbase+NR, jend)]`, zero-padded.
+fn pack_b_panel(b: MatRef, p0: usize, kc: usize, jbase: usize, jend: usize, panel: &mut [f32]) {
+    let width = NR.min(jend - jbase);
+    if b.rs == 1 {
+        // Bᵀ is row-major (a transposed weight): column j of B is contiguous along p.
+        let mut starts = [0usize; NR];
+        for (j, s) in starts.iter_mut().enumerate().take(width) {
+            *s = ((p0 as isize) + (jbase + j) as isize * b.cs) as usize;
+        }
+        pack_transposed(b.data, &starts[..width], kc, NR, panel);
+        return;
+    }
+    if b.cs == 1 && b.rs > 0 {
+        // Row-major B: each panel row is one contiguous run of `width` values.
+        let first = ((p0 as isize) * b.rs + jbase as isize) as usize;
+        copy_rows(b.data, first, b.rs as usize, kc, width, NR, panel);
+        return;
+    }
+    for p in 0..kc {
+        let row = &mut panel[p * NR..(p + 1) * NR];
+        let src = ((p0 + p) as isize * b.rs + jbase as isize * b.cs) as usize;
+        for (j, r) in row[..width].iter_mut().enumerate() {
+            *r = b.data[(src as isize + j as isize * b.cs) as usize];
+        }
+        row[width..].fill(0.0);
+    }
 }
 
 /// Writes `out[p * lanes + i] = data[starts[i] + p]` for `p < kc` and `i < lanes`, with zeros
@@ -408,8 +416,17 @@ unsafe fn copy_rows_avx512(
     }
 }
 
-/// Packs `A[i0..i0+mc, p0..p0+kc]` into MR-tall row panels, zero-padded.
+/// Packs `A[i0..i0+mc, p0..p0+kc]` into MR-tall row panels, zero-padded (rounded to bf16 when
+/// `a.bf16`).
 fn pack_a(a: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32]) {
+    pack_a_panels(a, i0, mc, p0, kc, out);
+    if a.bf16 {
+        round_bf16_in_place(&mut out[..mc.div_ceil(MR) * kc * MR]);
+    }
+}
+
+/// [`pack_a`] before rounding.
+fn pack_a_panels(a: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32]) {
     let panels = mc.div_ceil(MR);
     for ip in 0..panels {
         let ibase = i0 + ip * MR;
@@ -601,7 +618,8 @@ unsafe fn sgemm_blocks(
 ) {
     let accumulate = matches!(start, Start::Accumulate);
     // A row-major A (unit column stride) is read in place by the kernel.
-    let direct_a = a.cs == 1 && a.rs > 0 && !pack_a_forced();
+    // (A bf16 operand is packed: the rounding happens there.)
+    let direct_a = a.cs == 1 && a.rs > 0 && !a.bf16 && !pack_a_forced();
     let lda = a.rs.max(0) as usize;
     let bias = match start {
         Start::Bias(b) => {

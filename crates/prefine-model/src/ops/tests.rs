@@ -411,3 +411,229 @@ fn add_layer_norm_matches_composition_and_finite_differences() {
         .unwrap()
     });
 }
+
+/// `t` rounded to bf16 by candle's own conversion (an independent reference).
+fn bf16_rounded(t: &Tensor) -> Tensor {
+    t.to_dtype(candle_core::DType::BF16)
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// `a[m, k] · b[k, n]` in f64, rounded to f32 at the end.
+fn matmul_f64(a: &Tensor, b: &Tensor) -> Tensor {
+    let (m, k) = a.dims2().unwrap();
+    let n = b.dims2().unwrap().1;
+    let av: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+    let bv: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+    let mut c = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let s: f64 = (0..k)
+                .map(|p| av[i * k + p] as f64 * bv[p * n + j] as f64)
+                .sum();
+            c[i * n + j] = s as f32;
+        }
+    }
+    Tensor::from_vec(c, (m, n), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn bf16_linear_multiplies_rounded_operands_forward_and_backward() {
+    // Sizes with partial register tiles and panels; 37 x 45 x 70 is split across threads.
+    let (m, n, k) = (37, 45, 70);
+    let x = var(m, k, 61);
+    let w = var(n, k, 62);
+    let b = var(1, n, 63);
+    let probe = normal(m, n, 1.0, &mut seed_rng(64)).unwrap();
+    let run = |p: MatmulPrecision| {
+        // Built under the setting; the backward pass runs outside it, in the op's precision.
+        let y = with_matmul_precision(p, || {
+            linear(x.as_tensor(), w.as_tensor(), &b.flatten_all().unwrap()).unwrap()
+        });
+        let g = (&y * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let grad = |v: &Var| g.get(v.as_tensor()).unwrap().clone();
+        (y, grad(&x), grad(&w), grad(&b))
+    };
+    let (y, dx, dw, db) = run(MatmulPrecision::Bf16);
+    let (xr, wr, pr) = (
+        bf16_rounded(x.as_tensor()),
+        bf16_rounded(w.as_tensor()),
+        bf16_rounded(&probe),
+    );
+    let y_ref = matmul_f64(&xr, &wr.t().unwrap())
+        .broadcast_add(b.as_tensor())
+        .unwrap();
+    assert!(max_abs_diff(&y, &y_ref) < 2e-5, "forward");
+    assert!(max_abs_diff(&dx, &matmul_f64(&pr, &wr)) < 2e-5, "dx");
+    assert!(
+        max_abs_diff(&dw, &matmul_f64(&pr.t().unwrap(), &xr)) < 2e-5,
+        "dw"
+    );
+    // The bias gradient is a plain f32 sum of dy.
+    let db_ref = probe.sum_keepdim(0).unwrap();
+    assert!(max_abs_diff(&db, &db_ref) < 1e-5, "db");
+    // And the rounding did happen: f32 differs by about bf16's relative precision.
+    let (y32, dx32, dw32, _) = run(MatmulPrecision::F32);
+    for (a, b) in [(&y, &y32), (&dx, &dx32), (&dw, &dw32)] {
+        let d = max_abs_diff(a, b);
+        assert!(d > 1e-3 && d < 0.2, "bf16 vs f32: {d}");
+    }
+}
+
+#[test]
+fn bf16_lora_linear_equals_its_bf16_composition() {
+    let x = var(23, 40, 71);
+    let a = var(4, 40, 72);
+    let bm = var(33, 4, 73);
+    let w = normal(33, 40, 1.0, &mut seed_rng(74)).unwrap();
+    let bias = normal(1, 33, 1.0, &mut seed_rng(75))
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    let probe = normal(23, 33, 1.0, &mut seed_rng(76)).unwrap();
+    // A scale of 2 commutes with rounding, so the fused op and the composition round the same
+    // values.
+    let grads = |fused: bool| {
+        let y = with_matmul_precision(MatmulPrecision::Bf16, || {
+            if fused {
+                frozen_lora_linear(x.as_tensor(), &w, &bias, a.as_tensor(), bm.as_tensor(), 2.0)
+                    .unwrap()
+            } else {
+                let h = linear_no_bias(x.as_tensor(), a.as_tensor()).unwrap();
+                (linear(x.as_tensor(), &w, &bias).unwrap()
+                    + (linear_no_bias(&h, bm.as_tensor()).unwrap() * 2.0).unwrap())
+                .unwrap()
+            }
+        });
+        let g = (&y * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let get = |v: &Var| g.get(v.as_tensor()).unwrap().clone();
+        (y, get(&x), get(&a), get(&bm))
+    };
+    let (f, c) = (grads(true), grads(false));
+    assert!(max_abs_diff(&f.0, &c.0) < 1e-4, "forward");
+    assert!(max_abs_diff(&f.1, &c.1) < 1e-4, "dx");
+    assert!(max_abs_diff(&f.2, &c.2) < 1e-4, "dA");
+    assert!(max_abs_diff(&f.3, &c.3) < 1e-4, "dB");
+    let y32 =
+        frozen_lora_linear(x.as_tensor(), &w, &bias, a.as_tensor(), bm.as_tensor(), 2.0).unwrap();
+    assert!(
+        max_abs_diff(&f.0, &y32) > 1e-3,
+        "bf16 rounding had no effect"
+    );
+}
+
+#[test]
+fn bf16_attention_matches_a_rounded_reference() {
+    let mk = |seed| {
+        Var::from_tensor(
+            &normal(1, 2 * 19 * 16, 1.0, &mut seed_rng(seed))
+                .unwrap()
+                .reshape((2, 19, 16))
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let (q, k, v) = (mk(81), mk(82), mk(83));
+    let mut mask = vec![1f32; 2 * 19];
+    mask[15..19].fill(0.0);
+    let mask = Tensor::from_vec(mask, (2, 19), &Device::Cpu).unwrap();
+    let probe = normal(1, 2 * 19 * 16, 1.0, &mut seed_rng(84))
+        .unwrap()
+        .reshape((2, 19, 16))
+        .unwrap();
+    let run = |p: MatmulPrecision| {
+        let y = with_matmul_precision(p, || {
+            attention(
+                q.as_tensor(),
+                k.as_tensor(),
+                v.as_tensor(),
+                &mask,
+                2,
+                0.25,
+                None,
+            )
+            .unwrap()
+        });
+        let g = (&y * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let get = |t: &Var| g.get(t.as_tensor()).unwrap().clone();
+        (y, get(&q), get(&k), get(&v))
+    };
+    let bf = run(MatmulPrecision::Bf16);
+    // Forward reference: rounded q, k for the scores, rounded probabilities and v for the
+    // context (the probabilities are rounded inside the reference's second product only).
+    let (b, s, h, heads) = (2, 19, 16, 2);
+    let dh = h / heads;
+    let split = |t: &Tensor| {
+        t.reshape((b, s, heads, dh))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
+    let scores = (split(&bf16_rounded(q.as_tensor()))
+        .matmul(&split(&bf16_rounded(k.as_tensor())).t().unwrap())
+        .unwrap()
+        * 0.25)
+        .unwrap();
+    let bias = ((mask.unsqueeze(1).unwrap().unsqueeze(1).unwrap() - 1.0).unwrap() * 1e9).unwrap();
+    let scores = scores.broadcast_add(&bias).unwrap();
+    let e = scores
+        .broadcast_sub(&scores.max_keepdim(3).unwrap())
+        .unwrap()
+        .exp()
+        .unwrap();
+    let p = e.broadcast_div(&e.sum_keepdim(3).unwrap()).unwrap();
+    let ctx = bf16_rounded(&p)
+        .matmul(&split(&bf16_rounded(v.as_tensor())))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((b, s, h))
+        .unwrap();
+    assert!(max_abs_diff(&bf.0, &ctx) < 1e-5, "forward");
+    // Gradients: close to f32's (bf16's precision) but not equal to them.
+    let f = run(MatmulPrecision::F32);
+    for (name, a, b) in [
+        ("dq", &bf.1, &f.1),
+        ("dk", &bf.2, &f.2),
+        ("dv", &bf.3, &f.3),
+    ] {
+        let d = max_abs_diff(a, b);
+        let scale = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d > 0.0 && d < 2e-2 * scale, "{name}: {d} (scale {scale})");
+    }
+}

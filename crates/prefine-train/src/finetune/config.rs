@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use prefine_model::ops::MatmulPrecision;
 use prefine_model::{LoraConfig, LoraTarget, Pooling};
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +92,9 @@ fn d_cache_mb() -> usize {
 }
 fn d_true() -> bool {
     true
+}
+fn is_f32(p: &MatmulPrecision) -> bool {
+    *p == MatmulPrecision::F32
 }
 fn is_true(v: &bool) -> bool {
     *v
@@ -198,6 +202,11 @@ pub struct FinetuneConfig {
     /// cuts batches from a plain shuffle, as `hf_finetune_anchor.py` does.
     #[serde(default = "d_true", skip_serializing_if = "is_true")]
     pub group_by_length: bool,
+    /// Matmul precision while training: `f32`, or `bf16` mixed precision (matmul operands
+    /// rounded to bf16, f32 accumulation, f32 master weights, gradients and optimizer; like
+    /// PyTorch's bf16 autocast). Evaluation and the saved weights stay f32.
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub precision: MatmulPrecision,
 }
 
 impl FinetuneConfig {
@@ -342,6 +351,27 @@ mod tests {
         assert!(!off.group_by_length);
         let back = FinetuneConfig::from_toml_str(&off.to_toml(), Path::new("c.toml")).unwrap();
         assert_eq!(back, off);
+    }
+
+    #[test]
+    fn precision_is_f32_by_default_and_a_bad_one_names_its_line() {
+        let c = FinetuneConfig::new(TaskKind::Tc, Mode::Lora);
+        assert_eq!(c.precision, MatmulPrecision::F32);
+        let bf = FinetuneConfig::from_toml_str(
+            "task = \"tc\"\nmode = \"lora\"\nprecision = \"bf16\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(bf.precision, MatmulPrecision::Bf16);
+        let back = FinetuneConfig::from_toml_str(&bf.to_toml(), Path::new("c.toml")).unwrap();
+        assert_eq!(back, bf);
+        let err = FinetuneConfig::from_toml_str(
+            "task = \"tc\"\nmode = \"lora\"\nprecision = \"int8\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 3") && err.contains("`bf16`"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use prefine_data::{subsample, LabelSet};
+use prefine_model::ops::with_matmul_precision;
 use prefine_model::{seed_rng, Encoder, Precision};
 use prefine_tokenize::{TextTokenizer, TokenizeConfig};
 use serde::{Deserialize, Serialize};
@@ -463,7 +464,9 @@ pub fn run_finetune_with(
             let seqs: Vec<&[u32]> = batch.iter().map(|&i| examples[i].ids()).collect();
             let input = pad_batch(&seqs, tok.pad_id())?;
             let (b, s) = input.dims()?;
-            let logits = model.logits(&input, Some(&mut dropout_rng))?;
+            let logits = with_matmul_precision(cfg.precision, || {
+                model.logits(&input, Some(&mut dropout_rng))
+            })?;
             let loss = match &examples[batch[0]] {
                 Example::Ner(_) => {
                     let mut lab = vec![0u32; b * s];

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use prefine_model::ops::MatmulPrecision;
 use prefine_model::{LoraConfig, LoraTarget};
 use serde::{Deserialize, Serialize};
 
@@ -221,6 +222,14 @@ pub struct PretrainConfig {
     /// A metrics line every N steps.
     #[serde(default = "d_log")]
     pub log_every: u64,
+    /// Matmul precision while training: `f32`, or `bf16` mixed precision (matmul operands
+    /// rounded to bf16, f32 accumulation, master weights, gradients and optimizer).
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub precision: MatmulPrecision,
+}
+
+fn is_f32(p: &MatmulPrecision) -> bool {
+    *p == MatmulPrecision::F32
 }
 
 impl PretrainConfig {

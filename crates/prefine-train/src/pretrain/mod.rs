@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Tensor, Var};
+use prefine_model::ops::with_matmul_precision;
 use prefine_model::peft::{save_adapter, PeftTaskType};
 use prefine_model::weights::write_atomic;
 use prefine_model::{seed_rng, Encoder, Forward, SeedRng};
@@ -327,7 +328,8 @@ impl Pretrainer {
     /// One optimizer step on one batch; returns its family and loss.
     pub fn train_step(&mut self) -> Result<(Family, f32)> {
         let fam = self.sampler.next(&mut self.sample_rng);
-        let loss = self.loss(fam, RngKind::Training, true)?;
+        let precision = self.cfg.precision;
+        let loss = with_matmul_precision(precision, || self.loss(fam, RngKind::Training, true))?;
         let lv = loss.to_scalar::<f32>()?;
         if !lv.is_finite() {
             return Err(Error::NonFinite {
