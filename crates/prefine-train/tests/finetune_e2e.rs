@@ -160,8 +160,14 @@ fn bf16_mixed_precision_finetune_tracks_f32_and_records_its_precision() {
     };
     let (bf16, bf16_config) = run("bf16");
     let (f32, f32_config) = run("f32");
-    assert!(bf16_config.contains("precision = \"bf16\""), "{bf16_config}");
-    assert!(!f32_config.contains("precision"), "f32 is the default: not written");
+    assert!(
+        bf16_config.contains("precision = \"bf16\""),
+        "{bf16_config}"
+    );
+    assert!(
+        !f32_config.contains("precision"),
+        "f32 is the default: not written"
+    );
     assert!(bf16[2] < bf16[0] * 0.8, "bf16 loss must fall: {bf16:?}");
     // Same data, seed and schedule: the curves differ only by bf16 rounding.
     for (b, f) in bf16.iter().zip(&f32) {
