@@ -55,10 +55,6 @@ pub fn erf(x: f32) -> f32 {
     }
 }
 
-const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
-/// 1 / sqrt(2 pi).
-const INV_SQRT_2PI: f32 = 0.398_942_3;
-
 /// Width of the intervals of [`GELU_TAIL`]'s polynomials.
 const GELU_STEP: f32 = 0.375;
 /// Beyond this `|x|`, `Φ(-|x|) < 1e-9` is taken as 0 (GELU then is `x` or `-0`, within 6e-9).
@@ -130,11 +126,100 @@ pub(crate) unsafe fn gelu_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86
     _mm512_mul_ps(x, phi)
 }
 
-/// Derivative of the exact GELU: `Φ(x) + x φ(x)`.
+/// Derivative of the exact GELU, `Φ(x) + x φ(x)`, through [`GELU_TAIL`]: the polynomial of
+/// `Φ(-|x|)` and its derivative `-φ(x)` in one Horner pass (no division, no `exp`). The
+/// AVX-512 path ([`gelu_grad_avx512`]) performs the same operations in the same order.
 #[inline(always)]
 pub fn gelu_grad(x: f32) -> f32 {
-    let cdf = 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
-    cdf + x * INV_SQRT_2PI * exp(-0.5 * x * x)
+    let a = x.abs();
+    let i = (a * (1.0 / GELU_STEP)).min(15.0) as usize;
+    let u = (i as f32).mul_add(-GELU_STEP, a) - 0.5 * GELU_STEP;
+    let mut p = GELU_TAIL[7][i];
+    let mut dp = 0.0f32;
+    for d in (0..7).rev() {
+        dp = dp.mul_add(u, p);
+        p = p.mul_add(u, GELU_TAIL[d][i]);
+    }
+    let (tail, density) = if a >= GELU_LIMIT {
+        (0.0, 0.0)
+    } else {
+        (p, -dp)
+    };
+    let cdf = if x < 0.0 { tail } else { 1.0 - tail };
+    x.mul_add(density, cdf)
+}
+
+/// [`gelu_grad`] on 16 lanes.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn gelu_grad_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let a = _mm512_abs_ps(x);
+    let s = _mm512_min_ps(
+        _mm512_mul_ps(a, _mm512_set1_ps(1.0 / GELU_STEP)),
+        _mm512_set1_ps(15.0),
+    );
+    let i = _mm512_cvttps_epi32(s);
+    let u = _mm512_sub_ps(
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_set1_ps(-GELU_STEP), a),
+        _mm512_set1_ps(0.5 * GELU_STEP),
+    );
+    let coef = |d: usize| _mm512_permutexvar_ps(i, _mm512_loadu_ps(GELU_TAIL[d].as_ptr()));
+    let mut p = coef(7);
+    let mut dp = _mm512_setzero_ps();
+    for d in (0..7).rev() {
+        dp = _mm512_fmadd_ps(dp, u, p);
+        p = _mm512_fmadd_ps(p, u, coef(d));
+    }
+    let inside = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, _mm512_set1_ps(GELU_LIMIT));
+    let tail = _mm512_maskz_mov_ps(inside, p);
+    let density = _mm512_maskz_mov_ps(inside, _mm512_sub_ps(_mm512_setzero_ps(), dp));
+    let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
+    let cdf = _mm512_mask_mov_ps(_mm512_sub_ps(_mm512_set1_ps(1.0), tail), negative, tail);
+    _mm512_fmadd_ps(x, density, cdf)
+}
+
+/// `dst[j] = dy[j] · gelu'(x[j])`: the GELU backward pass over a chunk, vectorised where the
+/// CPU allows (same bits as the scalar path).
+pub fn gelu_backward_into(dst: &mut [f32], x: &[f32], dy: &[f32]) {
+    assert!(
+        x.len() == dst.len() && dy.len() == dst.len(),
+        "gelu_backward_into: lengths differ"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if super::sgemm::available() {
+        // SAFETY: AVX-512F is present; every access is below `dst.len()`, checked above.
+        unsafe {
+            use std::arch::x86_64::*;
+            let n = dst.len();
+            let (d, xp, gp) = (dst.as_mut_ptr(), x.as_ptr(), dy.as_ptr());
+            let mut j = 0;
+            while j + 16 <= n {
+                let g = _mm512_mul_ps(
+                    _mm512_loadu_ps(gp.add(j)),
+                    gelu_grad_avx512(_mm512_loadu_ps(xp.add(j))),
+                );
+                _mm512_storeu_ps(d.add(j), g);
+                j += 16;
+            }
+            if j < n {
+                let m: __mmask16 = (1u16 << (n - j)) - 1;
+                let g = _mm512_mul_ps(
+                    _mm512_maskz_loadu_ps(m, gp.add(j)),
+                    gelu_grad_avx512(_mm512_maskz_loadu_ps(m, xp.add(j))),
+                );
+                _mm512_mask_storeu_ps(d.add(j), m, g);
+            }
+        }
+        return;
+    }
+    for ((o, &xv), &g) in dst.iter_mut().zip(x).zip(dy) {
+        *o = g * gelu_grad(xv);
+    }
 }
 
 /// Exact GELU in place over `x`, vectorised where the CPU allows (the activation of a linear
@@ -604,6 +689,33 @@ mod tests {
             }
             let erfc = (-z * z).exp() / (f * std::f64::consts::PI.sqrt());
             (1.0 - erfc) * x.signum()
+        }
+    }
+
+    #[test]
+    fn gelu_backward_is_accurate_and_the_vector_path_gives_the_scalar_bits() {
+        let mut xs: Vec<f32> = (-70_000..70_000).map(|i| i as f32 * 1e-4).collect();
+        xs.extend([
+            0.0, -0.0, 5.999_999, 6.0, -6.0, 7.5, -7.5, 1e4, -1e4, 1e-30, -1e-30,
+        ]);
+        let dy: Vec<f32> = (0..xs.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
+        let mut out = vec![f32::NAN; xs.len()];
+        gelu_backward_into(&mut out, &xs, &dy);
+        let inv_sqrt_2pi = 1.0 / (2.0 * std::f64::consts::PI).sqrt();
+        for ((&x, &g), &o) in xs.iter().zip(&dy).zip(&out) {
+            let d = gelu_grad(x);
+            assert_eq!(
+                o.to_bits(),
+                (g * d).to_bits(),
+                "gelu'({x}) vector vs scalar"
+            );
+            let xf = x as f64;
+            let exact = 0.5 * (1.0 + libm_erf(xf / 2f64.sqrt()))
+                + xf * inv_sqrt_2pi * (-0.5 * xf * xf).exp();
+            assert!(
+                (d as f64 - exact).abs() < 1e-6,
+                "gelu'({x}) = {d}, exact {exact}"
+            );
         }
     }
 

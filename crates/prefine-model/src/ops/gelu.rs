@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fast_math::{gelu_grad, gelu_into_uninit, zip_map_into};
+use super::fast_math::{gelu_backward_into, gelu_into_uninit};
 use super::{f32_slice, with_f32};
 
 struct Gelu;
@@ -35,7 +35,7 @@ impl CustomOp1 for Gelu {
                 dx.par_chunks_mut(CHUNK)
                     .zip(xv.par_chunks(CHUNK))
                     .zip(g.par_chunks(CHUNK))
-                    .for_each(|((d, xc), gc)| zip_map_into(d, xc, gc, |x, g| g * gelu_grad(x)));
+                    .for_each(|((d, xc), gc)| gelu_backward_into(d, xc, gc));
                 dx
             })
         })??;
