@@ -78,13 +78,42 @@ const GELU_TAIL: [[f32; 16]; 8] = [
     [0.0010343492, 1.4410318e-04, -6.9348403e-04, -7.6538714e-04, -2.7201007e-04, 1.711167e-04, 2.7101688e-04, 1.5299775e-04, 2.7045768e-05, -2.5629583e-05, -2.7012533e-05, -1.4691889e-05, -5.679775e-06, -1.6995344e-06, -4.085999e-07, -8.055831e-08],
 ];
 
+/// The [`GELU_TAIL`] interval of `a = |x|` and the offset `u` from its centre.
+#[inline(always)]
+fn gelu_interval(a: f32) -> (usize, f32) {
+    let i = (a * (1.0 / GELU_STEP)).min(15.0) as usize;
+    (i, (i as f32).mul_add(-GELU_STEP, a) - 0.5 * GELU_STEP)
+}
+
+/// [`gelu_interval`] on 16 lanes (the same operations, so the same bits).
+///
+/// # Safety
+/// AVX-512F must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn gelu_interval_avx512(
+    a: std::arch::x86_64::__m512,
+) -> (std::arch::x86_64::__m512i, std::arch::x86_64::__m512) {
+    use std::arch::x86_64::*;
+    let s = _mm512_min_ps(
+        _mm512_mul_ps(a, _mm512_set1_ps(1.0 / GELU_STEP)),
+        _mm512_set1_ps(15.0),
+    );
+    let i = _mm512_cvttps_epi32(s);
+    let u = _mm512_sub_ps(
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_set1_ps(-GELU_STEP), a),
+        _mm512_set1_ps(0.5 * GELU_STEP),
+    );
+    (i, u)
+}
+
 /// Exact (erf) GELU, `x Φ(x)`, through [`GELU_TAIL`]: no division, no `exp`. The AVX-512 path
 /// ([`gelu_avx512`]) performs the same operations in the same order, so both give the same bits.
 #[inline(always)]
 pub fn gelu(x: f32) -> f32 {
     let a = x.abs();
-    let i = (a * (1.0 / GELU_STEP)).min(15.0) as usize;
-    let u = (i as f32).mul_add(-GELU_STEP, a) - 0.5 * GELU_STEP;
+    let (i, u) = gelu_interval(a);
     let mut p = GELU_TAIL[7][i];
     for d in (0..7).rev() {
         p = p.mul_add(u, GELU_TAIL[d][i]);
@@ -103,15 +132,7 @@ pub fn gelu(x: f32) -> f32 {
 pub(crate) unsafe fn gelu_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     let a = _mm512_abs_ps(x);
-    let s = _mm512_min_ps(
-        _mm512_mul_ps(a, _mm512_set1_ps(1.0 / GELU_STEP)),
-        _mm512_set1_ps(15.0),
-    );
-    let i = _mm512_cvttps_epi32(s);
-    let u = _mm512_sub_ps(
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_set1_ps(-GELU_STEP), a),
-        _mm512_set1_ps(0.5 * GELU_STEP),
-    );
+    let (i, u) = gelu_interval_avx512(a);
     let coef = |d: usize| _mm512_permutexvar_ps(i, _mm512_loadu_ps(GELU_TAIL[d].as_ptr()));
     let mut p = coef(7);
     for d in (0..7).rev() {
@@ -132,8 +153,7 @@ pub(crate) unsafe fn gelu_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86
 #[inline(always)]
 pub fn gelu_grad(x: f32) -> f32 {
     let a = x.abs();
-    let i = (a * (1.0 / GELU_STEP)).min(15.0) as usize;
-    let u = (i as f32).mul_add(-GELU_STEP, a) - 0.5 * GELU_STEP;
+    let (i, u) = gelu_interval(a);
     let mut p = GELU_TAIL[7][i];
     let mut dp = 0.0f32;
     for d in (0..7).rev() {
@@ -159,15 +179,7 @@ pub fn gelu_grad(x: f32) -> f32 {
 unsafe fn gelu_grad_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     let a = _mm512_abs_ps(x);
-    let s = _mm512_min_ps(
-        _mm512_mul_ps(a, _mm512_set1_ps(1.0 / GELU_STEP)),
-        _mm512_set1_ps(15.0),
-    );
-    let i = _mm512_cvttps_epi32(s);
-    let u = _mm512_sub_ps(
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_set1_ps(-GELU_STEP), a),
-        _mm512_set1_ps(0.5 * GELU_STEP),
-    );
+    let (i, u) = gelu_interval_avx512(a);
     let coef = |d: usize| _mm512_permutexvar_ps(i, _mm512_loadu_ps(GELU_TAIL[d].as_ptr()));
     let mut p = coef(7);
     let mut dp = _mm512_setzero_ps();

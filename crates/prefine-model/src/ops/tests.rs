@@ -239,7 +239,8 @@ fn gelu_gradient_and_reference() {
     assert!(diff < 1e-6, "{diff}");
 }
 
-/// Reference attention from candle's differentiable primitives.
+/// Reference attention from candle's differentiable primitives; with `bf16`, the operands of
+/// both products (`q`, `k`, the probabilities, `v`) are rounded to bf16 first.
 fn reference_attention(
     q: &Tensor,
     k: &Tensor,
@@ -247,7 +248,10 @@ fn reference_attention(
     mask: &Tensor,
     heads: usize,
     scale: f64,
+    bf16: bool,
 ) -> Tensor {
+    let round = |t: &Tensor| if bf16 { bf16_rounded(t) } else { t.clone() };
+    let (q, k, v) = (&round(q), &round(k), &round(v));
     let (b, s, h) = q.dims3().unwrap();
     let dh = h / heads;
     let split = |t: &Tensor| {
@@ -263,7 +267,7 @@ fn reference_attention(
     let scores = scores.broadcast_add(&bias).unwrap();
     let max = scores.max_keepdim(3).unwrap();
     let e = scores.broadcast_sub(&max).unwrap().exp().unwrap();
-    let p = e.broadcast_div(&e.sum_keepdim(3).unwrap()).unwrap();
+    let p = round(&e.broadcast_div(&e.sum_keepdim(3).unwrap()).unwrap());
     p.matmul(&split(v))
         .unwrap()
         .transpose(1, 2)
@@ -272,18 +276,20 @@ fn reference_attention(
         .unwrap()
 }
 
+/// A `[b, s, h]` variable of standard normal values.
+fn var3(b: usize, s: usize, h: usize, seed: u64) -> Var {
+    Var::from_tensor(
+        &normal(1, b * s * h, 1.0, &mut seed_rng(seed))
+            .unwrap()
+            .reshape((b, s, h))
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn attention_matches_reference_and_finite_differences() {
-    let mk = |seed| {
-        Var::from_tensor(
-            &normal(1, 2 * 5 * 8, 1.0, &mut seed_rng(seed))
-                .unwrap()
-                .reshape((2, 5, 8))
-                .unwrap(),
-        )
-        .unwrap()
-    };
-    let (q, k, v) = (mk(31), mk(32), mk(33));
+    let (q, k, v) = (var3(2, 5, 8, 31), var3(2, 5, 8, 32), var3(2, 5, 8, 33));
     let mask = Tensor::new(
         &[[1f32, 1., 1., 0., 0.], [1., 1., 1., 1., 1.]],
         &Device::Cpu,
@@ -299,7 +305,15 @@ fn attention_matches_reference_and_finite_differences() {
         None,
     )
     .unwrap();
-    let reference = reference_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, 2, 0.5);
+    let reference = reference_attention(
+        q.as_tensor(),
+        k.as_tensor(),
+        v.as_tensor(),
+        &mask,
+        2,
+        0.5,
+        false,
+    );
     let diff = (ours - reference)
         .unwrap()
         .abs()
@@ -316,16 +330,7 @@ fn attention_matches_reference_and_finite_differences() {
 
 #[test]
 fn attention_dropout_gradients_match_finite_differences() {
-    let mk = |seed| {
-        Var::from_tensor(
-            &normal(1, 4 * 8, 1.0, &mut seed_rng(seed))
-                .unwrap()
-                .reshape((1, 4, 8))
-                .unwrap(),
-        )
-        .unwrap()
-    };
-    let (q, k, v) = (mk(41), mk(42), mk(43));
+    let (q, k, v) = (var3(1, 4, 8, 41), var3(1, 4, 8, 42), var3(1, 4, 8, 43));
     let mask = Tensor::new(&[[1f32, 1., 1., 1.]], &Device::Cpu).unwrap();
     // The same seed draws the same dropout mask on every call.
     fd_check(&[q, k, v], &[0, 1, 2], &|t| {
@@ -546,16 +551,11 @@ fn bf16_lora_linear_equals_its_bf16_composition() {
 
 #[test]
 fn bf16_attention_matches_a_rounded_reference() {
-    let mk = |seed| {
-        Var::from_tensor(
-            &normal(1, 2 * 19 * 16, 1.0, &mut seed_rng(seed))
-                .unwrap()
-                .reshape((2, 19, 16))
-                .unwrap(),
-        )
-        .unwrap()
-    };
-    let (q, k, v) = (mk(81), mk(82), mk(83));
+    let (q, k, v) = (
+        var3(2, 19, 16, 81),
+        var3(2, 19, 16, 82),
+        var3(2, 19, 16, 83),
+    );
     let mut mask = vec![1f32; 2 * 19];
     mask[15..19].fill(0.0);
     let mask = Tensor::from_vec(mask, (2, 19), &Device::Cpu).unwrap();
@@ -586,38 +586,15 @@ fn bf16_attention_matches_a_rounded_reference() {
         (y, get(&q), get(&k), get(&v))
     };
     let bf = run(MatmulPrecision::Bf16);
-    // Forward reference: rounded q, k for the scores, rounded probabilities and v for the
-    // context (the probabilities are rounded inside the reference's second product only).
-    let (b, s, h, heads) = (2, 19, 16, 2);
-    let dh = h / heads;
-    let split = |t: &Tensor| {
-        t.reshape((b, s, heads, dh))
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .contiguous()
-            .unwrap()
-    };
-    let scores = (split(&bf16_rounded(q.as_tensor()))
-        .matmul(&split(&bf16_rounded(k.as_tensor())).t().unwrap())
-        .unwrap()
-        * 0.25)
-        .unwrap();
-    let bias = ((mask.unsqueeze(1).unwrap().unsqueeze(1).unwrap() - 1.0).unwrap() * 1e9).unwrap();
-    let scores = scores.broadcast_add(&bias).unwrap();
-    let e = scores
-        .broadcast_sub(&scores.max_keepdim(3).unwrap())
-        .unwrap()
-        .exp()
-        .unwrap();
-    let p = e.broadcast_div(&e.sum_keepdim(3).unwrap()).unwrap();
-    let ctx = bf16_rounded(&p)
-        .matmul(&split(&bf16_rounded(v.as_tensor())))
-        .unwrap()
-        .transpose(1, 2)
-        .unwrap()
-        .reshape((b, s, h))
-        .unwrap();
+    let ctx = reference_attention(
+        q.as_tensor(),
+        k.as_tensor(),
+        v.as_tensor(),
+        &mask,
+        2,
+        0.25,
+        true,
+    );
     assert!(max_abs_diff(&bf.0, &ctx) < 1e-5, "forward");
     // Gradients: close to f32's (bf16's precision) but not equal to them.
     let f = run(MatmulPrecision::F32);
