@@ -454,6 +454,14 @@ fn matmul_f64(a: &Tensor, b: &Tensor) -> Tensor {
     Tensor::from_vec(c, (m, n), &Device::Cpu).unwrap()
 }
 
+/// The gradients of `sum(y * probe)` with respect to `vars`.
+fn probe_grads(y: &Tensor, probe: &Tensor, vars: &[&Var]) -> Vec<Tensor> {
+    let g = (y * probe).unwrap().sum_all().unwrap().backward().unwrap();
+    vars.iter()
+        .map(|v| g.get(v.as_tensor()).unwrap().clone())
+        .collect()
+}
+
 #[test]
 fn bf16_linear_multiplies_rounded_operands_forward_and_backward() {
     // Sizes with partial register tiles and panels; 37 x 45 x 70 is split across threads.
@@ -467,14 +475,8 @@ fn bf16_linear_multiplies_rounded_operands_forward_and_backward() {
         let y = with_matmul_precision(p, || {
             linear(x.as_tensor(), w.as_tensor(), &b.flatten_all().unwrap()).unwrap()
         });
-        let g = (&y * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let grad = |v: &Var| g.get(v.as_tensor()).unwrap().clone();
-        (y, grad(&x), grad(&w), grad(&b))
+        let g = probe_grads(&y, &probe, &[&x, &w, &b]);
+        (y, g[0].clone(), g[1].clone(), g[2].clone())
     };
     let (y, dx, dw, db) = run(MatmulPrecision::Bf16);
     let (xr, wr, pr) = (
@@ -527,14 +529,8 @@ fn bf16_lora_linear_equals_its_bf16_composition() {
                 .unwrap()
             }
         });
-        let g = (&y * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let get = |v: &Var| g.get(v.as_tensor()).unwrap().clone();
-        (y, get(&x), get(&a), get(&bm))
+        let g = probe_grads(&y, &probe, &[&x, &a, &bm]);
+        (y, g[0].clone(), g[1].clone(), g[2].clone())
     };
     let (f, c) = (grads(true), grads(false));
     assert!(max_abs_diff(&f.0, &c.0) < 1e-4, "forward");
@@ -576,14 +572,8 @@ fn bf16_attention_matches_a_rounded_reference() {
             )
             .unwrap()
         });
-        let g = (&y * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let get = |t: &Var| g.get(t.as_tensor()).unwrap().clone();
-        (y, get(&q), get(&k), get(&v))
+        let g = probe_grads(&y, &probe, &[&q, &k, &v]);
+        (y, g[0].clone(), g[1].clone(), g[2].clone())
     };
     let bf = run(MatmulPrecision::Bf16);
     let ctx = reference_attention(
