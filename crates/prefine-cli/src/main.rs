@@ -1,14 +1,9 @@
 //! `prefine`: the command-line entry point. It parses arguments and calls the library crates;
 //! nothing else lives here.
 
+mod allocator;
 mod commands;
 mod interrupt;
-
-/// Tensor code allocates and frees many large buffers per step; glibc's allocator returns them
-/// to the kernel each time (page faults and TLB shootdowns were ~25% of a training step in
-/// `perf`). mimalloc keeps them.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
 
@@ -76,6 +71,9 @@ fn main() {
     // (with 2 cores, the hand-off costs a context switch per op). `serve` keeps the main
     // thread for its async runtime.
     let on_pool = !matches!(cli.command, Command::Serve(_));
+    if on_pool {
+        allocator::keep_freed_memory();
+    }
     let dispatch = move || match cli.command {
         Command::Embed(a) => commands::embed::run(a),
         Command::Bench(a) => commands::bench::run(a),
