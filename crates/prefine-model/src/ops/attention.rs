@@ -54,7 +54,8 @@ impl Attention {
 }
 
 thread_local! {
-    /// Per-thread scratch for one head's `[seq, seq]` scores at inference.
+    /// Per-thread scratch for one head's `[seq, seq]` scores at inference, and for one head's
+    /// score gradient in the backward pass.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -91,21 +92,27 @@ impl CustomOp3 for Attention {
         // overwrite mode), so it is never zero-filled first.
         let n = b * s * h;
         let mut ctx: Vec<f32> = Vec::with_capacity(n);
-        // Probabilities are kept only when a backward pass will need them.
-        let mut probs = if self.keep_probs {
-            vec![0f32; b * nh * s * s]
+        // Probabilities are kept only when a backward pass will need them; like `ctx`, each
+        // [s, s] block is written by its head's score GEMM (overwrite mode), never zero-filled.
+        let mut probs: Vec<f32> = if self.keep_probs {
+            Vec::with_capacity(b * nh * s * s)
         } else {
             Vec::new()
         };
         let out = SharedMut(ctx.as_mut_ptr());
         let probs_ptr = SharedMut(probs.as_mut_ptr());
-        let head = |bh: usize, p: &mut [f32]| {
+        // `scores` points at this task's own [s, s] block (of `probs` or of a scratch buffer).
+        let head = |bh: usize, scores: *mut f32| {
             let (bi, hi) = (bh / nh, bh % nh);
             let base = bi * s * h + hi * dh;
             let qm = MatRef::strided(&q[base..], h as isize, 1).at(prec);
             let kt = MatRef::strided(&k[base..], 1, h as isize).at(prec);
-            // SAFETY: `p` is this task's own [s, s] block.
-            unsafe { gemm_into_strided(s, s, dh, p.as_mut_ptr(), s as isize, false, qm, kt) };
+            // SAFETY: `scores` is valid for s x s elements owned by this task; the GEMM writes
+            // every one of them before the slice below reads them.
+            let p = unsafe {
+                gemm_into_strided(s, s, dh, scores, s as isize, false, qm, kt);
+                std::slice::from_raw_parts_mut(scores, s * s)
+            };
             self.softmax_rows(p, &self.key_mask[bi * s..(bi + 1) * s], s);
             let dropped;
             let pv: &[f32] = match &self.dropout {
@@ -136,20 +143,19 @@ impl CustomOp3 for Attention {
         };
         (0..b * nh).into_par_iter().for_each(|bh| {
             if self.keep_probs {
-                // SAFETY: each task owns the [s, s] block `bh` of `probs`.
-                let p = unsafe {
-                    std::slice::from_raw_parts_mut(probs_ptr.get().add(bh * s * s), s * s)
-                };
-                head(bh, p);
+                // SAFETY: each task owns the [s, s] block `bh` of `probs` (within capacity).
+                head(bh, unsafe { probs_ptr.get().add(bh * s * s) });
                 return;
             }
             // Inference: the scores live in this thread's reused scratch (the GEMM overwrites
             // it); a nested call on a busy thread gets a buffer of its own.
-            with_buffer(&SCORES, s * s, |p| head(bh, p));
+            with_buffer(&SCORES, s * s, |p| head(bh, p.as_mut_ptr()));
         });
-        // SAFETY: the (batch, head) blocks written above cover all n elements of `ctx`.
+        // SAFETY: the (batch, head) blocks written above cover all n elements of `ctx` (and,
+        // when kept, all b * nh * s * s elements of `probs`).
         unsafe { ctx.set_len(n) };
         if self.keep_probs {
+            unsafe { probs.set_len(b * nh * s * s) };
             *self.probs.lock().expect("not poisoned") = Some(probs);
         }
         Ok((CpuStorage::F32(ctx), l1.shape().clone()))
@@ -172,9 +178,14 @@ impl CustomOp3 for Attention {
                 "attention: backward without saved probabilities (forward ran without gradients)"
             )
         };
-        let mut dq = vec![0f32; b * s * h];
-        let mut dk = vec![0f32; b * s * h];
-        let mut dv = vec![0f32; b * s * h];
+        // Every element of dq, dk and dv is written by exactly one (batch, head) task's GEMM
+        // (overwrite mode), as `ctx` in the forward pass: no zero fill.
+        let n = b * s * h;
+        let (mut dq, mut dk, mut dv): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
         let (pq, pk, pv) = (
             SharedMut(dq.as_mut_ptr()),
             SharedMut(dk.as_mut_ptr()),
@@ -195,80 +206,91 @@ impl CustomOp3 for Attention {
                                 .as_ref()
                                 .map(|d| &d[bh * s * s..(bh + 1) * s * s]);
                             let gm = MatRef::strided(&g[base..], h as isize, 1).at(prec);
-                            // dP = dctx · Vᵀ
-                            let mut dp = vec![0f32; s * s];
-                            let vt = MatRef::strided(&vv[base..], 1, h as isize).at(prec);
-                            // SAFETY: `dp` is local.
-                            unsafe {
-                                gemm_into_strided(
-                                    s,
-                                    s,
-                                    dh,
-                                    dp.as_mut_ptr(),
-                                    s as isize,
-                                    false,
-                                    gm,
-                                    vt,
-                                )
-                            };
-                            // dV = (P∘M)ᵀ · dctx
-                            let pm: Vec<f32> = match drop {
-                                Some(d) => p.iter().zip(d).map(|(a, m)| a * m).collect(),
-                                None => p.to_vec(),
-                            };
-                            // SAFETY: each task writes its own column block of dq, dk, dv.
-                            unsafe {
-                                gemm_into_strided(
-                                    s,
-                                    dh,
-                                    s,
-                                    pv.get().add(base),
-                                    h as isize,
-                                    false,
-                                    MatRef::transposed(&pm, s).at(prec),
-                                    gm,
-                                )
-                            };
-                            if let Some(d) = drop {
-                                dp.iter_mut().zip(d).for_each(|(x, m)| *x *= m);
-                            }
-                            // dS = scale · P ∘ (dP − rowsum(dP ∘ P))
-                            for (dr, pr) in dp.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
-                                let dot = fdot(dr, pr);
-                                dr.iter_mut()
-                                    .zip(pr)
-                                    .for_each(|(x, pp)| *x = scale * pp * (*x - dot));
-                            }
-                            let km = MatRef::strided(&kv[base..], h as isize, 1).at(prec);
-                            let qm = MatRef::strided(&qv[base..], h as isize, 1).at(prec);
-                            unsafe {
-                                // dQ = dS · K ; dK = dSᵀ · Q
-                                gemm_into_strided(
-                                    s,
-                                    dh,
-                                    s,
-                                    pq.get().add(base),
-                                    h as isize,
-                                    false,
-                                    MatRef::row_major(&dp, s).at(prec),
-                                    km,
-                                );
-                                gemm_into_strided(
-                                    s,
-                                    dh,
-                                    s,
-                                    pk.get().add(base),
-                                    h as isize,
-                                    false,
-                                    MatRef::transposed(&dp, s).at(prec),
-                                    qm,
-                                );
-                            }
+                            // dP = dctx · Vᵀ, in this thread's reused scratch (overwritten).
+                            with_buffer(&SCORES, s * s, |dp| {
+                                let vt = MatRef::strided(&vv[base..], 1, h as isize).at(prec);
+                                // SAFETY: `dp` is this task's s x s buffer.
+                                unsafe {
+                                    gemm_into_strided(
+                                        s,
+                                        s,
+                                        dh,
+                                        dp.as_mut_ptr(),
+                                        s as isize,
+                                        false,
+                                        gm,
+                                        vt,
+                                    )
+                                };
+                                // dV = (P∘M)ᵀ · dctx
+                                let dropped: Vec<f32>;
+                                let pm: &[f32] = match drop {
+                                    Some(d) => {
+                                        dropped = p.iter().zip(d).map(|(a, m)| a * m).collect();
+                                        &dropped
+                                    }
+                                    None => p,
+                                };
+                                // SAFETY: each task writes its own column block of dq, dk, dv.
+                                unsafe {
+                                    gemm_into_strided(
+                                        s,
+                                        dh,
+                                        s,
+                                        pv.get().add(base),
+                                        h as isize,
+                                        false,
+                                        MatRef::transposed(pm, s).at(prec),
+                                        gm,
+                                    )
+                                };
+                                if let Some(d) = drop {
+                                    dp.iter_mut().zip(d).for_each(|(x, m)| *x *= m);
+                                }
+                                // dS = scale · P ∘ (dP − rowsum(dP ∘ P))
+                                for (dr, pr) in dp.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
+                                    let dot = fdot(dr, pr);
+                                    dr.iter_mut()
+                                        .zip(pr)
+                                        .for_each(|(x, pp)| *x = scale * pp * (*x - dot));
+                                }
+                                let km = MatRef::strided(&kv[base..], h as isize, 1).at(prec);
+                                let qm = MatRef::strided(&qv[base..], h as isize, 1).at(prec);
+                                unsafe {
+                                    // dQ = dS · K ; dK = dSᵀ · Q
+                                    gemm_into_strided(
+                                        s,
+                                        dh,
+                                        s,
+                                        pq.get().add(base),
+                                        h as isize,
+                                        false,
+                                        MatRef::row_major(dp, s).at(prec),
+                                        km,
+                                    );
+                                    gemm_into_strided(
+                                        s,
+                                        dh,
+                                        s,
+                                        pk.get().add(base),
+                                        h as isize,
+                                        false,
+                                        MatRef::transposed(dp, s).at(prec),
+                                        qm,
+                                    );
+                                }
+                            });
                         });
                     })
                 })
             })
         })????;
+        // SAFETY: the (batch, head) column blocks written above cover all n elements of each.
+        unsafe {
+            dq.set_len(n);
+            dk.set_len(n);
+            dv.set_len(n);
+        }
         let dev = q.device();
         let mk = |t: &Tensor, d: Vec<f32>| -> Result<Option<Tensor>> {
             Ok(if t.track_op() {

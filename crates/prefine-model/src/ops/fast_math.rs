@@ -196,8 +196,9 @@ unsafe fn gelu_grad_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::_
 }
 
 /// `dst[j] = dy[j] · gelu'(x[j])`: the GELU backward pass over a chunk, vectorised where the
-/// CPU allows (same bits as the scalar path).
-pub fn gelu_backward_into(dst: &mut [f32], x: &[f32], dy: &[f32]) {
+/// CPU allows (same bits as the scalar path). Every element is written, so `dst` may be
+/// uninitialised.
+pub fn gelu_backward_into(dst: &mut [std::mem::MaybeUninit<f32>], x: &[f32], dy: &[f32]) {
     assert!(
         x.len() == dst.len() && dy.len() == dst.len(),
         "gelu_backward_into: lengths differ"
@@ -208,7 +209,7 @@ pub fn gelu_backward_into(dst: &mut [f32], x: &[f32], dy: &[f32]) {
         unsafe {
             use std::arch::x86_64::*;
             let n = dst.len();
-            let (d, xp, gp) = (dst.as_mut_ptr(), x.as_ptr(), dy.as_ptr());
+            let (d, xp, gp) = (dst.as_mut_ptr().cast::<f32>(), x.as_ptr(), dy.as_ptr());
             let mut j = 0;
             while j + 16 <= n {
                 let g = _mm512_mul_ps(
@@ -230,7 +231,7 @@ pub fn gelu_backward_into(dst: &mut [f32], x: &[f32], dy: &[f32]) {
         return;
     }
     for ((o, &xv), &g) in dst.iter_mut().zip(x).zip(dy) {
-        *o = g * gelu_grad(xv);
+        o.write(g * gelu_grad(xv));
     }
 }
 
@@ -711,8 +712,10 @@ mod tests {
             0.0, -0.0, 5.999_999, 6.0, -6.0, 7.5, -7.5, 1e4, -1e4, 1e-30, -1e-30,
         ]);
         let dy: Vec<f32> = (0..xs.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
-        let mut out = vec![f32::NAN; xs.len()];
+        let mut out = vec![std::mem::MaybeUninit::new(f32::NAN); xs.len()];
         gelu_backward_into(&mut out, &xs, &dy);
+        // SAFETY: every element was initialised (to NaN, then overwritten).
+        let out: Vec<f32> = out.iter().map(|v| unsafe { v.assume_init() }).collect();
         let inv_sqrt_2pi = 1.0 / (2.0 * std::f64::consts::PI).sqrt();
         for ((&x, &g), &o) in xs.iter().zip(&dy).zip(&out) {
             let d = gelu_grad(x);

@@ -31,11 +31,15 @@ impl CustomOp1 for Gelu {
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let dx = with_f32(x, "gelu.backward", |xv| {
             with_f32(dy, "gelu.backward", |g| {
-                let mut dx = vec![0f32; xv.len()];
-                dx.par_chunks_mut(CHUNK)
+                let n = xv.len();
+                let mut dx: Vec<f32> = Vec::with_capacity(n);
+                dx.spare_capacity_mut()[..n]
+                    .par_chunks_mut(CHUNK)
                     .zip(xv.par_chunks(CHUNK))
                     .zip(g.par_chunks(CHUNK))
                     .for_each(|((d, xc), gc)| gelu_backward_into(d, xc, gc));
+                // SAFETY: `gelu_backward_into` wrote every element of the n-element chunks.
+                unsafe { dx.set_len(n) };
                 dx
             })
         })??;

@@ -93,8 +93,9 @@ fn backward_rows(
     need_params: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let d = g.len();
-    let mut dx = vec![0f32; x.len()];
-    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+    // Every element of dx is written below (one row at a time): no zero fill.
+    let mut dx: Vec<f32> = Vec::with_capacity(x.len());
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx.spare_capacity_mut()[..x.len()]
         .par_chunks_mut(d * ROWS)
         .zip(x.par_chunks(d * ROWS))
         .zip(gy.par_chunks(d * ROWS))
@@ -131,12 +132,14 @@ fn backward_rows(
                 let (m1, m2) = (sum_dxhat * inv_d, sum_dxhat_xhat * inv_d);
                 for i in 0..d {
                     let xhat = (xr[i] - mean) * rstd;
-                    dxr[i] = rstd * (gr[i] * g[i] - m1 - xhat * m2);
+                    dxr[i].write(rstd * (gr[i] * g[i] - m1 - xhat * m2));
                 }
             }
             (dg, db)
         })
         .collect();
+    // SAFETY: the chunks above cover the first x.len() elements, each row written in full.
+    unsafe { dx.set_len(x.len()) };
     let mut dg = Vec::new();
     let mut db = Vec::new();
     if need_params {
@@ -239,16 +242,19 @@ struct AddLayerNorm {
 }
 
 fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
-    let mut s = vec![0f32; a.len()];
-    s.par_chunks_mut(16 * 1024)
-        .zip(a.par_chunks(16 * 1024))
-        .zip(b.par_chunks(16 * 1024))
+    let n = a.len().min(b.len());
+    let mut s: Vec<f32> = Vec::with_capacity(n);
+    s.spare_capacity_mut()[..n]
+        .par_chunks_mut(16 * 1024)
+        .zip(a[..n].par_chunks(16 * 1024))
+        .zip(b[..n].par_chunks(16 * 1024))
         .for_each(|((s, a), b)| {
-            s.iter_mut()
-                .zip(a)
-                .zip(b)
-                .for_each(|((s, a), b)| *s = a + b)
+            s.iter_mut().zip(a).zip(b).for_each(|((s, a), b)| {
+                s.write(a + b);
+            })
         });
+    // SAFETY: the chunks above wrote all n elements.
+    unsafe { s.set_len(n) };
     s
 }
 
