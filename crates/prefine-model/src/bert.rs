@@ -572,26 +572,43 @@ impl Encoder {
                 cfg.vocab_size
             )));
         }
-        let h = cfg.hidden_size;
-        let word = self
-            .embeddings
-            .word
-            .t()
-            .index_select(&ids, 0)?
-            .reshape((b, s, h))?;
-        let pos = self.embeddings.position.t().narrow(0, 0, s)?.unsqueeze(0)?;
-        let mut x = word.broadcast_add(&pos)?;
         if let Some(tt) = &self.embeddings.token_type {
-            let types = input.type_ids.flatten_all()?;
-            let tmax = types.max(0)?.to_scalar::<u32>()? as usize;
-            if tmax >= cfg.type_vocab_size {
+            let tmax = input.type_ids.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
+            if tmax >= cfg.type_vocab_size || tmax >= tt.t().dim(0)? {
                 return Err(Error::Input(format!(
                     "token type {tmax} outside type_vocab_size {}",
                     cfg.type_vocab_size
                 )));
             }
-            x = (x + tt.t().index_select(&types, 0)?.reshape((b, s, h))?)?;
         }
+        let word = self.embeddings.word.t();
+        let pos = self.embeddings.position.t();
+        let types = self.embeddings.token_type.as_ref().map(Param::t);
+        let x = if [Some(&word), Some(&pos), types.as_ref()]
+            .into_iter()
+            .flatten()
+            .all(|t| t.dtype() == DType::F32 && t.device().is_cpu())
+        {
+            // One op, with one gradient buffer per trainable table.
+            ops::embedding_sum(
+                &word,
+                &pos,
+                types.as_ref(),
+                &input.input_ids,
+                &input.type_ids,
+            )?
+        } else {
+            let h = cfg.hidden_size;
+            let mut x = word
+                .index_select(&ids, 0)?
+                .reshape((b, s, h))?
+                .broadcast_add(&pos.narrow(0, 0, s)?.unsqueeze(0)?)?;
+            if let Some(tt) = &types {
+                let t = tt.index_select(&input.type_ids.flatten_all()?, 0)?;
+                x = (x + t.reshape((b, s, h))?)?;
+            }
+            x
+        };
         self.embeddings.norm.forward(&x, cfg.layer_norm_eps)
     }
 

@@ -604,3 +604,102 @@ fn bf16_attention_matches_a_rounded_reference() {
         assert!(d > 0.0 && d < 2e-2 * scale, "{name}: {d} (scale {scale})");
     }
 }
+
+/// The fused embedding sum equals candle's composition (`index_select`, `narrow`,
+/// `broadcast_add`, `add`) bit for bit, forward and backward, with and without a token-type
+/// table; its gradients match finite differences; a frozen table gets no gradient, and an id
+/// outside its table is an error.
+#[test]
+fn embedding_sum_matches_the_composition_and_finite_differences() {
+    let (b, s, h) = (3, 4, 5);
+    let word = var(11, h, 1);
+    let pos = var(6, h, 2);
+    let typ = var(2, h, 3);
+    let ids = Tensor::new(
+        &[[1u32, 7, 7, 10], [0, 3, 1, 1], [9, 9, 2, 5]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let types = Tensor::new(&[[0u32, 0, 1, 1], [1, 0, 0, 0], [0, 1, 0, 1]], &Device::Cpu).unwrap();
+    let composed = |w: &Tensor, p: &Tensor, t: Option<&Tensor>| {
+        let mut x = w
+            .index_select(&ids.flatten_all().unwrap(), 0)
+            .unwrap()
+            .reshape((b, s, h))
+            .unwrap()
+            .broadcast_add(&p.narrow(0, 0, s).unwrap().unsqueeze(0).unwrap())
+            .unwrap();
+        if let Some(t) = t {
+            let rows = t.index_select(&types.flatten_all().unwrap(), 0).unwrap();
+            x = (x + rows.reshape((b, s, h)).unwrap()).unwrap();
+        }
+        x
+    };
+    let probe = normal(1, b * s * h, 1.0, &mut seed_rng(9))
+        .unwrap()
+        .reshape((b, s, h))
+        .unwrap();
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for with_types in [true, false] {
+        let t = with_types.then(|| typ.as_tensor());
+        let fused = embedding_sum(word.as_tensor(), pos.as_tensor(), t, &ids, &types).unwrap();
+        let reference = composed(word.as_tensor(), pos.as_tensor(), t);
+        assert_eq!(
+            flat(&fused),
+            flat(&reference),
+            "forward, types {with_types}"
+        );
+        let gf = (fused * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gr = (reference * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let mut tables = vec![word.as_tensor(), pos.as_tensor()];
+        tables.extend(t);
+        for (i, table) in tables.into_iter().enumerate() {
+            assert_eq!(
+                flat(gf.get(table).expect("fused gradient")),
+                flat(gr.get(table).expect("reference gradient")),
+                "gradient of table {i}, types {with_types}"
+            );
+        }
+    }
+    fd_check(
+        &[word.clone(), pos.clone(), typ.clone()],
+        &[0, 1, 2],
+        &|t| embedding_sum(&t[0], &t[1], Some(&t[2]), &ids, &types).unwrap(),
+    );
+    // A frozen word table: gradients for the others only.
+    let frozen = word.as_detached_tensor();
+    let y = embedding_sum(
+        &frozen,
+        pos.as_tensor(),
+        Some(typ.as_tensor()),
+        &ids,
+        &types,
+    )
+    .unwrap();
+    let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(g.get(&frozen).is_none() && g.get(pos.as_tensor()).is_some());
+    let bad = Tensor::new(&[[1u32, 11, 0, 0]], &Device::Cpu).unwrap();
+    let err = embedding_sum(
+        word.as_tensor(),
+        pos.as_tensor(),
+        None,
+        &bad,
+        &bad.zeros_like().unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("word id 11 outside a table of 11 rows"),
+        "{err}"
+    );
+}
