@@ -557,7 +557,7 @@ impl Encoder {
     /// Embeddings of a checked input: word + position (+ token type), then the layer norm.
     fn embed(&self, input: &EncoderInput) -> Result<Tensor> {
         let cfg = &self.config;
-        let (b, s) = input.dims()?;
+        let (_, s) = input.dims()?;
         if s > cfg.max_position_embeddings {
             return Err(Error::Input(format!(
                 "sequence of {s} tokens exceeds max_position_embeddings {}",
@@ -572,43 +572,25 @@ impl Encoder {
                 cfg.vocab_size
             )));
         }
-        if let Some(tt) = &self.embeddings.token_type {
+        if self.embeddings.token_type.is_some() {
             let tmax = input.type_ids.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
-            if tmax >= cfg.type_vocab_size || tmax >= tt.t().dim(0)? {
+            if tmax >= cfg.type_vocab_size {
                 return Err(Error::Input(format!(
                     "token type {tmax} outside type_vocab_size {}",
                     cfg.type_vocab_size
                 )));
             }
         }
-        let word = self.embeddings.word.t();
-        let pos = self.embeddings.position.t();
+        // Word + position (+ token type) as one op, with one gradient buffer per trainable table
+        // (every float weight is loaded as f32).
         let types = self.embeddings.token_type.as_ref().map(Param::t);
-        let x = if [Some(&word), Some(&pos), types.as_ref()]
-            .into_iter()
-            .flatten()
-            .all(|t| t.dtype() == DType::F32 && t.device().is_cpu())
-        {
-            // One op, with one gradient buffer per trainable table.
-            ops::embedding_sum(
-                &word,
-                &pos,
-                types.as_ref(),
-                &input.input_ids,
-                &input.type_ids,
-            )?
-        } else {
-            let h = cfg.hidden_size;
-            let mut x = word
-                .index_select(&ids, 0)?
-                .reshape((b, s, h))?
-                .broadcast_add(&pos.narrow(0, 0, s)?.unsqueeze(0)?)?;
-            if let Some(tt) = &types {
-                let t = tt.index_select(&input.type_ids.flatten_all()?, 0)?;
-                x = (x + t.reshape((b, s, h))?)?;
-            }
-            x
-        };
+        let x = ops::embedding_sum(
+            &self.embeddings.word.t(),
+            &self.embeddings.position.t(),
+            types.as_ref(),
+            &input.input_ids,
+            &input.type_ids,
+        )?;
         self.embeddings.norm.forward(&x, cfg.layer_norm_eps)
     }
 
