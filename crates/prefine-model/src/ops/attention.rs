@@ -59,6 +59,15 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// `dst = a · b` for one head: an `[s, dh]` product (inner dimension `s`) written, in overwrite
+/// mode, into that head's column block of a `[batch, seq, hidden]` output (row stride `h`).
+///
+/// # Safety
+/// `dst` must be valid for `s` rows of `dh` elements at stride `h`, written by no other task.
+unsafe fn head_block_gemm(s: usize, dh: usize, h: usize, dst: *mut f32, a: MatRef, b: MatRef) {
+    gemm_into_strided(s, dh, s, dst, h as isize, false, a, b)
+}
+
 impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
         "prefine-attention"
@@ -129,13 +138,11 @@ impl CustomOp3 for Attention {
             let vm = MatRef::strided(&v[base..], h as isize, 1).at(prec);
             // SAFETY: each (batch, head) task writes its own column block of `ctx`.
             unsafe {
-                gemm_into_strided(
+                head_block_gemm(
                     s,
                     dh,
-                    s,
+                    h,
                     out.get().add(base),
-                    h as isize,
-                    false,
                     MatRef::row_major(pv, s).at(prec),
                     vm,
                 )
@@ -233,13 +240,11 @@ impl CustomOp3 for Attention {
                                 };
                                 // SAFETY: each task writes its own column block of dq, dk, dv.
                                 unsafe {
-                                    gemm_into_strided(
+                                    head_block_gemm(
                                         s,
                                         dh,
-                                        s,
+                                        h,
                                         pv.get().add(base),
-                                        h as isize,
-                                        false,
                                         MatRef::transposed(pm, s).at(prec),
                                         gm,
                                     )
@@ -258,23 +263,19 @@ impl CustomOp3 for Attention {
                                 let qm = MatRef::strided(&qv[base..], h as isize, 1).at(prec);
                                 unsafe {
                                     // dQ = dS · K ; dK = dSᵀ · Q
-                                    gemm_into_strided(
+                                    head_block_gemm(
                                         s,
                                         dh,
-                                        s,
+                                        h,
                                         pq.get().add(base),
-                                        h as isize,
-                                        false,
                                         MatRef::row_major(dp, s).at(prec),
                                         km,
                                     );
-                                    gemm_into_strided(
+                                    head_block_gemm(
                                         s,
                                         dh,
-                                        s,
+                                        h,
                                         pk.get().add(base),
-                                        h as isize,
-                                        false,
                                         MatRef::transposed(dp, s).at(prec),
                                         qm,
                                     );
