@@ -1,13 +1,21 @@
 //! `y = x Wᵀ + b + s · (x Aᵀ) Bᵀ` as one op for a frozen base layer with a LoRA pair: one graph
 //! node instead of five (base linear, two low-rank products, scale, add), so candle's backward
 //! allocates and accumulates one input gradient instead of several. The frozen `W` and `b` live
-//! in the op; `x`, `A` and `B` are its inputs. The rank-r intermediate `x Aᵀ` is recomputed in the
-//! backward pass (it costs 2·m·r·in flops).
+//! in the op; `x`, `A` and `B` are its inputs.
+//!
+//! In f32 the op multiplies by the merged weight `W + s · B A` (`[out, in]`; forming it costs
+//! 2·out·r·in flops): the forward pass and the input gradient are then one GEMM each, where the
+//! unmerged form adds two rank-r products that each stream the whole `[tokens, out]` output once
+//! more. In bf16 the op keeps the unmerged products, so that it rounds exactly what PyTorch's
+//! autocast rounds. The rank-r intermediate `x Aᵀ` is recomputed in the backward pass.
+
+use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::autocast::{matmul_precision, MatmulPrecision};
 use super::kernels::{gemm, gemm_new, linear_new, MatRef};
+use super::skinny::{few_times_rows, rows_times_few};
 use super::{f32_slice, with_f32};
 
 struct FrozenLoraLinear {
@@ -18,6 +26,8 @@ struct FrozenLoraLinear {
     scale: f32,
     /// The precision of every product (forward and backward).
     precision: MatmulPrecision,
+    /// `W + s · B A` (f32 only), formed by the forward pass and reused by the backward pass.
+    merged: OnceLock<Vec<f32>>,
 }
 
 impl FrozenLoraLinear {
@@ -25,6 +35,64 @@ impl FrozenLoraLinear {
         let d = self.weight.dims();
         (d[0], d[1])
     }
+
+    /// `W + s · B A` for `a: [r, in]`, `b: [out, r]`.
+    fn merge(&self, w: &[f32], a: &[f32], b: &[f32], r: usize) -> Vec<f32> {
+        let (out, inp) = self.dims();
+        let mut merged = w.to_vec();
+        let sb: Vec<f32> = b.iter().map(|v| v * self.scale).collect();
+        gemm(
+            out,
+            inp,
+            r,
+            &mut merged,
+            true,
+            MatRef::row_major(&sb, r),
+            MatRef::row_major(a, inp),
+        );
+        merged
+    }
+}
+
+/// `x · (s · w)ᵀ` (`[m, r]`) for `x: [m, k]`, `w: [r, k]`: LoRA's rank-r side (`s · x Aᵀ`, or
+/// `s · dy B` with `w = Bᵀ`).
+#[allow(clippy::too_many_arguments)]
+fn rank_side(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    r: usize,
+    s: f32,
+    p: MatmulPrecision,
+) -> Vec<f32> {
+    if p == MatmulPrecision::F32 {
+        let sw: Vec<f32> = w.iter().map(|v| v * s).collect();
+        return rows_times_few(x, m, k, &sw, r);
+    }
+    let mut h = gemm_new(
+        m,
+        r,
+        k,
+        MatRef::row_major(x, k).at(p),
+        MatRef::transposed(w, k).at(p),
+    );
+    h.iter_mut().for_each(|v| *v *= s);
+    h
+}
+
+/// `uᵀ v` (`[r, n]`) for `u: [m, r]`, `v: [m, n]`: a LoRA factor's gradient.
+fn rank_grad(u: &[f32], r: usize, v: &[f32], m: usize, n: usize, p: MatmulPrecision) -> Vec<f32> {
+    if p == MatmulPrecision::F32 {
+        return few_times_rows(u, r, v, m, n);
+    }
+    gemm_new(
+        r,
+        n,
+        m,
+        MatRef::transposed(u, r).at(p),
+        MatRef::row_major(v, n).at(p),
+    )
 }
 
 impl CustomOp3 for FrozenLoraLinear {
@@ -56,17 +124,22 @@ impl CustomOp3 for FrozenLoraLinear {
         }
         let m = x.len() / inp;
         let p = self.precision;
-        // h = s · x Aᵀ  [m, r]
-        let mut h = gemm_new(
-            m,
-            r,
-            inp,
-            MatRef::row_major(x, inp).at(p),
-            MatRef::transposed(a, inp).at(p),
-        );
-        h.iter_mut().for_each(|v| *v *= self.scale);
         let y = with_f32(&self.weight, "lora_linear", |w| {
             with_f32(&self.bias, "lora_linear", |bias| {
+                if p == MatmulPrecision::F32 {
+                    let merged = self.merged.get_or_init(|| self.merge(w, a, b, r));
+                    return linear_new(
+                        m,
+                        out,
+                        inp,
+                        MatRef::row_major(x, inp),
+                        MatRef::transposed(merged, inp),
+                        bias,
+                        false,
+                    );
+                }
+                // bf16: x Wᵀ + b, then += (s · x Aᵀ) Bᵀ, each product rounded as autocast does.
+                let h = rank_side(x, m, inp, a, r, self.scale, p);
                 let mut y = linear_new(
                     m,
                     out,
@@ -113,46 +186,33 @@ impl CustomOp3 for FrozenLoraLinear {
                     with_f32(&dy, "lora_linear.backward", |g| {
                         with_f32(&self.weight, "lora_linear.backward", |w| {
                             // dh = s · dy B  [m, r]
-                            let mut dh = gemm_new(
-                                m,
-                                r,
-                                out,
-                                MatRef::row_major(g, out).at(p),
-                                MatRef::row_major(bv, r).at(p),
-                            );
-                            dh.iter_mut().for_each(|v| *v *= s);
+                            let bt = transpose(bv, out, r);
+                            let dh = a.track_op().then(|| rank_side(g, m, out, &bt, r, s, p));
+                            // dB = dyᵀ (s · x Aᵀ)  [out, r], formed as its transpose
+                            // (s · x Aᵀ)ᵀ dy [r, out]: r rows stream dy once.
                             let db = b.track_op().then(|| {
                                 super::linear::count_weight_grad();
-                                // dB = s · dyᵀ (x Aᵀ)  [out, r]
-                                let mut h = gemm_new(
-                                    m,
-                                    r,
-                                    inp,
-                                    MatRef::row_major(xv, inp).at(p),
-                                    MatRef::transposed(av, inp).at(p),
-                                );
-                                h.iter_mut().for_each(|v| *v *= s);
-                                gemm_new(
-                                    out,
-                                    r,
-                                    m,
-                                    MatRef::transposed(g, out).at(p),
-                                    MatRef::row_major(&h, r).at(p),
-                                )
+                                let h = rank_side(xv, m, inp, av, r, s, p);
+                                transpose(&rank_grad(&h, r, g, m, out, p), r, out)
                             });
                             // dA = dhᵀ x  [r, in]
-                            let da = a.track_op().then(|| {
+                            let da = dh.as_ref().map(|dh| {
                                 super::linear::count_weight_grad();
-                                gemm_new(
-                                    r,
-                                    inp,
-                                    m,
-                                    MatRef::transposed(&dh, r).at(p),
-                                    MatRef::row_major(xv, inp).at(p),
-                                )
+                                rank_grad(dh, r, xv, m, inp, p)
                             });
-                            // dx = dy W + dh A  [m, in]
+                            // dx = dy (W + s · B A)  [m, in]
                             let dx = x.track_op().then(|| {
+                                if p == MatmulPrecision::F32 {
+                                    let merged =
+                                        self.merged.get_or_init(|| self.merge(w, av, bv, r));
+                                    return gemm_new(
+                                        m,
+                                        inp,
+                                        out,
+                                        MatRef::row_major(g, out),
+                                        MatRef::row_major(merged, inp),
+                                    );
+                                }
                                 let mut dx = gemm_new(
                                     m,
                                     inp,
@@ -160,6 +220,12 @@ impl CustomOp3 for FrozenLoraLinear {
                                     MatRef::row_major(g, out).at(p),
                                     MatRef::row_major(w, inp).at(p),
                                 );
+                                let dh = match &dh {
+                                    Some(dh) => std::borrow::Cow::Borrowed(dh),
+                                    None => {
+                                        std::borrow::Cow::Owned(rank_side(g, m, out, &bt, r, s, p))
+                                    }
+                                };
                                 gemm(
                                     m,
                                     inp,
@@ -187,6 +253,17 @@ impl CustomOp3 for FrozenLoraLinear {
     }
 }
 
+/// The transpose of a row-major `[rows, cols]` matrix.
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; v.len()];
+    for i in 0..rows {
+        for j in 0..cols {
+            t[j * rows + i] = v[i * cols + j];
+        }
+    }
+    t
+}
+
 /// `x Wᵀ + b + scale · (x Aᵀ) Bᵀ` with `weight`/`bias` frozen (no gradient) and `a: [r, in]`,
 /// `b: [out, r]` as differentiable inputs.
 pub fn frozen_lora_linear(
@@ -202,6 +279,7 @@ pub fn frozen_lora_linear(
         bias: bias.detach().contiguous()?,
         scale: scale as f32,
         precision: matmul_precision(),
+        merged: OnceLock::new(),
     };
     x.contiguous()?.apply_op3_arc(
         &a.contiguous()?,

@@ -23,6 +23,7 @@ mod lora_linear;
 pub(crate) mod packed_f32;
 pub mod qgemm;
 pub mod sgemm;
+mod skinny;
 mod softmax;
 
 pub use attention::attention;
