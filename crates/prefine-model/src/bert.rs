@@ -1010,7 +1010,7 @@ impl Encoder {
             .sum();
         self.base_params()
             .iter()
-            .map(|(_, p)| p.var().elem_count())
+            .map(|(_, p)| p.elem_count())
             .sum::<usize>()
             + quantized
     }

@@ -90,7 +90,7 @@ impl Classifier {
 
     /// Number of classes.
     pub fn num_classes(&self) -> usize {
-        self.weight.var().dims()[0]
+        self.weight.dims()[0]
     }
 
     /// Logits.

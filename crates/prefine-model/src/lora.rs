@@ -236,7 +236,7 @@ impl LoraLinear {
         if let Some(q) = &self.quantized {
             return q.dims();
         }
-        let d = self.weight.var().dims();
+        let d = self.weight.dims();
         (d[0], d[1])
     }
 
@@ -257,8 +257,19 @@ impl LoraLinear {
     pub fn base_forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.quantized {
             Some(q) => q.forward(x, &self.bias.t()),
-            None => Ok(ops::linear(x, &self.weight.t(), &self.bias.t())?),
+            None => self.plain_forward(x),
         }
+    }
+
+    /// `x Wᵀ + b` with the f32 weight: a frozen weight multiplies as panels packed once
+    /// ([`Param::frozen_packs`]), a trainable one through [`ops::linear`].
+    fn plain_forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.bias.trainable() && ops::matmul_precision() == ops::MatmulPrecision::F32 {
+            if let Some(packs) = self.weight.frozen_packs()? {
+                return Ok(ops::frozen_packed_linear(x, packs, &self.bias.t())?);
+            }
+        }
+        Ok(ops::linear(x, &self.weight.t(), &self.bias.t())?)
     }
 
     /// `GELU(forward(x, group, also, rng))` (exact GELU). A quantised or packed base with no
@@ -296,7 +307,7 @@ impl LoraLinear {
                     "LoRA group {m:?} is merged into the base weights; unmerge it before running with {group:?}"
                 )));
             }
-            return Ok(ops::linear(x, &self.weight.t(), &self.bias.t())?);
+            return self.plain_forward(x);
         }
         if self.quantized.is_some() {
             // Quantised base, f32 LoRA deltas beside it.
@@ -333,7 +344,7 @@ impl LoraLinear {
                 )?);
             }
         }
-        let mut y = ops::linear(x, &self.weight.t(), &self.bias.t())?;
+        let mut y = self.plain_forward(x)?;
         for g in [group, also].into_iter().flatten() {
             let Some(pair) = self.loras.get(g) else {
                 continue;

@@ -600,7 +600,7 @@ impl Encoder {
         let f32_bytes: usize = self
             .base_params()
             .iter()
-            .map(|(_, p)| 4 * p.var().elem_count())
+            .map(|(_, p)| 4 * p.elem_count())
             .sum();
         let q: usize = self
             .blocks

@@ -292,7 +292,7 @@ impl Engine {
             }
         };
         let hidden = encoder.hidden_size();
-        let head_hidden = head_classifier(&parts.head).weight.var().dims()[1];
+        let head_hidden = head_classifier(&parts.head).weight.dims()[1];
         if head_hidden != hidden {
             return Err(Error::Adapter {
                 path: dir.to_path_buf(),
@@ -306,7 +306,7 @@ impl Engine {
             encoder
                 .group_pairs(g)
                 .iter()
-                .map(|(_, _, p)| p.a.var().elem_count() + p.b.var().elem_count())
+                .map(|(_, _, p)| p.a.elem_count() + p.b.elem_count())
                 .sum()
         });
         let info = AdapterInfo {

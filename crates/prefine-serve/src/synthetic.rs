@@ -118,7 +118,7 @@ pub fn write_synthetic_adapter(
         for block in &mut enc.blocks {
             for lin in block.linears.values_mut() {
                 if let Some(pair) = lin.loras.get_mut("app") {
-                    let (o, r) = pair.b.var().dims2()?;
+                    let (o, r) = pair.b.t().dims2()?;
                     pair.b.set(&normal(o, r, 0.3, &mut rng)?)?;
                 }
             }

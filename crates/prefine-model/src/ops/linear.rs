@@ -6,6 +6,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 
 use super::autocast::{matmul_precision, MatmulPrecision};
 use super::kernels::{column_sums, gemm_new, linear_new, MatRef};
+use super::packed_f32::{packed_linear, PackedF32Matrix};
 use super::{f32_slice, with_f32};
 
 static WEIGHT_GRADS: AtomicUsize = AtomicUsize::new(0);
@@ -214,4 +215,114 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn linear_no_bias(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.contiguous()?
         .apply_op2(&w.contiguous()?, LinearNoBias(matmul_precision()))
+}
+
+/// A frozen linear weight `W[out, in]` packed once in the two layouts training multiplies it
+/// in: `Wᵀ` for the forward pass `x · Wᵀ`, and `W` for the input gradient `dy · W`. Training
+/// with a frozen base (LoRA, linear probes) otherwise repacks every frozen weight twice per step.
+pub struct FrozenPacks {
+    forward: PackedF32Matrix,
+    backward: PackedF32Matrix,
+    /// `[in]` zeros: the input gradient has no bias.
+    zeros: Vec<f32>,
+}
+
+impl std::fmt::Debug for FrozenPacks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrozenPacks")
+            .field("dims", &self.dims())
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+impl FrozenPacks {
+    /// Packs a row-major `w[out, in]`.
+    pub fn pack(w: &Tensor) -> Result<Self> {
+        let (out, inp) = w.dims2()?;
+        with_f32(w, "FrozenPacks", |wv| {
+            let mut wt = vec![0f32; wv.len()];
+            for (o, row) in wv.chunks_exact(inp).enumerate() {
+                for (i, v) in row.iter().enumerate() {
+                    wt[i * out + o] = *v;
+                }
+            }
+            Self {
+                forward: PackedF32Matrix::from_f32(wv, out, inp),
+                backward: PackedF32Matrix::from_f32(&wt, inp, out),
+                zeros: vec![0.0; inp],
+            }
+        })
+    }
+
+    /// `(out, in)`.
+    pub fn dims(&self) -> (usize, usize) {
+        self.forward.dims()
+    }
+
+    /// Bytes held by both layouts.
+    pub fn bytes(&self) -> usize {
+        self.forward.bytes() + self.backward.bytes()
+    }
+}
+
+/// `y = x · Wᵀ + b` for a frozen, prepacked `W` and a frozen `b`: only `x` gets a gradient.
+struct FrozenPackedLinear {
+    packs: std::sync::Arc<FrozenPacks>,
+    bias: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenPackedLinear {
+    fn name(&self) -> &'static str {
+        "prefine-frozen-packed-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (out, inp) = self.packs.dims();
+        let x = f32_slice(s, l, "frozen_packed_linear")?;
+        if l.dims().last() != Some(&inp) {
+            candle_core::bail!(
+                "frozen_packed_linear: input {:?} does not end with in_features {inp}",
+                l.dims()
+            );
+        }
+        let m = x.len() / inp.max(1);
+        let y = with_f32(&self.bias, "frozen_packed_linear", |b| {
+            packed_linear(x, m, &self.packs.forward, b, false)
+        })?;
+        let mut od = l.dims().to_vec();
+        *od.last_mut().expect("non-empty dims") = out;
+        Ok((CpuStorage::F32(y), Shape::from(od)))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let (out, _) = self.packs.dims();
+        let m = dy.elem_count() / out.max(1);
+        let dy = dy.contiguous()?;
+        let dx = with_f32(&dy, "frozen_packed_linear.backward", |g| {
+            packed_linear(g, m, &self.packs.backward, &self.packs.zeros, false)
+        })?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+/// `x · Wᵀ + b` with `W` frozen and prepacked ([`FrozenPacks`]) and `b` frozen: the forward
+/// pass and the input gradient multiply the packed panels directly. f32 products only (the
+/// caller falls back to [`linear`] under bf16 autocast).
+pub fn frozen_packed_linear(
+    x: &Tensor,
+    packs: std::sync::Arc<FrozenPacks>,
+    bias: &Tensor,
+) -> Result<Tensor> {
+    let (out, _) = packs.dims();
+    if bias.elem_count() != out {
+        candle_core::bail!(
+            "frozen_packed_linear: bias has {} elements, expected {out}",
+            bias.elem_count()
+        );
+    }
+    x.contiguous()?.apply_op1(FrozenPackedLinear {
+        packs,
+        bias: bias.detach().contiguous()?,
+    })
 }

@@ -32,7 +32,7 @@ pub use dropout::{dropout, DropoutMask};
 pub use embedding::embedding_sum;
 pub use gelu::gelu;
 pub use layer_norm::{add_layer_norm, layer_norm};
-pub use linear::{linear, linear_no_bias, weight_grad_count};
+pub use linear::{frozen_packed_linear, linear, linear_no_bias, weight_grad_count, FrozenPacks};
 pub use lora_linear::frozen_lora_linear;
 pub use softmax::masked_softmax;
 

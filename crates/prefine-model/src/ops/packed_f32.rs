@@ -46,6 +46,11 @@ impl PackedF32Matrix {
         }
     }
 
+    /// `(out, in)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.out, self.inp)
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         match &self.layout {

@@ -703,3 +703,36 @@ fn embedding_sum_matches_the_composition_and_finite_differences() {
         "{err}"
     );
 }
+
+#[test]
+fn frozen_packed_linear_matches_the_linear_op_forward_and_backward() {
+    // Ragged sizes: a partial last panel (70 outputs), several KC blocks of `in` (700).
+    for (m, out, inp) in [(7, 70, 45), (33, 40, 700)] {
+        let x = var(m, inp, 91);
+        let w = normal(out, inp, 0.5, &mut seed_rng(92)).unwrap();
+        let bias = normal(1, out, 1.0, &mut seed_rng(93))
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let probe = normal(m, out, 1.0, &mut seed_rng(94)).unwrap();
+        let packs = std::sync::Arc::new(FrozenPacks::pack(&w).unwrap());
+        assert_eq!(packs.dims(), (out, inp));
+        let packed = frozen_packed_linear(x.as_tensor(), packs, &bias).unwrap();
+        let plain = linear(x.as_tensor(), &w, &bias).unwrap();
+        assert!(
+            max_abs_diff(&packed, &plain) < 1e-4,
+            "forward {m}x{out}x{inp}"
+        );
+        let dx_packed = probe_grads(&packed, &probe, &[&x]);
+        let dx_plain = probe_grads(&plain, &probe, &[&x]);
+        assert!(
+            max_abs_diff(&dx_packed[0], &dx_plain[0]) < 1e-4,
+            "dx {m}x{out}x{inp}"
+        );
+    }
+    let w = normal(5, 6, 1.0, &mut seed_rng(95)).unwrap();
+    let packs = std::sync::Arc::new(FrozenPacks::pack(&w).unwrap());
+    let wrong_bias = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let x = Tensor::zeros((2, 6), candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(frozen_packed_linear(&x, packs, &wrong_bias).is_err());
+}
