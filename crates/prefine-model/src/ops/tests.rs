@@ -135,6 +135,26 @@ fn layer_norm_gradients_match_finite_differences() {
     });
 }
 
+/// Rows wider than the backward pass's 16 lanes, with a ragged tail (40 = 2 x 16 + 8), and
+/// several parallel tasks of rows (40 rows): the lane sums and the AVX-512 copy of the loop.
+#[test]
+fn wide_layer_norm_gradients_match_finite_differences() {
+    let x = var(40, 40, 14);
+    let r = var(40, 40, 15);
+    let g = var(1, 40, 16);
+    let b = var(1, 40, 17);
+    fd_check(&[x, r, g, b], &[0, 1, 2, 3], &|t| {
+        add_layer_norm(
+            &t[0],
+            &t[1],
+            &t[2].flatten_all().unwrap(),
+            &t[3].flatten_all().unwrap(),
+            1e-5,
+        )
+        .unwrap()
+    });
+}
+
 #[test]
 fn layer_norm_matches_composed_reference() {
     let x = normal(3, 10, 2.0, &mut seed_rng(9)).unwrap();
