@@ -205,33 +205,42 @@ pub fn gelu_backward_into(dst: &mut [std::mem::MaybeUninit<f32>], x: &[f32], dy:
     );
     #[cfg(target_arch = "x86_64")]
     if super::sgemm::available() {
-        // SAFETY: AVX-512F is present; every access is below `dst.len()`, checked above.
-        unsafe {
-            use std::arch::x86_64::*;
-            let n = dst.len();
-            let (d, xp, gp) = (dst.as_mut_ptr().cast::<f32>(), x.as_ptr(), dy.as_ptr());
-            let mut j = 0;
-            while j + 16 <= n {
-                let g = _mm512_mul_ps(
-                    _mm512_loadu_ps(gp.add(j)),
-                    gelu_grad_avx512(_mm512_loadu_ps(xp.add(j))),
-                );
-                _mm512_storeu_ps(d.add(j), g);
-                j += 16;
-            }
-            if j < n {
-                let m: __mmask16 = (1u16 << (n - j)) - 1;
-                let g = _mm512_mul_ps(
-                    _mm512_maskz_loadu_ps(m, gp.add(j)),
-                    gelu_grad_avx512(_mm512_maskz_loadu_ps(m, xp.add(j))),
-                );
-                _mm512_mask_storeu_ps(d.add(j), m, g);
-            }
-        }
+        // SAFETY: AVX-512F is present; the lengths are equal (checked above).
+        unsafe { gelu_backward_avx512(dst, x, dy) };
         return;
     }
     for ((o, &xv), &g) in dst.iter_mut().zip(x).zip(dy) {
         o.write(g * gelu_grad(xv));
+    }
+}
+
+/// [`gelu_backward_into`] with AVX-512 (a `target_feature` function, so that the intrinsics
+/// inline: called from a plain function, each one is an out-of-line call).
+///
+/// # Safety
+/// AVX-512F; `dst`, `x` and `dy` have the same length.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gelu_backward_avx512(dst: &mut [std::mem::MaybeUninit<f32>], x: &[f32], dy: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = dst.len();
+    let (d, xp, gp) = (dst.as_mut_ptr().cast::<f32>(), x.as_ptr(), dy.as_ptr());
+    let mut j = 0;
+    while j + 16 <= n {
+        let g = _mm512_mul_ps(
+            _mm512_loadu_ps(gp.add(j)),
+            gelu_grad_avx512(_mm512_loadu_ps(xp.add(j))),
+        );
+        _mm512_storeu_ps(d.add(j), g);
+        j += 16;
+    }
+    if j < n {
+        let m: __mmask16 = (1u16 << (n - j)) - 1;
+        let g = _mm512_mul_ps(
+            _mm512_maskz_loadu_ps(m, gp.add(j)),
+            gelu_grad_avx512(_mm512_maskz_loadu_ps(m, xp.add(j))),
+        );
+        _mm512_mask_storeu_ps(d.add(j), m, g);
     }
 }
 
