@@ -357,6 +357,18 @@ impl SharedMut {
     }
 }
 
+/// The transpose of a row-major `[rows, cols]` matrix, row-major `[cols, rows]`.
+pub(crate) fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(v.len(), rows * cols, "transpose: not rows x cols");
+    let mut t = vec![0f32; v.len()];
+    for (i, row) in v.chunks_exact(cols.max(1)).enumerate() {
+        for (j, x) in row.iter().enumerate() {
+            t[j * rows + i] = *x;
+        }
+    }
+    t
+}
+
 /// Sum over rows of a row-major `[rows, cols]` matrix.
 pub(crate) fn column_sums(data: &[f32], cols: usize) -> Vec<f32> {
     let rows = data.len() / cols.max(1);

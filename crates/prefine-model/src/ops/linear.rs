@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::autocast::{matmul_precision, MatmulPrecision};
-use super::kernels::{column_sums, gemm_new, linear_new, MatRef};
+use super::kernels::{column_sums, gemm_new, linear_new, transpose, MatRef};
 use super::packed_f32::{packed_linear, PackedF32Matrix};
 use super::{f32_slice, with_f32};
 
@@ -241,12 +241,7 @@ impl FrozenPacks {
     pub fn pack(w: &Tensor) -> Result<Self> {
         let (out, inp) = w.dims2()?;
         with_f32(w, "FrozenPacks", |wv| {
-            let mut wt = vec![0f32; wv.len()];
-            for (o, row) in wv.chunks_exact(inp).enumerate() {
-                for (i, v) in row.iter().enumerate() {
-                    wt[i * out + o] = *v;
-                }
-            }
+            let wt = transpose(wv, out, inp);
             Self {
                 forward: PackedF32Matrix::from_f32(wv, out, inp),
                 backward: PackedF32Matrix::from_f32(&wt, inp, out),

@@ -7,14 +7,16 @@
 //! 2·out·r·in flops): the forward pass and the input gradient are then one GEMM each, where the
 //! unmerged form adds two rank-r products that each stream the whole `[tokens, out]` output once
 //! more. In bf16 the op keeps the unmerged products, so that it rounds exactly what PyTorch's
-//! autocast rounds. The rank-r intermediate `x Aᵀ` is recomputed in the backward pass.
+//! autocast rounds; so does a forward pass without gradients (evaluation, serving), whose
+//! outputs then equal the packed inference path's bit for bit. The rank-r intermediate `x Aᵀ`
+//! is recomputed in the backward pass.
 
 use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::autocast::{matmul_precision, MatmulPrecision};
-use super::kernels::{gemm, gemm_new, linear_new, MatRef};
+use super::kernels::{gemm, gemm_new, linear_new, transpose, MatRef};
 use super::skinny::{few_times_rows, rows_times_few};
 use super::{f32_slice, with_f32};
 
@@ -26,6 +28,10 @@ struct FrozenLoraLinear {
     scale: f32,
     /// The precision of every product (forward and backward).
     precision: MatmulPrecision,
+    /// Whether f32 products go through the merged weight: when a gradient will be taken. A
+    /// forward pass without gradients (evaluation, serving) keeps the unmerged products, which
+    /// give the same bits as the packed inference path's LoRA deltas.
+    merge: bool,
     /// `W + s · B A` (f32 only), formed by the forward pass and reused by the backward pass.
     merged: OnceLock<Vec<f32>>,
 }
@@ -126,7 +132,7 @@ impl CustomOp3 for FrozenLoraLinear {
         let p = self.precision;
         let y = with_f32(&self.weight, "lora_linear", |w| {
             with_f32(&self.bias, "lora_linear", |bias| {
-                if p == MatmulPrecision::F32 {
+                if p == MatmulPrecision::F32 && self.merge {
                     let merged = self.merged.get_or_init(|| self.merge(w, a, b, r));
                     return linear_new(
                         m,
@@ -138,8 +144,16 @@ impl CustomOp3 for FrozenLoraLinear {
                         false,
                     );
                 }
-                // bf16: x Wᵀ + b, then += (s · x Aᵀ) Bᵀ, each product rounded as autocast does.
-                let h = rank_side(x, m, inp, a, r, self.scale, p);
+                // Unmerged: x Wᵀ + b, then += (s · x Aᵀ) Bᵀ through the blocked GEMM (in bf16,
+                // each product rounded as autocast does).
+                let mut h = gemm_new(
+                    m,
+                    r,
+                    inp,
+                    MatRef::row_major(x, inp).at(p),
+                    MatRef::transposed(a, inp).at(p),
+                );
+                h.iter_mut().for_each(|v| *v *= self.scale);
                 let mut y = linear_new(
                     m,
                     out,
@@ -253,17 +267,6 @@ impl CustomOp3 for FrozenLoraLinear {
     }
 }
 
-/// The transpose of a row-major `[rows, cols]` matrix.
-fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; v.len()];
-    for i in 0..rows {
-        for j in 0..cols {
-            t[j * rows + i] = v[i * cols + j];
-        }
-    }
-    t
-}
-
 /// `x Wᵀ + b + scale · (x Aᵀ) Bᵀ` with `weight`/`bias` frozen (no gradient) and `a: [r, in]`,
 /// `b: [out, r]` as differentiable inputs.
 pub fn frozen_lora_linear(
@@ -279,6 +282,7 @@ pub fn frozen_lora_linear(
         bias: bias.detach().contiguous()?,
         scale: scale as f32,
         precision: matmul_precision(),
+        merge: x.track_op() || a.track_op() || b.track_op(),
         merged: OnceLock::new(),
     };
     x.contiguous()?.apply_op3_arc(
