@@ -175,7 +175,15 @@ fn saved_adapter_has_peft_names_and_round_trips() {
         .unwrap()
         .to_vec1()
         .unwrap();
-    assert_eq!(a, b);
+    // The same weights. The source's pairs are trainable, so its LoRA layers multiply by the
+    // merged weight W + s·BA (the training path); the loaded pairs are frozen and keep the
+    // unmerged products: the outputs agree to rounding, not bit for bit.
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-5, "round trip changed the outputs by {diff}");
 }
 
 #[test]
