@@ -9,8 +9,9 @@
 //! the forward pass) and kept in the op, so its backward pass multiplies in the same
 //! precision. Other threads (concurrent tests, a server) are unaffected.
 //!
-//! This machine class has no AVX512_BF16: the products run on the f32 FMA units, so bf16 here
-//! changes the numerics (as a bf16 kernel would) but not the speed of the multiply itself.
+//! On a CPU with AVX512_BF16 the GEMMs run on its bf16 dot products ([`super::sgemm_bf16`]:
+//! twice the multiply-adds per instruction); without it, the rounded operands are multiplied
+//! on the f32 FMA units (the same numerics up to f32 rounding, no speed-up).
 
 use std::cell::Cell;
 

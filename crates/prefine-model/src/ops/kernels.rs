@@ -186,25 +186,25 @@ pub(crate) fn bias_rows(bias: &[f32], m: usize) -> Vec<f32> {
 }
 
 /// A per-thread scratch buffer (see [`with_buffer`]).
-pub(crate) type Buffer = std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>;
+pub(crate) type Buffer<T = f32> = std::thread::LocalKey<std::cell::RefCell<Vec<T>>>;
 
 /// Runs `f` on the first `len` elements of this thread's buffer `key` (grown when short), or on
 /// a fresh buffer when it is already borrowed: a thread blocked in a parallel loop may run
 /// another op stolen by rayon, which must not share the outer call's buffer. The contents are
 /// stale: `f` must write what it reads.
-pub(crate) fn with_buffer<R>(
-    key: &'static Buffer,
+pub(crate) fn with_buffer<T: Copy + Default, R>(
+    key: &'static Buffer<T>,
     len: usize,
-    f: impl FnOnce(&mut [f32]) -> R,
+    f: impl FnOnce(&mut [T]) -> R,
 ) -> R {
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
-                buf.resize(len, 0.0);
+                buf.resize(len, T::default());
             }
             f(&mut buf[..len])
         }
-        Err(_) => f(&mut vec![0.0; len]),
+        Err(_) => f(&mut vec![T::default(); len]),
     })
 }
 

@@ -23,6 +23,7 @@ mod lora_linear;
 pub(crate) mod packed_f32;
 pub mod qgemm;
 pub mod sgemm;
+pub mod sgemm_bf16;
 mod skinny;
 mod softmax;
 

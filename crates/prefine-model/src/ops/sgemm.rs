@@ -13,14 +13,14 @@ use rayon::prelude::*;
 use super::autocast::round_bf16_in_place;
 use super::kernels::{nothing_to_multiply, with_buffer, MatRef};
 
-const MR: usize = 12;
-const NR: usize = 32;
+pub(super) const MR: usize = 12;
+pub(super) const NR: usize = 32;
 /// Depth of one pass over `k`: 384 covers the hidden size of MiniLM-class models in one pass, so
 /// that their `[tokens, 384] x [384, n]` products write C once instead of twice; a B panel is then
 /// 48 KiB, streamed from L2 (measured: +10-15% on those GEMMs, +4% train_full, over 256).
-const KC: usize = 384;
-const MC: usize = 96;
-const NC: usize = 2048;
+pub(super) const KC: usize = 384;
+pub(super) const MC: usize = 96;
+pub(super) const NC: usize = 2048;
 /// How many rows of a B panel the micro-kernel prefetches ahead.
 const PREFETCH_ROWS: usize = 64;
 
@@ -77,7 +77,7 @@ fn pack_a_forced() -> bool {
 ///
 /// # Safety
 /// As [`nothing_to_multiply`].
-unsafe fn empty_product(
+pub(super) unsafe fn empty_product(
     m: usize,
     n: usize,
     k: usize,
@@ -110,13 +110,13 @@ pub fn available() -> bool {
 }
 
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: tasks write disjoint row blocks of C.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 impl OutPtr {
     #[inline(always)]
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -258,7 +258,14 @@ fn pack_b(b: MatRef, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut Vec<f
 }
 
 /// Packs the NR-wide panel of `B[p0..p0+kc, jbase..min(jbase+NR, jend)]`, zero-padded.
-fn pack_b_panel(b: MatRef, p0: usize, kc: usize, jbase: usize, jend: usize, panel: &mut [f32]) {
+pub(super) fn pack_b_panel(
+    b: MatRef,
+    p0: usize,
+    kc: usize,
+    jbase: usize,
+    jend: usize,
+    panel: &mut [f32],
+) {
     let width = NR.min(jend - jbase);
     if b.rs == 1 {
         // Bᵀ is row-major (a transposed weight): column j of B is contiguous along p.
@@ -426,7 +433,14 @@ fn pack_a(a: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32]
 }
 
 /// [`pack_a`] before rounding.
-fn pack_a_panels(a: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32]) {
+pub(super) fn pack_a_panels(
+    a: MatRef,
+    i0: usize,
+    mc: usize,
+    p0: usize,
+    kc: usize,
+    out: &mut [f32],
+) {
     let panels = mc.div_ceil(MR);
     for ip in 0..panels {
         let ibase = i0 + ip * MR;
@@ -479,6 +493,11 @@ pub(crate) unsafe fn sgemm(
     start: Start,
     parallel: bool,
 ) {
+    if a.bf16 && b.bf16 && super::sgemm_bf16::available() {
+        // Both operands rounded to bf16: the bf16 dot-product kernel.
+        super::sgemm_bf16::gemm(m, n, k, a, b, c, ldc, start, parallel, false);
+        return;
+    }
     if empty_product(m, n, k, c, ldc, start) {
         return;
     }

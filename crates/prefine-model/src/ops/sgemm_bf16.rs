@@ -1,0 +1,452 @@
+//! bf16 GEMM on AVX512_BF16 dot products (`vdpbf16ps`): `C (+)= A · B` with both operands
+//! rounded to bf16 (nearest, ties to even, as [`super::autocast::round_bf16`]) while they are
+//! packed, and products accumulated in f32.
+//!
+//! One `vdpbf16ps` multiplies 32 bf16 pairs and adds them into 16 f32 lanes: twice the
+//! multiply-adds of an f32 FMA of the same width, so on a CPU with AVX512_BF16 (AMD Zen 4/5,
+//! Intel Sapphire Rapids) the bf16 mixed-precision GEMMs run on the bf16 units instead of
+//! multiplying rounded values on the f32 ones. The blocking is [`super::sgemm`]'s (a 12 x 32
+//! register tile, the same `KC`, `MC`, `NC`); the packed panels hold pairs of consecutive `k`
+//! values as one 32-bit lane: `A` panels `[k / 2][MR]`, `B` panels `[k / 2][NR]` (an odd `k`
+//! pairs its last value with a zero).
+//!
+//! Numerics: each product of two bf16 values is exact in f32; the instruction rounds the sum of
+//! a pair of products into the accumulator (ties to even) and treats subnormal values as zero,
+//! so results differ from the f32-FMA path on the same rounded operands by f32 rounding only.
+//! `PREFINE_BF16_NATIVE=0` keeps the f32-FMA path (for comparisons).
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+#[cfg(target_arch = "x86_64")]
+use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+use super::kernels::{with_buffer, MatRef};
+#[cfg(target_arch = "x86_64")]
+use super::sgemm::{
+    column_groups, empty_product, pack_a_panels, pack_b_panel, tail_masks, OutPtr, Start, KC, MC,
+    MR, NC, NR,
+};
+
+/// Whether the bf16 dot-product kernel runs here: AVX-512F and AVX512_BF16, and not turned off
+/// with `PREFINE_BF16_NATIVE=0`.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            super::sgemm::available()
+                && std::arch::is_x86_feature_detected!("avx512bf16")
+                && std::env::var_os("PREFINE_BF16_NATIVE").is_none_or(|v| v != "0")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// f32 staging of one panel (`A` row block or `B` panel) before it is paired.
+    static STAGE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Paired panels of `A` for one row block.
+    static A_PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Paired panels of `B` for one `(NC, KC)` block (the calling thread's).
+    static B_PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// bf16 bits of 16 f32 lanes, rounded to nearest with ties to even (NaN stays a quiet NaN), in
+/// the low half of each 32-bit lane.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn round_lanes(v: __m512) -> __m512i {
+    let bits = _mm512_castps_si512(v);
+    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+    let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+        bits,
+        _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb),
+    ));
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+    let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(0x40));
+    _mm512_mask_mov_epi32(r, nan, quiet)
+}
+
+/// Pairs the rows of an f32 panel (`rows` rows of `lanes` values, row-major, `lanes <= 32`):
+/// `dst[q * lanes + j] = bf16(src[2q][j]) | bf16(src[2q + 1][j]) << 16`, with a zero for the row
+/// past an odd `rows`.
+///
+/// # Safety
+/// AVX-512F; `src` holds `rows * lanes` values, `dst` `rows.div_ceil(2) * lanes`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pair_rows(src: &[f32], rows: usize, lanes: usize, dst: &mut [u32]) {
+    debug_assert!(lanes <= 32 && src.len() >= rows * lanes);
+    let pairs = rows.div_ceil(2);
+    debug_assert!(dst.len() >= pairs * lanes);
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    for q in 0..pairs {
+        let lo = s.add(2 * q * lanes);
+        let odd_last = 2 * q + 1 == rows;
+        for j in (0..lanes).step_by(16) {
+            let m: __mmask16 = if lanes - j >= 16 {
+                0xFFFF
+            } else {
+                ((1u32 << (lanes - j)) - 1) as u16
+            };
+            let even = round_lanes(_mm512_maskz_loadu_ps(m, lo.add(j)));
+            let odd = if odd_last {
+                _mm512_setzero_si512()
+            } else {
+                round_lanes(_mm512_maskz_loadu_ps(m, lo.add(lanes + j)))
+            };
+            let pair = _mm512_or_si512(even, _mm512_slli_epi32::<16>(odd));
+            _mm512_mask_storeu_epi32(d.add(q * lanes + j) as *mut i32, m, pair);
+        }
+    }
+}
+
+/// `C[m, n] (+)= A[m, k] · B[k, n]` with both operands rounded to bf16 and f32 accumulation,
+/// `C` row-major at row stride `ldc`, on up to all pool threads when `parallel`. With `gelu`,
+/// the exact GELU is applied to each tile after its last product.
+///
+/// # Safety
+/// [`available`] must hold; `c` must be valid for `m` rows of `n` elements at stride `ldc`, not
+/// aliased by `a` or `b`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: *mut f32,
+    ldc: usize,
+    start: Start,
+    parallel: bool,
+    gelu: bool,
+) {
+    if empty_product(m, n, k, c, ldc, start) {
+        if gelu && k == 0 {
+            for i in 0..m {
+                super::fast_math::gelu_in_place(std::slice::from_raw_parts_mut(c.add(i * ldc), n));
+            }
+        }
+        return;
+    }
+    let out = OutPtr(c);
+    let accumulate = matches!(start, Start::Accumulate);
+    let bias = match start {
+        Start::Bias(b) => {
+            assert!(b.len() >= n, "bf16 gemm: bias shorter than n");
+            Some(b)
+        }
+        _ => None,
+    };
+    for j0 in (0..n).step_by(NC) {
+        let nc = NC.min(n - j0);
+        let npanels = nc.div_ceil(NR);
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            let kq = kc.div_ceil(2);
+            let overwrite = p0 == 0 && !accumulate;
+            let gelu_now = gelu && p0 + kc == k;
+            with_buffer(&B_PAIRS, npanels * kq * NR, |bpairs| {
+                pack_b_pairs(b, p0, kc, j0, nc, bpairs, parallel);
+                let bpairs = &*bpairs;
+                let mblocks = m.div_ceil(MC);
+                let (groups, per_group) = column_groups(mblocks, npanels, parallel);
+                let task = |t: usize| {
+                    let (ib, g) = (t % mblocks, t / mblocks);
+                    let i0 = ib * MC;
+                    let mc = MC.min(m - i0);
+                    let apanels = mc.div_ceil(MR);
+                    with_buffer(&A_PAIRS, apanels * kq * MR, |apairs| {
+                        pack_a_pairs(a, i0, mc, p0, kc, apairs);
+                        let (first, last) = (g * per_group, ((g + 1) * per_group).min(npanels));
+                        for jp in first..last {
+                            let jr = jp * NR;
+                            let nr = NR.min(nc - jr);
+                            let bp = bpairs.as_ptr().add(jp * kq * NR);
+                            for ir in (0..mc).step_by(MR) {
+                                let mr = MR.min(mc - ir);
+                                let ap = apairs.as_ptr().add((ir / MR) * kq * MR);
+                                let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
+                                let bias =
+                                    bias.map_or(std::ptr::null(), |b| b.as_ptr().add(j0 + jr));
+                                pair_tile(kq, ap, bp, cptr, ldc, mr, nr, overwrite, bias);
+                                if gelu_now {
+                                    super::fast_math::gelu_tile_avx512(cptr, ldc, mr, nr);
+                                }
+                            }
+                        }
+                    });
+                };
+                let tasks = mblocks * groups;
+                if parallel && rayon::current_num_threads() > 1 && tasks > 1 {
+                    (0..tasks).into_par_iter().for_each(task);
+                } else {
+                    (0..tasks).for_each(task);
+                }
+            });
+        }
+    }
+}
+
+/// Packs and pairs `B[p0..p0+kc, j0..j0+nc]` into NR-wide panels of `kc.div_ceil(2)` pair rows.
+#[cfg(target_arch = "x86_64")]
+fn pack_b_pairs(
+    b: MatRef,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nc: usize,
+    out: &mut [u32],
+    parallel: bool,
+) {
+    let kq = kc.div_ceil(2);
+    let one = |(jp, panel): (usize, &mut [u32])| {
+        with_buffer(&STAGE, kc * NR, |stage| {
+            pack_b_panel(b, p0, kc, j0 + jp * NR, j0 + nc, stage);
+            // SAFETY: AVX-512F (callers check `available`); `stage` holds kc x NR values and
+            // `panel` kq x NR.
+            unsafe { pair_rows(stage, kc, NR, panel) };
+        })
+    };
+    let chunks = out[..nc.div_ceil(NR) * kq * NR].par_chunks_mut(kq * NR);
+    if parallel {
+        chunks.enumerate().for_each(one);
+    } else {
+        out[..nc.div_ceil(NR) * kq * NR]
+            .chunks_mut(kq * NR)
+            .enumerate()
+            .for_each(one);
+    }
+}
+
+/// Packs and pairs `A[i0..i0+mc, p0..p0+kc]` into MR-tall panels of `kc.div_ceil(2)` pair rows.
+#[cfg(target_arch = "x86_64")]
+fn pack_a_pairs(a: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [u32]) {
+    let kq = kc.div_ceil(2);
+    with_buffer(&STAGE, mc.div_ceil(MR) * kc * MR, |stage| {
+        pack_a_panels(a, i0, mc, p0, kc, stage);
+        for (ip, panel) in stage.chunks_exact(kc * MR).enumerate() {
+            // SAFETY: AVX-512F (callers check `available`); sizes as `pair_rows` requires.
+            unsafe { pair_rows(panel, kc, MR, &mut out[ip * kq * MR..(ip + 1) * kq * MR]) };
+        }
+    })
+}
+
+/// One `mr x nr` tile with the smallest row kernel that covers `mr` (as the f32 kernel).
+///
+/// # Safety
+/// As [`kernel_pairs`].
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn pair_tile(
+    kq: usize,
+    ap: *const u32,
+    bp: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    overwrite: bool,
+    bias: *const f32,
+) {
+    match mr {
+        0..=4 => kernel_pairs::<4>(kq, ap, bp, c, ldc, mr, nr, overwrite, bias),
+        5..=8 => kernel_pairs::<8>(kq, ap, bp, c, ldc, mr, nr, overwrite, bias),
+        _ => kernel_pairs::<MR>(kq, ap, bp, c, ldc, mr, nr, overwrite, bias),
+    }
+}
+
+/// The micro-kernel for the first `R` rows of an MR-tall paired `A` panel against one NR-wide
+/// paired `B` panel: `kq` pair steps of one `vdpbf16ps` per 16 output lanes.
+///
+/// # Safety
+/// AVX-512F and AVX512_BF16; `ap` holds `kq x MR` pairs, `bp` `kq x NR`; `c` is valid for `mr`
+/// rows of `nr` elements at stride `ldc`; `bias` is null or valid for `nr` elements (added when
+/// the tile overwrites `c`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_pairs<const R: usize>(
+    kq: usize,
+    ap: *const u32,
+    bp: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    overwrite: bool,
+    bias: *const f32,
+) {
+    debug_assert!(mr <= R && R <= MR && mr > 0);
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for q in 0..kq {
+        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(q * NR) as *const _));
+        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(q * NR + 16) as *const _));
+        let arow = ap.add(q * MR);
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*arow.add(i) as i32));
+            row[0] = _mm512_dpbf16_ps(row[0], av, b0);
+            row[1] = _mm512_dpbf16_ps(row[1], av, b1);
+        }
+    }
+    let (m0, m1) = tail_masks(nr);
+    let (bias0, bias1) = if overwrite && !bias.is_null() {
+        (
+            _mm512_maskz_loadu_ps(m0, bias),
+            _mm512_maskz_loadu_ps(m1, bias.add(16)),
+        )
+    } else {
+        (_mm512_setzero_ps(), _mm512_setzero_ps())
+    };
+    for (i, row) in acc.iter().enumerate().take(mr) {
+        let cr = c.add(i * ldc);
+        if overwrite {
+            _mm512_mask_storeu_ps(cr, m0, _mm512_add_ps(row[0], bias0));
+            _mm512_mask_storeu_ps(cr.add(16), m1, _mm512_add_ps(row[1], bias1));
+        } else {
+            let c0 = _mm512_maskz_loadu_ps(m0, cr);
+            let c1 = _mm512_maskz_loadu_ps(m1, cr.add(16));
+            _mm512_mask_storeu_ps(cr, m0, _mm512_add_ps(c0, row[0]));
+            _mm512_mask_storeu_ps(cr.add(16), m1, _mm512_add_ps(c1, row[1]));
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::ops::autocast::round_bf16;
+
+    fn naive_rounded(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) -> Vec<f64> {
+        let mut c = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k)
+                    .map(|p| {
+                        round_bf16(a.data[(i as isize * a.rs + p as isize * a.cs) as usize]) as f64
+                            * round_bf16(b.data[(p as isize * b.rs + j as isize * b.cs) as usize])
+                                as f64
+                    })
+                    .sum();
+            }
+        }
+        c
+    }
+
+    fn uniform(mut seed: u32) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        }
+    }
+
+    /// The kernel equals the product of the rounded operands (f64 reference) on shapes with row
+    /// and column tails, odd and multi-block `k`, every operand layout, each start and GELU.
+    #[test]
+    fn matches_the_rounded_product_on_awkward_shapes() {
+        if !available() {
+            eprintln!("no AVX512_BF16 on this CPU: the bf16 dot-product kernel is not used here");
+            return;
+        }
+        let mut rnd = uniform(5);
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (13, 33, 7),
+            (64, 64, 32),
+            (100, 50, 300),
+            (200, 70, 513),
+            (5, 2100, 3),
+            (32, 96, 384),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+            let bias: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let am = if ta {
+                    MatRef::transposed(&a, m)
+                } else {
+                    MatRef::row_major(&a, k)
+                };
+                let bm = if tb {
+                    MatRef::transposed(&b, k)
+                } else {
+                    MatRef::row_major(&b, n)
+                };
+                let want = naive_rounded(m, n, k, am, bm);
+                let mut with_bias = Vec::new();
+                for mode in 0..3 {
+                    let start = match mode {
+                        0 => Start::Zero,
+                        1 => Start::Accumulate,
+                        _ => Start::Bias(&bias),
+                    };
+                    let mut c = vec![if mode == 1 { 1.0 } else { f32::NAN }; m * n];
+                    unsafe { gemm(m, n, k, am, bm, c.as_mut_ptr(), n, start, true, false) };
+                    for (idx, (x, w)) in c.iter().zip(&want).enumerate() {
+                        let w = match mode {
+                            1 => w + 1.0,
+                            2 => w + bias[idx % n] as f64,
+                            _ => *w,
+                        };
+                        assert!(
+                            (*x as f64 - w).abs() < 2e-5 * (1.0 + w.abs()),
+                            "{m}x{n}x{k} ta={ta} tb={tb} mode={mode}: {x} vs {w}"
+                        );
+                    }
+                    with_bias = c;
+                }
+                // GELU in the last store: the activation of the biased product.
+                let mut c = vec![f32::NAN; m * n];
+                let start = Start::Bias(&bias);
+                unsafe { gemm(m, n, k, am, bm, c.as_mut_ptr(), n, start, true, true) };
+                crate::ops::fast_math::gelu_in_place(&mut with_bias);
+                for (x, w) in c.iter().zip(&with_bias) {
+                    assert!((x - w).abs() <= 1e-6 * (1.0 + w.abs()), "gelu: {x} vs {w}");
+                }
+            }
+        }
+    }
+
+    /// Pairing rounds like the scalar rounding, NaN included, and pads an odd row with zero.
+    #[test]
+    fn pairs_round_to_nearest_even() {
+        if !crate::ops::sgemm::available() {
+            eprintln!("no AVX-512F on this CPU: the bf16 packing is not used here");
+            return;
+        }
+        let mut rnd = uniform(9);
+        let (rows, lanes) = (5usize, 12usize);
+        let mut src: Vec<f32> = (0..rows * lanes).map(|_| rnd() * 1e3).collect();
+        src[3] = f32::NAN;
+        src[4] = f32::from_bits(0x3F80_8000); // a tie: rounds to the even 1.0
+        let mut dst = vec![0u32; rows.div_ceil(2) * lanes];
+        unsafe { pair_rows(&src, rows, lanes, &mut dst) };
+        let bits = |v: f32| crate::ops::bf16::f32_to_bf16(v) as u32;
+        for q in 0..rows.div_ceil(2) {
+            for j in 0..lanes {
+                let lo = bits(src[2 * q * lanes + j]);
+                let hi = if 2 * q + 1 < rows {
+                    bits(src[(2 * q + 1) * lanes + j])
+                } else {
+                    0
+                };
+                let got = dst[q * lanes + j];
+                if src[2 * q * lanes + j].is_nan() {
+                    assert!(f32::from_bits((got & 0xffff) << 16).is_nan());
+                    assert_eq!(got >> 16, hi);
+                } else {
+                    assert_eq!(got, lo | hi << 16, "q={q} j={j}");
+                }
+            }
+        }
+        assert_eq!(dst[4] & 0xffff, 0x3F80);
+    }
+}
