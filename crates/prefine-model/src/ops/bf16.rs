@@ -1,11 +1,12 @@
-//! bf16 weights for inference: stored as bfloat16 (round to nearest, ties to even), widened
-//! to f32 for the f32 AVX-512 GEMM.
+//! bf16 weights for inference, stored as bfloat16 (round to nearest, ties to even).
 //!
-//! This machine class (Ice Lake) has no AVX512_BF16, so bf16 buys memory (half the bytes of
-//! f32 weights), not arithmetic. With the AVX-512 GEMM the bits are kept in its panel layout,
-//! so widening them (one vector pass into a per-thread scratch, reused across calls) gives the
-//! kernel's operand with no packing per call; otherwise they are kept transposed (`Wᵀ`,
-//! `[in, out]`) for the portable GEMM.
+//! On a CPU with AVX512_BF16 the weight is kept as bf16 pairs in the dot-product kernel's panel
+//! layout ([`super::sgemm_bf16::PairedB`]) and the activations are rounded to bf16 as they are
+//! packed (what PyTorch's bf16 autocast multiplies): the products run on the bf16 units with
+//! f32 accumulation. Without it, the bits are kept in the f32 kernel's panel layout and widened
+//! (one vector pass into a per-thread scratch, reused across calls) to multiply f32 activations
+//! on the f32 units: half the bytes of f32 weights, no faster arithmetic. Without AVX-512 they
+//! are kept transposed (`Wᵀ`, `[in, out]`) for the portable GEMM.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -34,6 +35,9 @@ pub fn bf16_to_f32(b: u16) -> f32 {
 /// How a [`Bf16Matrix`] holds its bits.
 #[derive(Clone)]
 enum Bf16Layout {
+    /// bf16 pairs for the AVX512_BF16 dot-product kernel.
+    #[cfg(target_arch = "x86_64")]
+    Pairs(super::sgemm_bf16::PairedB),
     /// The AVX-512 GEMM's panel layout ([`PackedB`]): widening gives the kernel's operand
     /// directly, with no packing per call.
     Panels,
@@ -67,6 +71,17 @@ impl Bf16Matrix {
     /// From row-major `[out, in]` bf16 bits (as stored in a checkpoint).
     pub fn from_bits(w: &[u16], out: usize, inp: usize) -> Self {
         assert_eq!(w.len(), out * inp, "Bf16Matrix::from_bits: not out x in");
+        #[cfg(target_arch = "x86_64")]
+        if super::sgemm_bf16::available() {
+            // The widened values are exact, so pairing (which rounds) keeps every bit.
+            let wide: Vec<f32> = w.iter().map(|&b| bf16_to_f32(b)).collect();
+            return Self {
+                out,
+                inp,
+                layout: Bf16Layout::Pairs(super::sgemm_bf16::PairedB::pack(&wide, out, inp)),
+                bits: Vec::new(),
+            };
+        }
         if use_own_kernel() {
             // Every value (and the zero padding) is exactly representable in bf16, so packing
             // the widened weight and narrowing it again loses nothing.
@@ -97,7 +112,9 @@ impl Bf16Matrix {
     /// The row-major `[out, in]` bf16 bits.
     pub fn to_bits(&self) -> Vec<u16> {
         let (out, inp) = (self.out, self.inp);
-        match self.layout {
+        match &self.layout {
+            #[cfg(target_arch = "x86_64")]
+            Bf16Layout::Pairs(p) => p.to_bits(),
             Bf16Layout::Panels => {
                 let wide: Vec<f32> = self.bits.iter().map(|&b| bf16_to_f32(b)).collect();
                 PanelsRef::new(out, inp, &wide)
@@ -125,7 +142,11 @@ impl Bf16Matrix {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        2 * self.bits.len()
+        match &self.layout {
+            #[cfg(target_arch = "x86_64")]
+            Bf16Layout::Pairs(p) => p.bytes(),
+            _ => 2 * self.bits.len(),
+        }
     }
 }
 
@@ -174,18 +195,25 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `y[m, out] = x[m, in] · Wᵀ + bias` with `W` in bf16: the bits are widened into a
-/// per-thread f32 scratch (already in the kernel's panel layout on AVX-512) and multiplied in
-/// f32. With `gelu`, `GELU(x · Wᵀ + bias)`.
+/// `y[m, out] = x[m, in] · Wᵀ + bias` with `W` in bf16: on AVX512_BF16 with `x` rounded to bf16
+/// too, on the bf16 dot products; otherwise the bits are widened into a per-thread f32 scratch
+/// (already in the kernel's panel layout on AVX-512) and multiplied in f32. With `gelu`,
+/// `GELU(x · Wᵀ + bias)`.
 pub fn bf16_linear(x: &[f32], m: usize, w: &Bf16Matrix, bias: &[f32], gelu: bool) -> Vec<f32> {
     let (n, k) = (w.out, w.inp);
     assert!(x.len() >= m * k, "bf16_linear: x is shorter than m x in");
     assert_eq!(bias.len(), n, "bf16_linear: one bias per output");
+    #[cfg(target_arch = "x86_64")]
+    if let Bf16Layout::Pairs(p) = &w.layout {
+        return super::sgemm_bf16::linear_paired(m, x, p, bias, gelu);
+    }
     // A thread waiting inside the GEMM's parallel loop may run another layer's call (rayon
     // work stealing): `with_buffer` then gives that call a buffer of its own.
     with_buffer(&SCRATCH, w.bits.len(), |wide| {
         widen(&w.bits, wide);
         match w.layout {
+            #[cfg(target_arch = "x86_64")]
+            Bf16Layout::Pairs(_) => unreachable!("handled above"),
             #[cfg(target_arch = "x86_64")]
             Bf16Layout::Panels => {
                 super::sgemm::gemm_panels_bias(m, x, PanelsRef::new(n, k, wide), bias, gelu)
@@ -253,36 +281,48 @@ mod tests {
         }
     }
 
+    /// The product equals that of the rounded weight (and, on the bf16 dot-product kernel, of
+    /// the rounded activations), on shapes with partial panels, an odd depth and several `KC`
+    /// and `NC` blocks; the bits round-trip.
     #[test]
     fn linear_equals_f32_product_of_rounded_weights() {
-        let (m, n, k) = (5, 37, 19);
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
-            .collect();
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 104729) % 101) as f32 / 50.0 - 1.0)
-            .collect();
-        let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1).collect();
-        let b = Bf16Matrix::from_f32(&w, n, k);
-        assert_eq!(
-            Bf16Matrix::from_bits(&b.to_bits(), n, k).bits,
-            b.bits,
-            "bits round trip"
-        );
-        let rounded: Vec<u16> = w.iter().map(|&v| f32_to_bf16(v)).collect();
-        assert_eq!(b.to_bits(), rounded, "row-major bits");
-        let y = bf16_linear(&x, m, &b, &bias, false);
-        for i in 0..m {
-            for j in 0..n {
-                let r: f64 = (0..k)
-                    .map(|p| x[i * k + p] as f64 * bf16_to_f32(f32_to_bf16(w[j * k + p])) as f64)
-                    .sum::<f64>()
-                    + bias[j] as f64;
-                assert!(
-                    (y[i * n + j] as f64 - r).abs() < 1e-4,
-                    "{} vs {r}",
-                    y[i * n + j]
-                );
+        let native = super::super::sgemm_bf16::available();
+        for (m, n, k) in [(5, 37, 19), (3, 2100, 801)] {
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
+                .collect();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 104729) % 101) as f32 / 50.0 - 1.0)
+                .collect();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1).collect();
+            let b = Bf16Matrix::from_f32(&w, n, k);
+            let rounded: Vec<u16> = w.iter().map(|&v| f32_to_bf16(v)).collect();
+            assert_eq!(b.to_bits(), rounded, "row-major bits");
+            assert_eq!(
+                Bf16Matrix::from_bits(&rounded, n, k).to_bits(),
+                rounded,
+                "bits round trip"
+            );
+            let y = bf16_linear(&x, m, &b, &bias, false);
+            let xr = |v: f32| {
+                if native {
+                    bf16_to_f32(f32_to_bf16(v))
+                } else {
+                    v
+                }
+            };
+            for i in 0..m {
+                for j in 0..n {
+                    let r: f64 = (0..k)
+                        .map(|p| xr(x[i * k + p]) as f64 * bf16_to_f32(rounded[j * k + p]) as f64)
+                        .sum::<f64>()
+                        + bias[j] as f64;
+                    let got = y[i * n + j] as f64;
+                    assert!(
+                        (got - r).abs() < 2e-5 * (1.0 + r.abs()),
+                        "{m}x{n}x{k}: {got} vs {r}"
+                    );
+                }
             }
         }
     }

@@ -495,6 +495,7 @@ pub(crate) unsafe fn sgemm(
 ) {
     if a.bf16 && b.bf16 && super::sgemm_bf16::available() {
         // Both operands rounded to bf16: the bf16 dot-product kernel.
+        let b = super::sgemm_bf16::PairSource::Strided(b);
         super::sgemm_bf16::gemm(m, n, k, a, b, c, ldc, start, parallel, false);
         return;
     }

@@ -107,6 +107,101 @@ unsafe fn pair_rows(src: &[f32], rows: usize, lanes: usize, dst: &mut [u32]) {
     }
 }
 
+/// A weight `W[n, k]` (the `B = Wᵀ` operand of `x · Wᵀ`) held as bf16 pairs in the kernel's
+/// panel layout: for each `NC` block of outputs and each `KC` block of inputs, that block's
+/// NR-wide panels of `kc.div_ceil(2)` pair rows. bf16 inference weights use it: no packing, no
+/// widening per call, and 2 bytes per value (plus the padding of a last partial panel).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone)]
+pub(crate) struct PairedB {
+    n: usize,
+    k: usize,
+    data: Vec<u32>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PairedB {
+    /// Packs `w[n, k]` (row-major), rounding to bf16. Needs AVX-512F.
+    pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "PairedB::pack: weight is not n x k");
+        assert!(super::sgemm::available(), "PairedB needs AVX-512F");
+        let b = MatRef::transposed(w, k);
+        let mut data = Vec::new();
+        for j0 in (0..n).step_by(NC) {
+            let nc = NC.min(n - j0);
+            for p0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - p0);
+                let at = data.len();
+                data.resize(at + nc.div_ceil(NR) * kc.div_ceil(2) * NR, 0);
+                pack_b_pairs(b, p0, kc, j0, nc, &mut data[at..], false);
+            }
+        }
+        Self { n, k, data }
+    }
+
+    /// `(n, k)`: outputs and inputs of the weight.
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        4 * self.data.len()
+    }
+
+    /// The panels of the block at outputs `j0..j0 + nc`, inputs `p0..p0 + kc` (`j0` a multiple
+    /// of `NC`, `p0` of `KC`): each earlier column block is `NC` wide and holds `pair_rows(k)`
+    /// pair rows per column, and each earlier depth block of this one `KC / 2`.
+    fn block(&self, j0: usize, p0: usize, nc: usize, kc: usize) -> &[u32] {
+        let panels = nc.div_ceil(NR);
+        let start = j0 * pair_rows_for(self.k) + panels * NR * (p0 / 2);
+        &self.data[start..start + panels * kc.div_ceil(2) * NR]
+    }
+
+    /// The row-major `[n, k]` bf16 bits.
+    pub(crate) fn to_bits(&self) -> Vec<u16> {
+        let (n, k) = (self.n, self.k);
+        let mut w = vec![0u16; n * k];
+        for j0 in (0..n).step_by(NC) {
+            let nc = NC.min(n - j0);
+            for p0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - p0);
+                let kq = kc.div_ceil(2);
+                let block = self.block(j0, p0, nc, kc);
+                for j in 0..nc {
+                    let panel = &block[(j / NR) * kq * NR..];
+                    for p in 0..kc {
+                        let pair = panel[(p / 2) * NR + j % NR];
+                        w[(j0 + j) * k + p0 + p] = (pair >> (16 * (p % 2))) as u16;
+                    }
+                }
+            }
+        }
+        w
+    }
+}
+
+/// Where the bf16 kernel's `B` panels come from.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) enum PairSource<'a> {
+    /// Any strided matrix, rounded and paired block by block on every call.
+    Strided(MatRef<'a>),
+    /// A weight paired beforehand.
+    Packed(&'a PairedB),
+}
+
+// Depth blocks pair on their own: every block but the last must have an even length.
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(KC.is_multiple_of(2));
+
+/// Pair rows per column of a depth-`k` operand split into `KC` blocks (each block pairs on its
+/// own; every block but the last has the even length `KC`).
+#[cfg(target_arch = "x86_64")]
+fn pair_rows_for(k: usize) -> usize {
+    (k / KC) * (KC / 2) + (k % KC).div_ceil(2)
+}
+
 /// `C[m, n] (+)= A[m, k] · B[k, n]` with both operands rounded to bf16 and f32 accumulation,
 /// `C` row-major at row stride `ldc`, on up to all pool threads when `parallel`. With `gelu`,
 /// the exact GELU is applied to each tile after its last product.
@@ -121,13 +216,16 @@ pub(crate) unsafe fn gemm(
     n: usize,
     k: usize,
     a: MatRef,
-    b: MatRef,
+    b: PairSource,
     c: *mut f32,
     ldc: usize,
     start: Start,
     parallel: bool,
     gelu: bool,
 ) {
+    if let PairSource::Packed(p) = b {
+        assert_eq!((p.n, p.k), (n, k), "bf16 gemm: packed weight shape");
+    }
     if empty_product(m, n, k, c, ldc, start) {
         if gelu && k == 0 {
             for i in 0..m {
@@ -153,9 +251,18 @@ pub(crate) unsafe fn gemm(
             let kq = kc.div_ceil(2);
             let overwrite = p0 == 0 && !accumulate;
             let gelu_now = gelu && p0 + kc == k;
-            with_buffer(&B_PAIRS, npanels * kq * NR, |bpairs| {
-                pack_b_pairs(b, p0, kc, j0, nc, bpairs, parallel);
-                let bpairs = &*bpairs;
+            let len = match b {
+                PairSource::Strided(_) => npanels * kq * NR,
+                PairSource::Packed(_) => 0,
+            };
+            with_buffer(&B_PAIRS, len, |scratch| {
+                let bpairs: &[u32] = match b {
+                    PairSource::Strided(b) => {
+                        pack_b_pairs(b, p0, kc, j0, nc, scratch, parallel);
+                        scratch
+                    }
+                    PairSource::Packed(p) => p.block(j0, p0, nc, kc),
+                };
                 let mblocks = m.div_ceil(MC);
                 let (groups, per_group) = column_groups(mblocks, npanels, parallel);
                 let task = |t: usize| {
@@ -193,6 +300,42 @@ pub(crate) unsafe fn gemm(
             });
         }
     }
+}
+
+/// `x[m, k] · Wᵀ + bias` for a paired weight (`x` row-major, rounded to bf16 as it is packed),
+/// as a new row-major `[m, n]` matrix, multi-threaded when the product is large enough; with
+/// `gelu`, the exact GELU of it (applied in the last store). The output is never zero-filled.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn linear_paired(
+    m: usize,
+    x: &[f32],
+    w: &PairedB,
+    bias: &[f32],
+    gelu: bool,
+) -> Vec<f32> {
+    let (n, k) = w.dims();
+    assert!(available(), "paired bf16 weights need AVX512_BF16");
+    assert!(x.len() >= m * k, "linear_paired: x is shorter than m x k");
+    assert_eq!(bias.len(), n, "linear_paired: one bias per output column");
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: AVX512_BF16 checked above; `y` has capacity for m x n elements, not aliased by
+    // the operands; starting from the bias, the GEMM writes every element before `set_len`.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            MatRef::row_major(&x[..m * k], k),
+            PairSource::Packed(w),
+            y.as_mut_ptr(),
+            n,
+            Start::Bias(bias),
+            super::kernels::worth_parallel(m, n, k),
+            gelu,
+        );
+        y.set_len(m * n);
+    }
+    y
 }
 
 /// Packs and pairs `B[p0..p0+kc, j0..j0+nc]` into NR-wide panels of `kc.div_ceil(2)` pair rows.
@@ -389,7 +532,20 @@ mod tests {
                         _ => Start::Bias(&bias),
                     };
                     let mut c = vec![if mode == 1 { 1.0 } else { f32::NAN }; m * n];
-                    unsafe { gemm(m, n, k, am, bm, c.as_mut_ptr(), n, start, true, false) };
+                    unsafe {
+                        gemm(
+                            m,
+                            n,
+                            k,
+                            am,
+                            PairSource::Strided(bm),
+                            c.as_mut_ptr(),
+                            n,
+                            start,
+                            true,
+                            false,
+                        )
+                    };
                     for (idx, (x, w)) in c.iter().zip(&want).enumerate() {
                         let w = match mode {
                             1 => w + 1.0,
@@ -406,7 +562,20 @@ mod tests {
                 // GELU in the last store: the activation of the biased product.
                 let mut c = vec![f32::NAN; m * n];
                 let start = Start::Bias(&bias);
-                unsafe { gemm(m, n, k, am, bm, c.as_mut_ptr(), n, start, true, true) };
+                unsafe {
+                    gemm(
+                        m,
+                        n,
+                        k,
+                        am,
+                        PairSource::Strided(bm),
+                        c.as_mut_ptr(),
+                        n,
+                        start,
+                        true,
+                        true,
+                    )
+                };
                 crate::ops::fast_math::gelu_in_place(&mut with_bias);
                 for (x, w) in c.iter().zip(&with_bias) {
                     assert!((x - w).abs() <= 1e-6 * (1.0 + w.abs()), "gelu: {x} vs {w}");
