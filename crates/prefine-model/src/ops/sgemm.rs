@@ -683,10 +683,9 @@ unsafe fn sgemm_blocks(
                         };
                         let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
                         let bias = bias.map_or(std::ptr::null(), |b| b.as_ptr().add(j0 + jr));
-                        kernel_tile(kc, asrc, bpanel, cptr, ldc, mr, nr, overwrite, bias);
-                        if gelu_now {
-                            super::fast_math::gelu_tile_avx512(cptr, ldc, mr, nr);
-                        }
+                        kernel_tile(
+                            kc, asrc, bpanel, cptr, ldc, mr, nr, overwrite, bias, gelu_now,
+                        );
                     }
                 }
             };
@@ -789,25 +788,26 @@ unsafe fn kernel_tile(
     nr: usize,
     overwrite: bool,
     bias: *const f32,
+    gelu: bool,
 ) {
     match (a, mr) {
         (ASource::Panel(ap), 0..=4) => {
-            kernel_rows::<4, false>(kc, ap, MR, bp, c, ldc, mr, nr, overwrite, bias)
+            kernel_rows::<4, false>(kc, ap, MR, bp, c, ldc, mr, nr, overwrite, bias, gelu)
         }
         (ASource::Panel(ap), 5..=8) => {
-            kernel_rows::<8, false>(kc, ap, MR, bp, c, ldc, mr, nr, overwrite, bias)
+            kernel_rows::<8, false>(kc, ap, MR, bp, c, ldc, mr, nr, overwrite, bias, gelu)
         }
         (ASource::Panel(ap), _) => {
-            kernel_rows::<MR, false>(kc, ap, MR, bp, c, ldc, mr, nr, overwrite, bias)
+            kernel_rows::<MR, false>(kc, ap, MR, bp, c, ldc, mr, nr, overwrite, bias, gelu)
         }
         (ASource::Rows(ap, lda), 0..=4) => {
-            kernel_rows::<4, true>(kc, ap, lda, bp, c, ldc, mr, nr, overwrite, bias)
+            kernel_rows::<4, true>(kc, ap, lda, bp, c, ldc, mr, nr, overwrite, bias, gelu)
         }
         (ASource::Rows(ap, lda), 5..=8) => {
-            kernel_rows::<8, true>(kc, ap, lda, bp, c, ldc, mr, nr, overwrite, bias)
+            kernel_rows::<8, true>(kc, ap, lda, bp, c, ldc, mr, nr, overwrite, bias, gelu)
         }
         (ASource::Rows(ap, lda), _) => {
-            kernel_rows::<MR, true>(kc, ap, lda, bp, c, ldc, mr, nr, overwrite, bias)
+            kernel_rows::<MR, true>(kc, ap, lda, bp, c, ldc, mr, nr, overwrite, bias, gelu)
         }
     }
 }
@@ -835,6 +835,7 @@ unsafe fn kernel_rows<const R: usize, const ROWS: bool>(
     nr: usize,
     overwrite: bool,
     bias: *const f32,
+    gelu: bool,
 ) {
     debug_assert!(mr <= R && R <= MR && mr > 0);
     let rows: [*const f32; R] = std::array::from_fn(|i| ap.add(i.min(mr - 1) * step));
@@ -867,17 +868,27 @@ unsafe fn kernel_rows<const R: usize, const ROWS: bool>(
     } else {
         (_mm512_setzero_ps(), _mm512_setzero_ps())
     };
+    // The layer's GELU, when asked, in registers before the store (a pass over the stored tile
+    // stalled: a masked store does not forward to the reload).
+    let act = |v: __m512| {
+        if gelu {
+            super::fast_math::gelu_avx512(v)
+        } else {
+            v
+        }
+    };
     for (i, row) in acc.iter().enumerate().take(mr) {
         let cr = c.add(i * ldc);
-        if overwrite {
-            _mm512_mask_storeu_ps(cr, m0, _mm512_add_ps(row[0], bias0));
-            _mm512_mask_storeu_ps(cr.add(16), m1, _mm512_add_ps(row[1], bias1));
+        let (start0, start1) = if overwrite {
+            (bias0, bias1)
         } else {
-            let c0 = _mm512_maskz_loadu_ps(m0, cr);
-            let c1 = _mm512_maskz_loadu_ps(m1, cr.add(16));
-            _mm512_mask_storeu_ps(cr, m0, _mm512_add_ps(c0, row[0]));
-            _mm512_mask_storeu_ps(cr.add(16), m1, _mm512_add_ps(c1, row[1]));
-        }
+            (
+                _mm512_maskz_loadu_ps(m0, cr),
+                _mm512_maskz_loadu_ps(m1, cr.add(16)),
+            )
+        };
+        _mm512_mask_storeu_ps(cr, m0, act(_mm512_add_ps(start0, row[0])));
+        _mm512_mask_storeu_ps(cr.add(16), m1, act(_mm512_add_ps(start1, row[1])));
     }
 }
 
@@ -1005,7 +1016,8 @@ mod tests {
     }
 
     /// A bias start adds one value per column to every row, on shapes with row and column
-    /// tails, several KC blocks and an empty `k` (rows equal to the bias).
+    /// tails, several KC blocks and an empty `k` (rows equal to the bias); a fused GELU equals
+    /// the activation of that output bit for bit.
     #[test]
     fn bias_start_adds_the_bias_once() {
         if !available() {
@@ -1024,6 +1036,17 @@ mod tests {
             unsafe { sgemm(m, n, k, am, wm, c.as_mut_ptr(), n, Start::Bias(&bias), true) };
             let packed = PackedB::pack(&w, n, k);
             let p = gemm_panels_bias(m, &a, packed.view(), &bias, false);
+            // The GELU applied in the kernel's store is the activation of the same values.
+            let mut act = p.clone();
+            super::super::fast_math::gelu_in_place(&mut act);
+            let fused = gemm_panels_bias(m, &a, packed.view(), &bias, true);
+            assert!(
+                fused
+                    .iter()
+                    .zip(&act)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{m}x{n}x{k}: fused GELU"
+            );
             for (i, got) in c.iter().zip(&p).flat_map(|(x, y)| [x, y]).enumerate() {
                 let want = want[i / 2] + bias[(i / 2) % n];
                 assert!(

@@ -283,10 +283,7 @@ pub(crate) unsafe fn gemm(
                                 let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
                                 let bias =
                                     bias.map_or(std::ptr::null(), |b| b.as_ptr().add(j0 + jr));
-                                pair_tile(kq, ap, bp, cptr, ldc, mr, nr, overwrite, bias);
-                                if gelu_now {
-                                    super::fast_math::gelu_tile_avx512(cptr, ldc, mr, nr);
-                                }
+                                pair_tile(kq, ap, bp, cptr, ldc, mr, nr, overwrite, bias, gelu_now);
                             }
                         }
                     });
@@ -399,11 +396,12 @@ unsafe fn pair_tile(
     nr: usize,
     overwrite: bool,
     bias: *const f32,
+    gelu: bool,
 ) {
     match mr {
-        0..=4 => kernel_pairs::<4>(kq, ap, bp, c, ldc, mr, nr, overwrite, bias),
-        5..=8 => kernel_pairs::<8>(kq, ap, bp, c, ldc, mr, nr, overwrite, bias),
-        _ => kernel_pairs::<MR>(kq, ap, bp, c, ldc, mr, nr, overwrite, bias),
+        0..=4 => kernel_pairs::<4>(kq, ap, bp, c, ldc, mr, nr, overwrite, bias, gelu),
+        5..=8 => kernel_pairs::<8>(kq, ap, bp, c, ldc, mr, nr, overwrite, bias, gelu),
+        _ => kernel_pairs::<MR>(kq, ap, bp, c, ldc, mr, nr, overwrite, bias, gelu),
     }
 }
 
@@ -427,6 +425,7 @@ unsafe fn kernel_pairs<const R: usize>(
     nr: usize,
     overwrite: bool,
     bias: *const f32,
+    gelu: bool,
 ) {
     debug_assert!(mr <= R && R <= MR && mr > 0);
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
@@ -449,17 +448,27 @@ unsafe fn kernel_pairs<const R: usize>(
     } else {
         (_mm512_setzero_ps(), _mm512_setzero_ps())
     };
+    // The layer's GELU, when asked, in registers before the store (a pass over the stored tile
+    // stalled: a masked store does not forward to the reload).
+    let act = |v: __m512| {
+        if gelu {
+            super::fast_math::gelu_avx512(v)
+        } else {
+            v
+        }
+    };
     for (i, row) in acc.iter().enumerate().take(mr) {
         let cr = c.add(i * ldc);
-        if overwrite {
-            _mm512_mask_storeu_ps(cr, m0, _mm512_add_ps(row[0], bias0));
-            _mm512_mask_storeu_ps(cr.add(16), m1, _mm512_add_ps(row[1], bias1));
+        let (start0, start1) = if overwrite {
+            (bias0, bias1)
         } else {
-            let c0 = _mm512_maskz_loadu_ps(m0, cr);
-            let c1 = _mm512_maskz_loadu_ps(m1, cr.add(16));
-            _mm512_mask_storeu_ps(cr, m0, _mm512_add_ps(c0, row[0]));
-            _mm512_mask_storeu_ps(cr.add(16), m1, _mm512_add_ps(c1, row[1]));
-        }
+            (
+                _mm512_maskz_loadu_ps(m0, cr),
+                _mm512_maskz_loadu_ps(m1, cr.add(16)),
+            )
+        };
+        _mm512_mask_storeu_ps(cr, m0, act(_mm512_add_ps(start0, row[0])));
+        _mm512_mask_storeu_ps(cr.add(16), m1, act(_mm512_add_ps(start1, row[1])));
     }
 }
 
