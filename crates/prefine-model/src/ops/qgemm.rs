@@ -64,6 +64,7 @@ fn avx512_available() -> bool {
         *AVAILABLE.get_or_init(|| {
             std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::env::var_os("PREFINE_INT8_SCALAR").is_none()
         })
     }
@@ -215,9 +216,10 @@ fn quantize_row_scalar(x: &[f32], out: &mut [u8]) -> (f32, i32) {
 }
 
 /// Quantises one row with AVX-512 (same results as [`quantize_row_scalar`] for finite inputs:
-/// min/max are exact, `cvtps2dq` rounds half to even like `round_ties_even`).
+/// min/max are exact, `cvtps2dq` rounds half to even like `round_ties_even`). AVX512VL is
+/// enabled for the 128-bit masked byte store (without it the intrinsic is an out-of-line call).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, i32) {
     let k = x.len();
     let mut vlo = _mm512_set1_ps(f32::INFINITY);
@@ -270,7 +272,7 @@ fn quantize_rows_with(x: &[f32], m: usize, k: usize, simd: bool) -> QuantizedRow
     let run = |xr: &[f32], ar: &mut [u8]| -> (f32, i32) {
         #[cfg(target_arch = "x86_64")]
         if simd {
-            // SAFETY: AVX-512F/BW were detected by the caller.
+            // SAFETY: AVX-512F/BW/VL were detected by the caller.
             return unsafe { quantize_row_avx512(xr, &mut ar[..k]) };
         }
         let _ = simd;
