@@ -8,9 +8,10 @@
 //! - [`Precision::Int8`]: per-output-channel symmetric int8 weights, activations quantised per
 //!   row at run time (u8 with a zero point), i32 accumulation with AVX512_VNNI where the CPU has
 //!   it, f32 output (see [`crate::ops::qgemm`]).
-//! - [`Precision::Bf16`]: weights rounded to bf16 (nearest, ties to even), widened to f32 for
-//!   the f32 GEMM (see [`crate::ops::bf16`]): half the memory, no faster arithmetic on CPUs
-//!   without AVX512_BF16.
+//! - [`Precision::Bf16`]: weights rounded to bf16 (nearest, ties to even). On a CPU with
+//!   AVX512_BF16 the activations are rounded too and the products run on its bf16 dot products
+//!   with f32 accumulation; elsewhere the weights are widened to f32 for the f32 GEMM (half the
+//!   memory, no faster arithmetic). See [`crate::ops::bf16`].
 //!
 //! A quantised encoder is inference-only: a training forward (dropout on), a trainable
 //! parameter, a backward pass through a quantised layer, merging LoRA groups and writing a
