@@ -859,6 +859,33 @@ unsafe fn kernel_rows<const R: usize, const ROWS: bool>(
             row[1] = _mm512_fmadd_ps(av, b1, row[1]);
         }
     }
+    store_tile(&acc, c, ldc, mr, nr, overwrite, bias, gelu);
+}
+
+/// Stores an `mr x nr` tile of accumulators (`R` rows of two 16-lane halves) into `c`:
+/// overwriting it (plus `bias` when not null) or adding to it, then applying the exact GELU when
+/// `gelu` (in registers before the store: a pass over the stored tile stalled, since a masked
+/// store does not forward to the reload). Shared by the f32 and bf16 micro-kernels.
+///
+/// Always inlined into the AVX-512 kernels (like [`tail_masks`]), whose features its
+/// intrinsics then take: an out-of-line call would spill the 24 accumulators per tile.
+///
+/// # Safety
+/// AVX-512F; `c` is valid for `mr <= R` rows of `nr <= NR` elements at stride `ldc`; `bias` is
+/// null or valid for `nr` elements.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn store_tile<const R: usize>(
+    acc: &[[__m512; 2]; R],
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    overwrite: bool,
+    bias: *const f32,
+    gelu: bool,
+) {
     let (m0, m1) = tail_masks(nr);
     let (bias0, bias1) = if overwrite && !bias.is_null() {
         (
@@ -868,8 +895,6 @@ unsafe fn kernel_rows<const R: usize, const ROWS: bool>(
     } else {
         (_mm512_setzero_ps(), _mm512_setzero_ps())
     };
-    // The layer's GELU, when asked, in registers before the store (a pass over the stored tile
-    // stalled: a masked store does not forward to the reload).
     let act = |v: __m512| {
         if gelu {
             super::fast_math::gelu_avx512(v)

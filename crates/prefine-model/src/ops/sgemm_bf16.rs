@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use super::kernels::{with_buffer, MatRef};
 #[cfg(target_arch = "x86_64")]
 use super::sgemm::{
-    column_groups, empty_product, pack_a_panels, pack_b_panel, tail_masks, OutPtr, Start, KC, MC,
+    column_groups, empty_product, pack_a_panels, pack_b_panel, store_tile, OutPtr, Start, KC, MC,
     MR, NC, NR,
 };
 
@@ -439,37 +439,7 @@ unsafe fn kernel_pairs<const R: usize>(
             row[1] = _mm512_dpbf16_ps(row[1], av, b1);
         }
     }
-    let (m0, m1) = tail_masks(nr);
-    let (bias0, bias1) = if overwrite && !bias.is_null() {
-        (
-            _mm512_maskz_loadu_ps(m0, bias),
-            _mm512_maskz_loadu_ps(m1, bias.add(16)),
-        )
-    } else {
-        (_mm512_setzero_ps(), _mm512_setzero_ps())
-    };
-    // The layer's GELU, when asked, in registers before the store (a pass over the stored tile
-    // stalled: a masked store does not forward to the reload).
-    let act = |v: __m512| {
-        if gelu {
-            super::fast_math::gelu_avx512(v)
-        } else {
-            v
-        }
-    };
-    for (i, row) in acc.iter().enumerate().take(mr) {
-        let cr = c.add(i * ldc);
-        let (start0, start1) = if overwrite {
-            (bias0, bias1)
-        } else {
-            (
-                _mm512_maskz_loadu_ps(m0, cr),
-                _mm512_maskz_loadu_ps(m1, cr.add(16)),
-            )
-        };
-        _mm512_mask_storeu_ps(cr, m0, act(_mm512_add_ps(start0, row[0])));
-        _mm512_mask_storeu_ps(cr.add(16), m1, act(_mm512_add_ps(start1, row[1])));
-    }
+    store_tile(&acc, c, ldc, mr, nr, overwrite, bias, gelu);
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
@@ -533,28 +503,20 @@ mod tests {
                     MatRef::row_major(&b, n)
                 };
                 let want = naive_rounded(m, n, k, am, bm);
+                let run = |start: Start, fill: f32, gelu: bool| {
+                    let mut c = vec![fill; m * n];
+                    let b = PairSource::Strided(bm);
+                    unsafe { gemm(m, n, k, am, b, c.as_mut_ptr(), n, start, true, gelu) };
+                    c
+                };
                 let mut with_bias = Vec::new();
                 for mode in 0..3 {
-                    let start = match mode {
-                        0 => Start::Zero,
-                        1 => Start::Accumulate,
-                        _ => Start::Bias(&bias),
+                    let (start, fill) = match mode {
+                        0 => (Start::Zero, f32::NAN),
+                        1 => (Start::Accumulate, 1.0),
+                        _ => (Start::Bias(&bias), f32::NAN),
                     };
-                    let mut c = vec![if mode == 1 { 1.0 } else { f32::NAN }; m * n];
-                    unsafe {
-                        gemm(
-                            m,
-                            n,
-                            k,
-                            am,
-                            PairSource::Strided(bm),
-                            c.as_mut_ptr(),
-                            n,
-                            start,
-                            true,
-                            false,
-                        )
-                    };
+                    let c = run(start, fill, false);
                     for (idx, (x, w)) in c.iter().zip(&want).enumerate() {
                         let w = match mode {
                             1 => w + 1.0,
@@ -569,22 +531,7 @@ mod tests {
                     with_bias = c;
                 }
                 // GELU in the last store: the activation of the biased product.
-                let mut c = vec![f32::NAN; m * n];
-                let start = Start::Bias(&bias);
-                unsafe {
-                    gemm(
-                        m,
-                        n,
-                        k,
-                        am,
-                        PairSource::Strided(bm),
-                        c.as_mut_ptr(),
-                        n,
-                        start,
-                        true,
-                        true,
-                    )
-                };
+                let c = run(Start::Bias(&bias), f32::NAN, true);
                 crate::ops::fast_math::gelu_in_place(&mut with_bias);
                 for (x, w) in c.iter().zip(&with_bias) {
                     assert!((x - w).abs() <= 1e-6 * (1.0 + w.abs()), "gelu: {x} vs {w}");
