@@ -150,7 +150,7 @@ impl PairedB {
     }
 
     /// The panels of the block at outputs `j0..j0 + nc`, inputs `p0..p0 + kc` (`j0` a multiple
-    /// of `NC`, `p0` of `KC`): each earlier column block is `NC` wide and holds `pair_rows(k)`
+    /// of `NC`, `p0` of `KC`): each earlier column block is `NC` wide and holds `pair_rows_for(k)`
     /// pair rows per column, and each earlier depth block of this one `KC / 2`.
     fn block(&self, j0: usize, p0: usize, nc: usize, kc: usize) -> &[u32] {
         let panels = nc.div_ceil(NR);
