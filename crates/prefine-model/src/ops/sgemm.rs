@@ -683,9 +683,16 @@ unsafe fn sgemm_blocks(
                         };
                         let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
                         let bias = bias.map_or(std::ptr::null(), |b| b.as_ptr().add(j0 + jr));
-                        kernel_tile(
-                            kc, asrc, bpanel, cptr, ldc, mr, nr, overwrite, bias, gelu_now,
-                        );
+                        let tile = Tile {
+                            c: cptr,
+                            ldc,
+                            mr,
+                            nr,
+                            overwrite,
+                            bias,
+                            gelu: gelu_now,
+                        };
+                        kernel_tile(kc, asrc, bpanel, tile);
                     }
                 }
             };
@@ -776,39 +783,15 @@ pub(crate) fn tail_masks(nr: usize) -> (__mmask16, __mmask16) {
 /// # Safety
 /// As [`kernel_rows`].
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn kernel_tile(
-    kc: usize,
-    a: ASource,
-    bp: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    mr: usize,
-    nr: usize,
-    overwrite: bool,
-    bias: *const f32,
-    gelu: bool,
-) {
-    match (a, mr) {
-        (ASource::Panel(ap), 0..=4) => {
-            kernel_rows::<4, false>(kc, ap, MR, bp, c, ldc, mr, nr, overwrite, bias, gelu)
-        }
-        (ASource::Panel(ap), 5..=8) => {
-            kernel_rows::<8, false>(kc, ap, MR, bp, c, ldc, mr, nr, overwrite, bias, gelu)
-        }
-        (ASource::Panel(ap), _) => {
-            kernel_rows::<MR, false>(kc, ap, MR, bp, c, ldc, mr, nr, overwrite, bias, gelu)
-        }
-        (ASource::Rows(ap, lda), 0..=4) => {
-            kernel_rows::<4, true>(kc, ap, lda, bp, c, ldc, mr, nr, overwrite, bias, gelu)
-        }
-        (ASource::Rows(ap, lda), 5..=8) => {
-            kernel_rows::<8, true>(kc, ap, lda, bp, c, ldc, mr, nr, overwrite, bias, gelu)
-        }
-        (ASource::Rows(ap, lda), _) => {
-            kernel_rows::<MR, true>(kc, ap, lda, bp, c, ldc, mr, nr, overwrite, bias, gelu)
-        }
+unsafe fn kernel_tile(kc: usize, a: ASource, bp: *const f32, t: Tile) {
+    match (a, t.mr) {
+        (ASource::Panel(ap), 0..=4) => kernel_rows::<4, false>(kc, ap, MR, bp, t),
+        (ASource::Panel(ap), 5..=8) => kernel_rows::<8, false>(kc, ap, MR, bp, t),
+        (ASource::Panel(ap), _) => kernel_rows::<MR, false>(kc, ap, MR, bp, t),
+        (ASource::Rows(ap, lda), 0..=4) => kernel_rows::<4, true>(kc, ap, lda, bp, t),
+        (ASource::Rows(ap, lda), 5..=8) => kernel_rows::<8, true>(kc, ap, lda, bp, t),
+        (ASource::Rows(ap, lda), _) => kernel_rows::<MR, true>(kc, ap, lda, bp, t),
     }
 }
 
@@ -817,28 +800,19 @@ unsafe fn kernel_tile(
 /// (`ROWS == true`; the rows past `mr` repeat the last one and are not stored).
 ///
 /// # Safety
-/// AVX-512F; `ap` holds `kc x MR` packed values (or `mr` rows of `kc` values at stride `step`),
-/// `bp` `kc x NR`; `c` is valid for `mr` rows of
-/// `nr` elements at stride `ldc`; `bias` is null or valid for `nr` elements (added to the tile
-/// when it overwrites `c`).
+/// AVX-512F; `ap` holds `kc x MR` packed values (or `t.mr` rows of `kc` values at stride
+/// `step`), `bp` `kc x NR`; `t` as [`store_tile`] requires.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn kernel_rows<const R: usize, const ROWS: bool>(
     kc: usize,
     ap: *const f32,
     step: usize,
     bp: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    mr: usize,
-    nr: usize,
-    overwrite: bool,
-    bias: *const f32,
-    gelu: bool,
+    t: Tile,
 ) {
-    debug_assert!(mr <= R && R <= MR && mr > 0);
-    let rows: [*const f32; R] = std::array::from_fn(|i| ap.add(i.min(mr - 1) * step));
+    debug_assert!(t.mr <= R && R <= MR && t.mr > 0);
+    let rows: [*const f32; R] = std::array::from_fn(|i| ap.add(i.min(t.mr - 1) * step));
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for p in 0..kc {
         // Weights stream from L3 at small batch: fetch B a few rows ahead (the hardware
@@ -859,7 +833,21 @@ unsafe fn kernel_rows<const R: usize, const ROWS: bool>(
             row[1] = _mm512_fmadd_ps(av, b1, row[1]);
         }
     }
-    store_tile(&acc, c, ldc, mr, nr, overwrite, bias, gelu);
+    store_tile(&acc, t);
+}
+
+/// Where and how a micro-kernel stores its `mr x nr` tile (`mr <= MR`, `nr <= NR`): at `c`,
+/// row stride `ldc`; overwriting `c` (plus `bias`, when not null) or adding to it; with the
+/// exact GELU applied when `gelu`.
+#[derive(Clone, Copy)]
+pub(super) struct Tile {
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub mr: usize,
+    pub nr: usize,
+    pub overwrite: bool,
+    pub bias: *const f32,
+    pub gelu: bool,
 }
 
 /// Stores an `mr x nr` tile of accumulators (`R` rows of two 16-lane halves) into `c`:
@@ -871,21 +859,20 @@ unsafe fn kernel_rows<const R: usize, const ROWS: bool>(
 /// intrinsics then take: an out-of-line call would spill the 24 accumulators per tile.
 ///
 /// # Safety
-/// AVX-512F; `c` is valid for `mr <= R` rows of `nr <= NR` elements at stride `ldc`; `bias` is
-/// null or valid for `nr` elements.
+/// AVX-512F; `t.c` is valid for `t.mr <= R` rows of `t.nr` elements at stride `t.ldc`;
+/// `t.bias` is null or valid for `t.nr` elements.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn store_tile<const R: usize>(
-    acc: &[[__m512; 2]; R],
-    c: *mut f32,
-    ldc: usize,
-    mr: usize,
-    nr: usize,
-    overwrite: bool,
-    bias: *const f32,
-    gelu: bool,
-) {
+pub(super) unsafe fn store_tile<const R: usize>(acc: &[[__m512; 2]; R], t: Tile) {
+    let Tile {
+        c,
+        ldc,
+        mr,
+        nr,
+        overwrite,
+        bias,
+        gelu,
+    } = t;
     let (m0, m1) = tail_masks(nr);
     let (bias0, bias1) = if overwrite && !bias.is_null() {
         (
@@ -917,6 +904,44 @@ pub(super) unsafe fn store_tile<const R: usize>(
     }
 }
 
+/// Helpers shared by the GEMM kernels' tests.
+#[cfg(test)]
+pub(super) mod test_support {
+    use super::MatRef;
+
+    /// Deterministic values in [-0.5, 0.5) (a linear congruential generator).
+    pub(in crate::ops) fn uniform(mut seed: u32) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        }
+    }
+
+    /// The four layouts of the operands `a[m, k]` and `b[k, n]`, each row-major or transposed
+    /// over the same values: `(a transposed, b transposed, a, b)`.
+    pub(in crate::ops) fn layouts<'a>(
+        a: &'a [f32],
+        b: &'a [f32],
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> [(bool, bool, MatRef<'a>, MatRef<'a>); 4] {
+        [(false, false), (true, false), (false, true), (true, true)].map(|(ta, tb)| {
+            let am = if ta {
+                MatRef::transposed(a, m)
+            } else {
+                MatRef::row_major(a, k)
+            };
+            let bm = if tb {
+                MatRef::transposed(b, k)
+            } else {
+                MatRef::row_major(b, n)
+            };
+            (ta, tb, am, bm)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -936,13 +961,7 @@ mod tests {
         c
     }
 
-    /// Deterministic values in [-0.5, 0.5) (a linear congruential generator).
-    fn uniform(mut seed: u32) -> impl FnMut() -> f32 {
-        move || {
-            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        }
-    }
+    use super::test_support::{layouts, uniform};
 
     /// GEMMs inside an outer rayon loop: a thread waiting in one GEMM's parallel loop steals
     /// another GEMM (this used to panic with "RefCell already borrowed" on the packing buffer).
@@ -1001,17 +1020,7 @@ mod tests {
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
-            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                let am = if ta {
-                    MatRef::transposed(&a, m)
-                } else {
-                    MatRef::row_major(&a, k)
-                };
-                let bm = if tb {
-                    MatRef::transposed(&b, k)
-                } else {
-                    MatRef::row_major(&b, n)
-                };
+            for (ta, tb, am, bm) in layouts(&a, &b, m, n, k) {
                 let want = naive(m, n, k, am, bm);
                 for acc in [false, true] {
                     let mut c = vec![if acc { 1.0 } else { 7.0 }; m * n];

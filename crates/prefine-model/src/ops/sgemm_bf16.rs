@@ -25,8 +25,8 @@ use rayon::prelude::*;
 use super::kernels::{with_buffer, MatRef};
 #[cfg(target_arch = "x86_64")]
 use super::sgemm::{
-    column_groups, empty_product, pack_a_panels, pack_b_panel, store_tile, OutPtr, Start, KC, MC,
-    MR, NC, NR,
+    column_groups, empty_product, pack_a_panels, pack_b_panel, store_tile, OutPtr, Start, Tile, KC,
+    MC, MR, NC, NR,
 };
 
 /// Whether the bf16 dot-product kernel runs here: AVX-512F and AVX512_BF16, and not turned off
@@ -283,7 +283,16 @@ pub(crate) unsafe fn gemm(
                                 let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
                                 let bias =
                                     bias.map_or(std::ptr::null(), |b| b.as_ptr().add(j0 + jr));
-                                pair_tile(kq, ap, bp, cptr, ldc, mr, nr, overwrite, bias, gelu_now);
+                                let tile = Tile {
+                                    c: cptr,
+                                    ldc,
+                                    mr,
+                                    nr,
+                                    overwrite,
+                                    bias,
+                                    gelu: gelu_now,
+                                };
+                                pair_tile(kq, ap, bp, tile);
                             }
                         }
                     });
@@ -384,24 +393,12 @@ fn pack_a_pairs(a: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut
 /// # Safety
 /// As [`kernel_pairs`].
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn pair_tile(
-    kq: usize,
-    ap: *const u32,
-    bp: *const u32,
-    c: *mut f32,
-    ldc: usize,
-    mr: usize,
-    nr: usize,
-    overwrite: bool,
-    bias: *const f32,
-    gelu: bool,
-) {
-    match mr {
-        0..=4 => kernel_pairs::<4>(kq, ap, bp, c, ldc, mr, nr, overwrite, bias, gelu),
-        5..=8 => kernel_pairs::<8>(kq, ap, bp, c, ldc, mr, nr, overwrite, bias, gelu),
-        _ => kernel_pairs::<MR>(kq, ap, bp, c, ldc, mr, nr, overwrite, bias, gelu),
+unsafe fn pair_tile(kq: usize, ap: *const u32, bp: *const u32, t: Tile) {
+    match t.mr {
+        0..=4 => kernel_pairs::<4>(kq, ap, bp, t),
+        5..=8 => kernel_pairs::<8>(kq, ap, bp, t),
+        _ => kernel_pairs::<MR>(kq, ap, bp, t),
     }
 }
 
@@ -409,25 +406,12 @@ unsafe fn pair_tile(
 /// paired `B` panel: `kq` pair steps of one `vdpbf16ps` per 16 output lanes.
 ///
 /// # Safety
-/// AVX-512F and AVX512_BF16; `ap` holds `kq x MR` pairs, `bp` `kq x NR`; `c` is valid for `mr`
-/// rows of `nr` elements at stride `ldc`; `bias` is null or valid for `nr` elements (added when
-/// the tile overwrites `c`).
+/// AVX-512F and AVX512_BF16; `ap` holds `kq x MR` pairs, `bp` `kq x NR`; `t` as
+/// [`store_tile`] requires.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_pairs<const R: usize>(
-    kq: usize,
-    ap: *const u32,
-    bp: *const u32,
-    c: *mut f32,
-    ldc: usize,
-    mr: usize,
-    nr: usize,
-    overwrite: bool,
-    bias: *const f32,
-    gelu: bool,
-) {
-    debug_assert!(mr <= R && R <= MR && mr > 0);
+unsafe fn kernel_pairs<const R: usize>(kq: usize, ap: *const u32, bp: *const u32, t: Tile) {
+    debug_assert!(t.mr <= R && R <= MR && t.mr > 0);
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for q in 0..kq {
         let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(q * NR) as *const _));
@@ -439,13 +423,14 @@ unsafe fn kernel_pairs<const R: usize>(
             row[1] = _mm512_dpbf16_ps(row[1], av, b1);
         }
     }
-    store_tile(&acc, c, ldc, mr, nr, overwrite, bias, gelu);
+    store_tile(&acc, t);
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
     use crate::ops::autocast::round_bf16;
+    use crate::ops::sgemm::test_support::{layouts, uniform};
 
     fn naive_rounded(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) -> Vec<f64> {
         let mut c = vec![0f64; m * n];
@@ -461,13 +446,6 @@ mod tests {
             }
         }
         c
-    }
-
-    fn uniform(mut seed: u32) -> impl FnMut() -> f32 {
-        move || {
-            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        }
     }
 
     /// The kernel equals the product of the rounded operands (f64 reference) on shapes with row
@@ -491,17 +469,7 @@ mod tests {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
             let bias: Vec<f32> = (0..n).map(|_| rnd()).collect();
-            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                let am = if ta {
-                    MatRef::transposed(&a, m)
-                } else {
-                    MatRef::row_major(&a, k)
-                };
-                let bm = if tb {
-                    MatRef::transposed(&b, k)
-                } else {
-                    MatRef::row_major(&b, n)
-                };
+            for (ta, tb, am, bm) in layouts(&a, &b, m, n, k) {
                 let want = naive_rounded(m, n, k, am, bm);
                 let run = |start: Start, fill: f32, gelu: bool| {
                     let mut c = vec![fill; m * n];
