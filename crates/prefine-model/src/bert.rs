@@ -17,9 +17,11 @@ use crate::error::{Error, Result};
 use crate::lora::{LoraConfig, LoraLinear, LoraPair, LoraTarget};
 use crate::ops;
 use crate::params::{normal, Param, SeedRng};
-use crate::quant::{checkpoint_precision, read_quantized_checkpoint, Precision, QuantizedLinear};
+use crate::quant::{
+    checkpoint_precision_bytes, read_quantized_checkpoint, Precision, QuantizedLinear,
+};
 use crate::weights::{
-    load_safetensors, normalise_keys, save_safetensors, write_atomic, BlockNorm, Naming,
+    load_safetensors_bytes, normalise_keys, save_safetensors, write_atomic, BlockNorm, Naming,
 };
 
 /// Token ids, segment ids and attention mask of a padded batch.
@@ -201,13 +203,38 @@ impl Encoder {
         }
         let config = EncoderConfig::from_model_dir(dir)?;
         let path = dir.join("model.safetensors");
-        let precision = checkpoint_precision(&path)?;
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        Self::from_config_and_bytes(config, &bytes, &path)
+    }
+
+    /// Loads from the bytes of `config.json` and `model.safetensors` (f32 or quantised) held in
+    /// memory; `path` names the weights in error messages.
+    pub fn from_bytes(
+        config_json: &[u8],
+        weights: &[u8],
+        path: &Path,
+    ) -> Result<(Self, LoadReport)> {
+        let cpath = path.with_file_name("config.json");
+        let text = std::str::from_utf8(config_json).map_err(|e| Error::Parse {
+            path: cpath.clone(),
+            reason: format!("not UTF-8 ({e})"),
+        })?;
+        let config = EncoderConfig::from_json_str(text, &cpath)?;
+        Self::from_config_and_bytes(config, weights, path)
+    }
+
+    fn from_config_and_bytes(
+        config: EncoderConfig,
+        bytes: &[u8],
+        path: &Path,
+    ) -> Result<(Self, LoadReport)> {
+        let precision = checkpoint_precision_bytes(bytes, path)?;
         if precision != Precision::F32 {
-            let ckpt = read_quantized_checkpoint(&path)?;
-            return Self::from_tensors_with(config, ckpt.tensors, ckpt.linears, precision, &path);
+            let ckpt = read_quantized_checkpoint(bytes, path)?;
+            return Self::from_tensors_with(config, ckpt.tensors, ckpt.linears, precision, path);
         }
-        let tensors = load_safetensors(&path)?;
-        Self::from_tensors(config, tensors, &path)
+        let tensors = load_safetensors_bytes(bytes, path)?;
+        Self::from_tensors(config, tensors, path)
     }
 
     /// Builds the encoder from named tensors; `path` is used in error messages.

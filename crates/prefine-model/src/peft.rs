@@ -15,7 +15,7 @@ use crate::config::ModelType;
 use crate::error::{Error, Result};
 use crate::lora::{LoraConfig, LoraPair, LoraTarget};
 use crate::params::Param;
-use crate::weights::{load_safetensors, save_safetensors, write_atomic, Naming};
+use crate::weights::{load_safetensors_bytes, save_safetensors, write_atomic, Naming};
 
 /// PEFT's file names.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -348,15 +348,6 @@ pub fn load_adapter(enc: &mut Encoder, dir: &Path, group: &str) -> Result<Loaded
     };
     let cfg_path = dir.join(ADAPTER_CONFIG);
     let text = std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let AdapterConfigFile {
-        rank,
-        alpha,
-        dropout,
-        use_rslora,
-        task_type,
-        raw,
-    } = parse_adapter_config(&text, &cfg_path, enc.config().model_type)?;
-
     let w_path = dir.join(ADAPTER_WEIGHTS);
     if !w_path.exists() && dir.join("adapter_model.bin").exists() {
         return Err(bad(
@@ -364,7 +355,36 @@ pub fn load_adapter(enc: &mut Encoder, dir: &Path, group: &str) -> Result<Loaded
             "only safetensors adapters are supported (found adapter_model.bin)".into(),
         ));
     }
-    let tensors = load_safetensors(&w_path)?;
+    let weights = std::fs::read(&w_path).map_err(|e| Error::io(&w_path, e))?;
+    load_adapter_bytes(enc, &text, &weights, dir, group)
+}
+
+/// [`load_adapter`] from the bytes of `adapter_config.json` and `adapter_model.safetensors`
+/// held in memory; `dir` names them in error messages.
+pub fn load_adapter_bytes(
+    enc: &mut Encoder,
+    config: &[u8],
+    weights: &[u8],
+    dir: &Path,
+    group: &str,
+) -> Result<LoadedAdapter> {
+    let bad = |path: &Path, reason: String| Error::Adapter {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let cfg_path = dir.join(ADAPTER_CONFIG);
+    let text = config;
+    let AdapterConfigFile {
+        rank,
+        alpha,
+        dropout,
+        use_rslora,
+        task_type,
+        raw,
+    } = parse_adapter_config(text, &cfg_path, enc.config().model_type)?;
+
+    let w_path = dir.join(ADAPTER_WEIGHTS);
+    let tensors = load_safetensors_bytes(weights, &w_path)?;
     let naming = enc.naming();
     let mut pairs: BTreeMap<(usize, LoraTarget), (Option<Tensor>, Option<Tensor>)> =
         BTreeMap::new();

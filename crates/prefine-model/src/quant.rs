@@ -415,25 +415,40 @@ impl CustomOp2 for QuantizedLinearOp {
 /// without loading the tensors.
 pub fn checkpoint_precision(path: &Path) -> Result<Precision> {
     use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    let mut head = Vec::new();
+    if f.read_exact(&mut len).is_ok() {
+        head.extend_from_slice(&len);
+        let n = u64::from_le_bytes(len).min(100_000_001);
+        (&mut f)
+            .take(n)
+            .read_to_end(&mut head)
+            .map_err(|e| Error::io(path, e))?;
+    }
+    checkpoint_precision_bytes(&head, path)
+}
+
+/// [`checkpoint_precision`] from the file's bytes (at least its 8-byte length and header);
+/// `path` names it in errors.
+pub fn checkpoint_precision_bytes(bytes: &[u8], path: &Path) -> Result<Precision> {
     let bad = |reason: String| Error::Weights {
         path: path.to_path_buf(),
         reason,
     };
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut len = [0u8; 8];
-    if f.read_exact(&mut len).is_err() {
+    let Some(len) = bytes.get(..8) else {
         return Err(bad("not a readable safetensors file (too short)".into()));
-    }
-    let n = u64::from_le_bytes(len);
+    };
+    let n = u64::from_le_bytes(len.try_into().unwrap_or([0; 8]));
     if n > 100_000_000 {
         return Err(bad(format!(
             "not a readable safetensors file (header of {n} bytes)"
         )));
     }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header)
-        .map_err(|e| bad(format!("not a readable safetensors file ({e})")))?;
-    let v: serde_json::Value = serde_json::from_slice(&header)
+    let header = bytes
+        .get(8..8 + n as usize)
+        .ok_or_else(|| bad("not a readable safetensors file (header cut short)".into()))?;
+    let v: serde_json::Value = serde_json::from_slice(header)
         .map_err(|e| bad(format!("not a readable safetensors file ({e})")))?;
     match v
         .get("__metadata__")
@@ -455,13 +470,12 @@ pub(crate) struct QuantizedCheckpoint {
 }
 
 /// Reads a checkpoint written by [`Encoder::save_quantized`].
-pub(crate) fn read_quantized_checkpoint(path: &Path) -> Result<QuantizedCheckpoint> {
+pub(crate) fn read_quantized_checkpoint(bytes: &[u8], path: &Path) -> Result<QuantizedCheckpoint> {
     let bad = |reason: String| Error::Weights {
         path: path.to_path_buf(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+    let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| bad(format!("not a readable safetensors file ({e})")))?;
     let mut tensors = HashMap::new();
     let mut raw_i8: BTreeMap<String, (Vec<usize>, &[u8])> = BTreeMap::new();

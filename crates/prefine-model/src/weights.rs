@@ -14,12 +14,16 @@ use crate::lora::LoraTarget;
 /// Loads every tensor of a safetensors file (f32/f16/bf16 converted to f32).
 pub fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
-        Error::Weights {
+    load_safetensors_bytes(&bytes, path)
+}
+
+/// [`load_safetensors`] over the file's bytes already in memory; `path` names it in errors.
+pub fn load_safetensors_bytes(bytes: &[u8], path: &Path) -> Result<HashMap<String, Tensor>> {
+    let tensors =
+        candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| Error::Weights {
             path: path.to_path_buf(),
             reason: format!("not a readable safetensors file ({e})"),
-        }
-    })?;
+        })?;
     let mut out = HashMap::with_capacity(tensors.len());
     for (k, t) in tensors {
         let t = if t.dtype().is_float() {

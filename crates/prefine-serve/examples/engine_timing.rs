@@ -110,20 +110,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..rounds {
         for n in four {
             let t = Instant::now();
-            let r = engine.predict_mixed(&[PredictJob {
-                adapter: n,
-                texts: &texts,
-            }]);
+            let r = engine.predict_mixed(&[PredictJob::new(n, &texts)]);
             single.push(t.elapsed().as_secs_f64());
             assert!(r.iter().all(Result::is_ok));
         }
         let jobs: Vec<PredictJob<'_>> = four
             .iter()
             .enumerate()
-            .map(|(k, n)| PredictJob {
-                adapter: n,
-                texts: &texts[k * 8..(k + 1) * 8],
-            })
+            .map(|(k, n)| PredictJob::new(n, &texts[k * 8..(k + 1) * 8]))
             .collect();
         let t = Instant::now();
         let r = engine.predict_mixed(&jobs);

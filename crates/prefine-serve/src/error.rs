@@ -1,20 +1,21 @@
-//! The error type of `prefine-serve`.
+//! The error type of `prefine-serve`: the runtime's request and file errors, kept apart so
+//! that each maps to its HTTP status, plus the server's own.
 
 use std::path::PathBuf;
 
-/// Everything that can go wrong while loading, serving or exporting.
+/// Everything that can go wrong while serving.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A request names an adapter that is not registered.
+    /// A request names an adapter that is not registered (404).
     #[error("unknown adapter {0:?}")]
     UnknownAdapter(String),
-    /// An adapter of that name is already registered.
+    /// An adapter of that name is already registered (409).
     #[error("adapter {0:?} is already registered")]
     AdapterExists(String),
-    /// A request that cannot be served as sent (empty text, too many texts, bad name, ...).
+    /// A request that cannot be served as sent (400).
     #[error("{0}")]
     BadRequest(String),
-    /// An adapter directory that cannot be used with the shared backbone.
+    /// An adapter directory that cannot be used with the shared backbone (422).
     #[error("{path}: {reason}")]
     Adapter {
         /// The adapter directory or file.
@@ -22,7 +23,7 @@ pub enum Error {
         /// Why it cannot be used.
         reason: String,
     },
-    /// A file could not be read or written.
+    /// A file that is wrong or cannot be read (422).
     #[error("{path}: {reason}")]
     File {
         /// The file.
@@ -30,7 +31,7 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
-    /// A bundle that is malformed or fails its checksums.
+    /// A malformed bundle (422).
     #[error("bundle {path}: {reason}")]
     Bundle {
         /// The bundle directory.
@@ -41,21 +42,32 @@ pub enum Error {
     /// The server could not start or stopped with an error.
     #[error("server: {0}")]
     Server(String),
-    /// An error from the model crate.
+    /// A weights or adapter-weights error from the model (422).
     #[error(transparent)]
-    Model(#[from] prefine_model::Error),
-    /// An error from the training crate (artifact and head loading).
+    Model(prefine_model::Error),
+    /// Any other runtime error (500).
     #[error(transparent)]
-    Train(#[from] prefine_train::Error),
-    /// A tokenizer error.
-    #[error(transparent)]
-    Tokenize(#[from] prefine_tokenize::Error),
-    /// A metrics (entity decoding) error.
-    #[error(transparent)]
-    Metrics(#[from] prefine_eval::Error),
-    /// An error from the tensor library.
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    Runtime(prefine_runtime::Error),
+}
+
+impl From<prefine_runtime::Error> for Error {
+    fn from(e: prefine_runtime::Error) -> Self {
+        use prefine_runtime::Error as R;
+        match e {
+            R::UnknownAdapter(n) => Self::UnknownAdapter(n),
+            R::AdapterExists(n) => Self::AdapterExists(n),
+            R::BadRequest(m) => Self::BadRequest(m),
+            R::Adapter { path, reason } => Self::Adapter { path, reason },
+            R::File { path, reason } => Self::File { path, reason },
+            R::Io { path, source } => Self::File {
+                path,
+                reason: source.to_string(),
+            },
+            R::Bundle { path, reason } => Self::Bundle { path, reason },
+            R::Model(m) => Self::Model(m),
+            other => Self::Runtime(other),
+        }
+    }
 }
 
 impl Error {

@@ -1,13 +1,9 @@
-//! `prefine-serve`: one backbone, many adapters.
+//! `prefine-serve`: the HTTP server over the on-device runtime (`prefine-runtime`).
 //!
-//! - [`Engine`]: the backbone loaded once; adapters (LoRA group + head + labels, as written by
-//!   `prefine finetune`) registered and unregistered by name at run time; mixed-adapter batches
-//!   (NER and TC rows together) in one forward pass.
-//! - [`bundle`]: self-contained deployment bundles (`prefine export`): backbone, tokenizer,
-//!   adapters and a manifest with sizes and sha256; optionally one LoRA group merged in.
 //! - [`server`]: the HTTP server (`prefine serve`): adapter management, dynamic batching across
 //!   adapters, limits, Prometheus metrics, OpenAPI description, graceful shutdown.
-//! - [`synthetic`]: random adapters in the finetune format, for tests and load tests.
+//! - The engine, bundles and synthetic adapters live in `prefine-runtime` and are re-exported
+//!   here for convenience.
 //!
 //! ```no_run
 //! use prefine_serve::Engine;
@@ -18,16 +14,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod bundle;
-pub mod engine;
+#![forbid(unsafe_code)]
+
 pub mod error;
 pub mod metrics;
 pub mod server;
-pub mod synthetic;
 
-pub use bundle::{export_bundle, is_bundle, load_bundle, BundleManifest, ExportOptions};
-pub use engine::{AdapterInfo, Engine, PredictJob, TextPrediction};
 pub use error::{Error, Result};
+pub use prefine_runtime::{
+    bundle, engine, export_bundle, is_bundle, load_bundle, synthetic, AdapterInfo, Aggregation,
+    BundleManifest, Engine, ExportOptions, PredictJob, TextPrediction,
+};
 pub use server::{
     decode_add_adapter_request, decode_predict_request, serve, shutdown_signal, AddAdapterRequest,
     PredictRequest, ServeConfig,

@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::engine::{validate_name, Engine, PredictJob, TextPrediction};
+use prefine_runtime::engine::validate_name;
+use prefine_runtime::{Aggregation, Engine, PredictJob, TextPrediction};
+
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
@@ -116,6 +118,7 @@ impl ServeConfig {
 struct Job {
     adapter: String,
     texts: Vec<String>,
+    aggregation: Aggregation,
     reply: oneshot::Sender<Result<Vec<TextPrediction>>>,
 }
 
@@ -137,6 +140,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<prefine_runtime::Error> for ApiError {
+    fn from(e: prefine_runtime::Error) -> Self {
+        Error::from(e).into()
+    }
+}
+
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
@@ -146,7 +155,7 @@ impl From<Error> for ApiError {
             Error::Adapter { .. } | Error::File { .. } | Error::Bundle { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Error::Model(_) | Error::Train(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Model(_) => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
@@ -428,6 +437,10 @@ pub struct PredictRequest {
     /// The texts to predict (1 to `max_texts_per_request`, each non-blank and at most
     /// `max_text_chars` characters).
     pub texts: Vec<String>,
+    /// How NER subwords become entities (`none`, `simple`, `first`, `average`, `max`; the
+    /// transformers pipeline's names). Default `first`.
+    #[serde(default)]
+    pub aggregation_strategy: Aggregation,
 }
 
 /// Decodes and checks a `POST /v1/predict` body exactly as the handler does before it looks up
@@ -474,6 +487,7 @@ async fn predict(
     let job = Job {
         adapter: req.adapter,
         texts: req.texts,
+        aggregation: req.aggregation_strategy,
         reply: tx,
     };
     match s.queue.try_send(job) {
@@ -542,6 +556,7 @@ fn batch_worker(
             .map(|j| PredictJob {
                 adapter: &j.adapter,
                 texts: &j.texts,
+                aggregation: j.aggregation,
             })
             .collect();
         // The batch runs on a worker of the rayon pool: its kernels' parallel loops then start
@@ -554,7 +569,7 @@ fn batch_worker(
         match results {
             Ok(results) => {
                 for (job, r) in jobs.into_iter().zip(results) {
-                    let _ = job.reply.send(r);
+                    let _ = job.reply.send(r.map_err(Error::from));
                 }
             }
             Err(_) => {

@@ -1,6 +1,7 @@
 //! The HTTP server, started on an ephemeral loopback port and exercised with a real HTTP
 //! client: every endpoint and every error case.
 
+#[path = "../../prefine-runtime/tests/common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;

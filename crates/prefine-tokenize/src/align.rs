@@ -13,6 +13,20 @@ pub struct WordWindow {
     /// For each subword: `Some(word index)` when it is the first subword of a word this window
     /// owns (that position carries the word's label and prediction), else `None`.
     pub owner_word: Vec<Option<usize>>,
+    /// For each subword: `Some(p)`, its position in the sentence's [`Subwords`], when it belongs
+    /// to a word this window owns (every subword of the word, not only the first), else `None`.
+    pub owned_subword: Vec<Option<usize>>,
+}
+
+/// The subwords of a pre-split sentence.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subwords {
+    /// Token ids (no special tokens).
+    pub ids: Vec<u32>,
+    /// The word each subword belongs to.
+    pub word_of: Vec<usize>,
+    /// Byte offsets of each subword within its word (the whole word for an `[UNK]` stand-in).
+    pub offsets: Vec<(usize, usize)>,
 }
 
 /// Settings of the windowing.
@@ -37,6 +51,12 @@ impl Default for WindowConfig {
 /// tokenizer turns into no subword at all (e.g. lone control characters) get `[UNK]`, so that
 /// every word has at least one position.
 pub fn subwords(tok: &TextTokenizer, words: &[&str]) -> Result<(Vec<u32>, Vec<usize>)> {
+    let s = subwords_with_offsets(tok, words)?;
+    Ok((s.ids, s.word_of))
+}
+
+/// [`subwords`] with each subword's byte offsets within its word.
+pub fn subwords_with_offsets(tok: &TextTokenizer, words: &[&str]) -> Result<Subwords> {
     if words.is_empty() {
         return Err(Error::BadText {
             index: 0,
@@ -53,8 +73,15 @@ pub fn subwords(tok: &TextTokenizer, words: &[&str]) -> Result<(Vec<u32>, Vec<us
         .unwrap_or(0);
     let mut ids = Vec::with_capacity(enc.get_ids().len());
     let mut word_of = Vec::with_capacity(enc.get_ids().len());
+    let mut offsets = Vec::with_capacity(enc.get_ids().len());
     let mut next_word = 0usize;
-    for (&id, w) in enc.get_ids().iter().zip(enc.get_word_ids()) {
+    let whole = |w: usize| (0, words[w].len());
+    for ((&id, w), &(s, e)) in enc
+        .get_ids()
+        .iter()
+        .zip(enc.get_word_ids())
+        .zip(enc.get_offsets())
+    {
         let Some(w) = w.map(|w| w as usize) else {
             continue;
         };
@@ -62,23 +89,42 @@ pub fn subwords(tok: &TextTokenizer, words: &[&str]) -> Result<(Vec<u32>, Vec<us
         while next_word < w {
             ids.push(unk);
             word_of.push(next_word);
+            offsets.push(whole(next_word));
             next_word += 1;
         }
         ids.push(id);
         word_of.push(w);
+        // Offsets of a pre-split input are relative to the word; clamp to be safe.
+        let len = words.get(w).map_or(0, |x| x.len());
+        let (s, e) = (s.min(len), e.min(len));
+        offsets.push(if s < e { (s, e) } else { whole(w) });
         next_word = next_word.max(w + 1);
     }
     while next_word < words.len() {
         ids.push(unk);
         word_of.push(next_word);
+        offsets.push(whole(next_word));
         next_word += 1;
     }
-    Ok((ids, word_of))
+    Ok(Subwords {
+        ids,
+        word_of,
+        offsets,
+    })
 }
 
 /// Splits a sentence into windows of at most `cfg.max_length` subwords (special tokens
 /// included) that overlap by `cfg.stride` subwords.
 pub fn windows(tok: &TextTokenizer, words: &[&str], cfg: WindowConfig) -> Result<Vec<WordWindow>> {
+    Ok(windows_and_subwords(tok, words, cfg)?.0)
+}
+
+/// [`windows`], and the sentence's subwords that [`WordWindow::owned_subword`] points into.
+pub fn windows_and_subwords(
+    tok: &TextTokenizer,
+    words: &[&str],
+    cfg: WindowConfig,
+) -> Result<(Vec<WordWindow>, Subwords)> {
     let cls = tok.token_to_id("[CLS]").or_else(|| tok.token_to_id("<s>"));
     let sep = tok.token_to_id("[SEP]").or_else(|| tok.token_to_id("</s>"));
     let (cls, sep) = match (cls, sep) {
@@ -102,7 +148,8 @@ pub fn windows(tok: &TextTokenizer, words: &[&str], cfg: WindowConfig) -> Result
             cfg.stride
         )));
     }
-    let (ids, word_of) = subwords(tok, words)?;
+    let sub = subwords_with_offsets(tok, words)?;
+    let (ids, word_of) = (&sub.ids, &sub.word_of);
     let n = ids.len();
     // Window spans over subword positions.
     let mut spans = Vec::new();
@@ -138,27 +185,33 @@ pub fn windows(tok: &TextTokenizer, words: &[&str], cfg: WindowConfig) -> Result
         }
         owner[w] = best.0;
     }
-    Ok(spans
+    let wins = spans
         .iter()
         .enumerate()
         .map(|(i, &(s, e))| {
             let mut win_ids = Vec::with_capacity(e - s + 2);
             let mut own = Vec::with_capacity(e - s + 2);
+            let mut owned_sub = Vec::with_capacity(e - s + 2);
             win_ids.push(cls);
             own.push(None);
+            owned_sub.push(None);
             for p in s..e {
                 win_ids.push(ids[p]);
                 let w = word_of[p];
                 own.push((first_pos[w] == p && owner[w] == i).then_some(w));
+                owned_sub.push((owner[w] == i).then_some(p));
             }
             win_ids.push(sep);
             own.push(None);
+            owned_sub.push(None);
             WordWindow {
                 ids: win_ids,
                 owner_word: own,
+                owned_subword: owned_sub,
             }
         })
-        .collect())
+        .collect();
+    Ok((wins, sub))
 }
 
 /// Splits raw text into words the way BERT's basic tokenizer does (whitespace, then every

@@ -13,6 +13,9 @@ pub mod align;
 mod error;
 mod tokenizer;
 
-pub use align::{split_words, windows, WindowConfig, WordWindow};
+pub use align::{
+    split_words, subwords_with_offsets, windows, windows_and_subwords, Subwords, WindowConfig,
+    WordWindow,
+};
 pub use error::{Error, Result};
 pub use tokenizer::{EncodedBatch, EncodedText, Overflow, TextTokenizer, TokenizeConfig};

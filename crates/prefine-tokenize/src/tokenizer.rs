@@ -114,7 +114,13 @@ impl TextTokenizer {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let mut inner = Tokenizer::from_bytes(&bytes).map_err(|e| Error::Parse {
+        Self::from_bytes(&bytes, &path, config)
+    }
+
+    /// Loads a `tokenizer.json` held in memory; `path` names it in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path, config: TokenizeConfig) -> Result<Self> {
+        let path = path.to_path_buf();
+        let mut inner = Tokenizer::from_bytes(bytes).map_err(|e| Error::Parse {
             path: path.clone(),
             reason: e.to_string(),
         })?;

@@ -50,6 +50,9 @@ pub enum Error {
     /// An error from the model crate.
     #[error(transparent)]
     Model(#[from] prefine_model::Error),
+    /// An error from the inference runtime (adapter files, heads).
+    #[error(transparent)]
+    Runtime(#[from] prefine_runtime::Error),
     /// An error from the tensor library.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use prefine_infer::{Embedder, EmbedderConfig};
 use prefine_model::Pooling;
+use prefine_runtime::{Embedder, EmbedderConfig};
 
 /// Arguments of `prefine embed`.
 #[derive(Args)]

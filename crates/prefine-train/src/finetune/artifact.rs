@@ -11,41 +11,20 @@
 //! OUT/metrics.json, log.jsonl, curves.svg
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use prefine_data::LabelSet;
 use prefine_model::peft::{load_adapter, save_adapter, PeftTaskType};
 use prefine_model::weights::{load_safetensors, save_safetensors, write_atomic};
 use prefine_model::Encoder;
 use prefine_tokenize::{TextTokenizer, TokenizeConfig};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::config::{FinetuneConfig, Mode, TaskKind, TcPooling};
+use super::config::{FinetuneConfig, Mode, TaskKind};
 use super::model::{TaskModel, APP_GROUP};
 use crate::error::{Error, Result};
 
-/// `adapter.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ArtifactManifest {
-    /// Always `prefine-adapter`.
-    pub format: String,
-    /// Format version.
-    pub version: u32,
-    /// Task family.
-    pub task: TaskKind,
-    /// How it was trained.
-    pub mode: Mode,
-    /// The backbone directory it was trained on.
-    pub base_model: PathBuf,
-    /// Whether a LoRA group is part of the artifact.
-    pub has_lora: bool,
-    /// TC pooling.
-    pub pooling: TcPooling,
-    /// Window length (subwords).
-    pub max_length: usize,
-    /// Window overlap (subwords).
-    pub stride: usize,
-}
+pub use prefine_runtime::ArtifactManifest;
 
 fn json_write<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     let text = serde_json::to_vec_pretty(v).expect("serialisable");

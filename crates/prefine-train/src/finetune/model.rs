@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{Tensor, Var};
-use prefine_model::bert::Pooler;
 use prefine_model::peft::load_adapter;
 use prefine_model::{
     Classifier, Encoder, EncoderInput, Forward, Param, SeedRng, SequenceClassificationHead,
@@ -21,14 +20,7 @@ use crate::optim::AdamW;
 /// The LoRA group name of a downstream application.
 pub const APP_GROUP: &str = "app";
 
-/// A task head.
-#[derive(Debug, Clone)]
-pub enum TaskHead {
-    /// NER.
-    Token(TokenClassificationHead),
-    /// Text classification.
-    Sequence(SequenceClassificationHead),
-}
+pub use prefine_runtime::TaskHead;
 
 /// Encoder + optional LoRA group + head.
 #[derive(Debug, Clone)]
@@ -198,36 +190,7 @@ impl TaskModel {
         pooling: TcPooling,
         path: &Path,
     ) -> Result<TaskHead> {
-        let get = |k: &str| {
-            tensors.get(k).ok_or_else(|| Error::File {
-                path: path.to_path_buf(),
-                reason: format!("missing tensor {k}"),
-            })
-        };
-        let classifier =
-            Classifier::from_tensors(get("classifier.weight")?, get("classifier.bias")?)?;
-        Ok(match task {
-            TaskKind::Ner => TaskHead::Token(TokenClassificationHead {
-                classifier,
-                dropout: 0.0,
-            }),
-            TaskKind::Tc => {
-                let pooler = if pooling == TcPooling::Pooler {
-                    Some(Pooler {
-                        weight: Param::new(get("pooler.dense.weight")?)?,
-                        bias: Param::new(get("pooler.dense.bias")?)?,
-                    })
-                } else {
-                    None
-                };
-                TaskHead::Sequence(SequenceClassificationHead {
-                    pooling: pooling.pooling(),
-                    pooler,
-                    classifier,
-                    dropout: 0.0,
-                })
-            }
-        })
+        Ok(TaskHead::from_tensors(task, tensors, pooling, path)?)
     }
 
     /// Number of classes.

@@ -3,50 +3,13 @@
 use prefine_data::{NerSentence, TcExample};
 use prefine_eval::{entities, NerMode};
 use prefine_tokenize::split_words;
-use serde::Serialize;
 
 use super::artifact::LoadedArtifact;
 use super::config::TaskKind;
 use super::eval::{argmax, predict_ner, predict_tc};
 use crate::error::{Error, Result};
 
-/// One predicted entity; `start`/`end` are character offsets into the text (end exclusive).
-#[derive(Debug, Clone, Serialize)]
-pub struct PredictedEntity {
-    /// First character.
-    pub start: usize,
-    /// One past the last character.
-    pub end: usize,
-    /// Entity type.
-    #[serde(rename = "type")]
-    pub entity_type: String,
-    /// The covered text.
-    pub text: String,
-    /// Mean probability of the entity's word tags.
-    pub score: f32,
-}
-
-/// One prediction line.
-#[derive(Debug, Clone, Serialize)]
-#[serde(untagged)]
-pub enum Prediction {
-    /// NER.
-    Ner {
-        /// The input.
-        text: String,
-        /// Entities found.
-        entities: Vec<PredictedEntity>,
-    },
-    /// TC.
-    Tc {
-        /// The input.
-        text: String,
-        /// The best label.
-        label: String,
-        /// Probability per label.
-        scores: std::collections::BTreeMap<String, f32>,
-    },
-}
+pub use prefine_runtime::{PredictedEntity, Prediction};
 
 /// Predicts for raw texts.
 pub fn predict_texts(

@@ -79,28 +79,36 @@ impl Embedder {
 
     /// One embedding per text, in order.
     pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::with_capacity(texts.len());
-        for (chunk_idx, chunk) in texts.chunks(self.config.batch_size).enumerate() {
-            let encoded = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    self.tokenizer
-                        .encode(chunk_idx * self.config.batch_size + i, t.as_ref())
-                })
-                .collect::<prefine_tokenize::Result<Vec<_>>>()?;
-            let batch = self.tokenizer.pad(encoded);
-            let input =
-                EncoderInput::from_vecs(&batch.input_ids, &batch.type_ids, &batch.attention_mask)?;
-            let h = self
-                .encoder
-                .forward(&input, Forward::eval(self.config.group.as_deref()))?;
-            let mut e = pool(&h, &input.attention_mask, self.config.pooling)?;
-            if self.config.normalize {
-                e = l2_normalize(&e)?;
-            }
-            out.extend(e.to_vec2::<f32>()?);
-        }
-        Ok(out)
+        embed_texts(&self.encoder, &self.tokenizer, texts, &self.config)
     }
+}
+
+/// Embeddings of `texts` through `encoder` (with `config.group` active), in batches of
+/// `config.batch_size`: pooled over the attention mask, L2-normalised if asked.
+pub fn embed_texts<S: AsRef<str>>(
+    encoder: &Encoder,
+    tokenizer: &TextTokenizer,
+    texts: &[S],
+    config: &EmbedderConfig,
+) -> Result<Vec<Vec<f32>>> {
+    let _span = tracing::debug_span!("embed", texts = texts.len()).entered();
+    let batch_size = config.batch_size.max(1);
+    let mut out = Vec::with_capacity(texts.len());
+    for (chunk_idx, chunk) in texts.chunks(batch_size).enumerate() {
+        let encoded = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, t)| tokenizer.encode(chunk_idx * batch_size + i, t.as_ref()))
+            .collect::<prefine_tokenize::Result<Vec<_>>>()?;
+        let batch = tokenizer.pad(encoded);
+        let input =
+            EncoderInput::from_vecs(&batch.input_ids, &batch.type_ids, &batch.attention_mask)?;
+        let h = encoder.forward(&input, Forward::eval(config.group.as_deref()))?;
+        let mut e = pool(&h, &input.attention_mask, config.pooling)?;
+        if config.normalize {
+            e = l2_normalize(&e)?;
+        }
+        out.extend(e.to_vec2::<f32>()?);
+    }
+    Ok(out)
 }

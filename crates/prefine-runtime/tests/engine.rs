@@ -6,8 +6,8 @@ mod common;
 use std::path::Path;
 
 use common::{json_close, real_model_dir, texts, tiny_model, write_adapter, Spec};
-use prefine_serve::{Engine, Error, PredictJob};
-use prefine_train::finetune::TcPooling;
+use prefine_runtime::TcPooling;
+use prefine_runtime::{Engine, Error, PredictJob};
 
 fn setup(tmp: &Path) -> Engine {
     let model = tmp.join("model");
@@ -44,13 +44,7 @@ fn setup(tmp: &Path) -> Engine {
 /// adapters share forward passes) equals each job run alone.
 fn check_mixed(engine: &Engine, names: &[&str]) {
     let t = texts();
-    let jobs: Vec<PredictJob<'_>> = names
-        .iter()
-        .map(|n| PredictJob {
-            adapter: n,
-            texts: &t,
-        })
-        .collect();
+    let jobs: Vec<PredictJob<'_>> = names.iter().map(|n| PredictJob::new(n, &t)).collect();
     let mixed = engine.predict_mixed(&jobs);
     assert_eq!(mixed.len(), names.len());
     for (name, got) in names.iter().zip(mixed) {
@@ -155,16 +149,7 @@ fn register_unregister_and_errors() {
     ));
     // One bad job does not fail the others of a mixed batch.
     let t = texts();
-    let out = engine.predict_mixed(&[
-        PredictJob {
-            adapter: "nope",
-            texts: &t,
-        },
-        PredictJob {
-            adapter: "tc-a",
-            texts: &t,
-        },
-    ]);
+    let out = engine.predict_mixed(&[PredictJob::new("nope", &t), PredictJob::new("tc-a", &t)]);
     assert!(matches!(out[0], Err(Error::UnknownAdapter(_))));
     assert!(out[1].is_ok());
 

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use common::{json_close, texts, tiny_model, write_adapter, Spec};
 use prefine_model::Precision;
-use prefine_serve::bundle::{verify_bundle, ExportOptions};
-use prefine_serve::{export_bundle, is_bundle, load_bundle, Engine};
+use prefine_runtime::bundle::{verify_bundle, ExportOptions};
+use prefine_runtime::{export_bundle, is_bundle, load_bundle, Engine};
 
 struct Fixture {
     _tmp: tempfile::TempDir,

@@ -21,14 +21,14 @@ pub fn real_model_dir() -> PathBuf {
 
 /// A random 2-layer, 16-wide BERT with the real vocabulary and tokenizer, saved into `dir`.
 pub fn tiny_model(dir: &Path) -> Encoder {
-    prefine_serve::synthetic::write_tiny_model(dir, &real_model_dir(), 11).unwrap()
+    prefine_runtime::synthetic::write_tiny_model(dir, &real_model_dir(), 11).unwrap()
 }
 
-pub use prefine_serve::synthetic::SyntheticSpec as Spec;
+pub use prefine_runtime::synthetic::SyntheticSpec as Spec;
 
 /// Writes a synthetic adapter for `base` (loaded from `base_dir`) into `out`.
 pub fn write_adapter(base: &Encoder, base_dir: &Path, out: &Path, spec: Spec) {
-    prefine_serve::synthetic::write_synthetic_adapter(base, base_dir, out, spec).unwrap();
+    prefine_runtime::synthetic::write_synthetic_adapter(base, base_dir, out, spec).unwrap();
 }
 
 /// Compares two JSON values: numbers within `tol`, everything else exactly.

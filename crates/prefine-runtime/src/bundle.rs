@@ -19,15 +19,14 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::artifact::{read_adapter_dir, ArtifactManifest, Mode, TaskKind};
 use prefine_model::peft::{load_adapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use prefine_model::weights::write_atomic;
 use prefine_model::{Encoder, Precision};
-use prefine_train::finetune::artifact::ArtifactManifest;
-use prefine_train::finetune::{Mode, TaskKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::engine::{read_adapter_dir, validate_name, Engine};
+use crate::engine::{validate_name, Engine};
 use crate::error::{Error, Result};
 
 /// The `format` value of a bundle manifest.

@@ -12,22 +12,28 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use prefine_data::LabelSet;
-use prefine_eval::{entities, NerMode};
-use prefine_model::peft::{load_adapter, LoadedAdapter, PeftTaskType, ADAPTER_CONFIG};
-use prefine_model::weights::load_safetensors;
+use prefine_model::peft::{
+    load_adapter_bytes, LoadedAdapter, PeftTaskType, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
+};
 use prefine_model::{Encoder, EncoderInput, Precision};
 use prefine_tokenize::{
-    split_words, windows, Overflow, TextTokenizer, TokenizeConfig, WindowConfig,
+    split_words, windows_and_subwords, Overflow, TextTokenizer, TokenizeConfig, WindowConfig,
 };
-use prefine_train::finetune::artifact::ArtifactManifest;
-use prefine_train::finetune::model::{TaskHead, TaskModel};
-use prefine_train::finetune::predict::{PredictedEntity, Prediction};
-use prefine_train::finetune::{Mode, TaskKind, TcPooling};
 use serde::Serialize;
 
+use crate::artifact::{
+    check_classes, peft_head_tensors, peft_manifest, read_finetune_parts_with, AdapterFiles,
+    AdapterParts, Mode, TaskKind, TcPooling, LABELS_FILE,
+};
+use crate::backbone::BackboneFiles;
+use crate::embed::{embed_texts, EmbedderConfig};
 use crate::error::{Error, Result};
+use crate::head::TaskHead;
+use crate::predict::{
+    argmax, decode_entities, Aggregation, Prediction, SubwordScores, TextPrediction,
+};
 
 /// Rows (NER windows or TC texts) per forward pass unless configured otherwise.
 pub const DEFAULT_MAX_BATCH_ROWS: usize = 64;
@@ -72,25 +78,26 @@ struct Registry {
     adapters: BTreeMap<String, Arc<Adapter>>,
 }
 
-/// One request of a mixed batch: an adapter and its texts.
+/// One request of a mixed batch: an adapter, its texts and (NER) how subwords become entities.
 #[derive(Debug, Clone, Copy)]
 pub struct PredictJob<'a> {
     /// The adapter's name.
     pub adapter: &'a str,
     /// The texts.
     pub texts: &'a [String],
+    /// NER aggregation strategy (ignored for TC).
+    pub aggregation: Aggregation,
 }
 
-/// A prediction in `prefine predict`'s JSON shape, plus `"truncated": true` for a TC text that
-/// was cut to the adapter's `max_length` (NER texts are windowed, never cut).
-#[derive(Debug, Clone, Serialize)]
-pub struct TextPrediction {
-    /// The prediction.
-    #[serde(flatten)]
-    pub prediction: Prediction,
-    /// Whether the text was truncated.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub truncated: bool,
+impl<'a> PredictJob<'a> {
+    /// A job with the default aggregation.
+    pub fn new(adapter: &'a str, texts: &'a [String]) -> Self {
+        Self {
+            adapter,
+            texts,
+            aggregation: Aggregation::default(),
+        }
+    }
 }
 
 /// The shared backbone and its adapters.
@@ -118,8 +125,8 @@ enum Work {
     Ner {
         /// Byte offsets of each word.
         words: Vec<(usize, usize)>,
-        /// Best label id and its probability per word.
-        tags: Vec<(usize, f32)>,
+        /// The text's subwords with the probabilities their owning window gave them.
+        subwords: Vec<SubwordScores>,
     },
     Tc {
         probs: Vec<f32>,
@@ -132,24 +139,43 @@ struct Row {
     job: usize,
     text: usize,
     ids: Vec<u32>,
-    /// NER: per position, the word this window owns there.
+    /// NER: per position, the text's subword this window predicts there.
     owner: Option<Vec<Option<usize>>>,
 }
 
 impl Engine {
-    /// Loads the backbone (`config.json`, `model.safetensors`, `tokenizer.json`) once.
+    /// Loads the backbone (`config.json`, `model.safetensors` f32 or quantised,
+    /// `tokenizer.json`) once.
     pub fn load(model_dir: impl AsRef<Path>) -> Result<Self> {
         let dir = model_dir.as_ref();
+        let _span = tracing::info_span!("load_backbone", dir = %dir.display()).entered();
         let (encoder, _) = Encoder::from_model_dir(dir)?;
-        let tokenizer = TextTokenizer::from_model_dir(
-            dir,
-            TokenizeConfig {
-                max_length: encoder.config().max_position_embeddings,
-                overflow: Overflow::Truncate,
-                ..Default::default()
-            },
-        )?;
+        let tokenizer = TextTokenizer::from_model_dir(dir, Self::tokenize_config(&encoder))?;
         Ok(Self::from_parts(dir, encoder, tokenizer))
+    }
+
+    /// Loads the backbone from its files held in memory (see [`BackboneFiles`]).
+    pub fn from_memory(files: &BackboneFiles) -> Result<Self> {
+        let _span = tracing::info_span!("load_backbone_from_memory").entered();
+        let (encoder, _) = Encoder::from_bytes(
+            &files.config,
+            &files.weights,
+            &files.origin.join("model.safetensors"),
+        )?;
+        let tokenizer = TextTokenizer::from_bytes(
+            &files.tokenizer,
+            &files.origin.join("tokenizer.json"),
+            Self::tokenize_config(&encoder),
+        )?;
+        Ok(Self::from_parts(&files.origin, encoder, tokenizer))
+    }
+
+    fn tokenize_config(encoder: &Encoder) -> TokenizeConfig {
+        TokenizeConfig {
+            max_length: encoder.config().max_position_embeddings,
+            overflow: Overflow::Truncate,
+            ..Default::default()
+        }
     }
 
     /// An engine over an already loaded encoder and tokenizer (its LoRA groups are ignored
@@ -246,24 +272,63 @@ impl Engine {
     /// `modules_to_save`) with a `labels.json`. The backbone is not reloaded.
     pub fn register(&self, name: &str, dir: &Path) -> Result<AdapterInfo> {
         validate_name(name)?;
-        if !dir.is_dir() {
-            return Err(Error::Adapter {
-                path: dir.to_path_buf(),
-                reason: "not a directory".into(),
-            });
-        }
-        let finetune_format = dir.join("adapter.json").is_file();
-        let parts = if finetune_format {
-            Some(read_adapter_dir(dir)?)
-        } else if dir.join(ADAPTER_CONFIG).is_file() {
-            None
+        let files = AdapterFiles::read_dir(dir)?;
+        self.register_files(name, &files)
+    }
+
+    /// Registers an adapter from its files (read from a directory or handed in as bytes).
+    pub fn register_files(&self, name: &str, files: &AdapterFiles) -> Result<AdapterInfo> {
+        self.register_inner(name, files, false)
+    }
+
+    /// Opens one application, as `prefine predict` does: the backbone `model` (default: the
+    /// one recorded in `adapter.json`; a `full` output's own `model/`), converted to
+    /// `precision`, with the adapter `dir` registered as `name`.
+    pub fn open_application(
+        dir: &Path,
+        model: Option<&Path>,
+        precision: Precision,
+        name: &str,
+    ) -> Result<Self> {
+        let files = AdapterFiles::read_dir(dir)?;
+        files.check_format()?;
+        let (backbone, full) = if files.is_finetune_output() {
+            let manifest: crate::artifact::ArtifactManifest =
+                files.json(crate::artifact::MANIFEST_FILE)?;
+            if manifest.mode == Mode::Full {
+                (dir.join("model"), true)
+            } else {
+                (
+                    model.map_or_else(|| manifest.base_model.clone(), Path::to_path_buf),
+                    false,
+                )
+            }
         } else {
-            return Err(Error::Adapter {
+            let m = model.ok_or_else(|| Error::Adapter {
                 path: dir.to_path_buf(),
-                reason: "neither adapter.json (prefine finetune output) nor adapter_config.json \
-                         (PEFT adapter) found"
-                    .into(),
-            });
+                reason: "a bare PEFT adapter records no backbone: give the model directory".into(),
+            })?;
+            (m.to_path_buf(), false)
+        };
+        let engine = Self::load(&backbone)?;
+        engine.register_inner(name, &files, full)?;
+        engine.prepare_inference(precision)?;
+        Ok(engine)
+    }
+
+    fn register_inner(
+        &self,
+        name: &str,
+        files: &AdapterFiles,
+        own_backbone: bool,
+    ) -> Result<AdapterInfo> {
+        validate_name(name)?;
+        let _span = tracing::info_span!("register_adapter", name).entered();
+        files.check_format()?;
+        let parts = if files.is_finetune_output() {
+            Some(read_finetune_parts_with(files, own_backbone)?)
+        } else {
+            None
         };
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.snapshot();
@@ -276,26 +341,36 @@ impl Engine {
             encoder.remove_lora_group(&g)?;
         }
         let adapter_err = |e: prefine_model::Error| Error::Adapter {
-            path: dir.to_path_buf(),
+            path: files.origin.clone(),
             reason: e.to_string(),
+        };
+        let load = |encoder: &mut Encoder| {
+            load_adapter_bytes(
+                encoder,
+                files.get(ADAPTER_CONFIG)?,
+                files.get(ADAPTER_WEIGHTS)?,
+                &files.origin,
+                &g,
+            )
+            .map_err(adapter_err)
         };
         let parts = match parts {
             Some(p) => {
                 if p.manifest.has_lora {
-                    load_adapter(&mut encoder, dir, &g).map_err(adapter_err)?;
+                    load(&mut encoder)?;
                 }
                 p
             }
             None => {
-                let loaded = load_adapter(&mut encoder, dir, &g).map_err(adapter_err)?;
-                peft_parts(&encoder, dir, loaded)?
+                let loaded = load(&mut encoder)?;
+                peft_parts(&encoder, files, loaded)?
             }
         };
         let hidden = encoder.hidden_size();
-        let head_hidden = head_classifier(&parts.head).weight.dims()[1];
+        let head_hidden = parts.head.hidden_size();
         if head_hidden != hidden {
             return Err(Error::Adapter {
-                path: dir.to_path_buf(),
+                path: files.origin.clone(),
                 reason: format!(
                     "the head expects hidden size {head_hidden}, the backbone has {hidden}"
                 ),
@@ -317,7 +392,7 @@ impl Engine {
             labels: parts.labels.labels().to_vec(),
             max_length: parts.manifest.max_length.min(self.max_positions),
             stride: parts.manifest.stride,
-            path: dir.to_path_buf(),
+            path: files.origin.clone(),
             lora_parameters,
         };
         let mut adapters = cur.adapters.clone();
@@ -351,11 +426,55 @@ impl Engine {
         Ok(())
     }
 
+    /// Sentence embeddings of `texts` (sentence-transformers semantics: mean pooling over the
+    /// attention mask, L2-normalised) through the backbone, with `adapter`'s LoRA group active
+    /// when one is named.
+    pub fn embed(&self, texts: &[String], adapter: Option<&str>) -> Result<Vec<Vec<f32>>> {
+        if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+            return Err(Error::BadRequest(format!("text #{} is empty", i + 1)));
+        }
+        let reg = self.snapshot();
+        let group = match adapter {
+            Some(a) => reg
+                .adapters
+                .get(a)
+                .ok_or_else(|| Error::UnknownAdapter(a.to_string()))?
+                .group
+                .clone(),
+            None => None,
+        };
+        let cfg = EmbedderConfig {
+            group,
+            batch_size: self.max_batch_rows,
+            ..Default::default()
+        };
+        embed_texts(&reg.encoder, &self.tokenizer, texts, &cfg)
+    }
+
+    /// The width of [`Engine::embed`]'s vectors.
+    pub fn embedding_dim(&self) -> usize {
+        self.snapshot().encoder.hidden_size()
+    }
+
     /// Predictions for one adapter's texts.
     pub fn predict(&self, adapter: &str, texts: &[String]) -> Result<Vec<TextPrediction>> {
-        self.predict_mixed(&[PredictJob { adapter, texts }])
-            .pop()
-            .unwrap_or_else(|| Err(Error::BadRequest("no job".into())))
+        self.predict_with(adapter, texts, Aggregation::default())
+    }
+
+    /// [`Engine::predict`] with a NER aggregation strategy.
+    pub fn predict_with(
+        &self,
+        adapter: &str,
+        texts: &[String],
+        aggregation: Aggregation,
+    ) -> Result<Vec<TextPrediction>> {
+        self.predict_mixed(&[PredictJob {
+            adapter,
+            texts,
+            aggregation,
+        }])
+        .pop()
+        .unwrap_or_else(|| Err(Error::BadRequest("no job".into())))
     }
 
     /// Predictions for several jobs (any adapters, NER and TC mixed) computed together: all
@@ -363,6 +482,7 @@ impl Engine {
     /// `max_batch_rows` rows, each row with its adapter's LoRA group and head. A job that fails
     /// (unknown adapter, empty text) gets its error; the others are unaffected.
     pub fn predict_mixed(&self, jobs: &[PredictJob<'_>]) -> Vec<Result<Vec<TextPrediction>>> {
+        let _span = tracing::debug_span!("predict", jobs = jobs.len()).entered();
         let reg = self.snapshot();
         let mut adapters: Vec<Option<Arc<Adapter>>> = Vec::with_capacity(jobs.len());
         let mut errors: Vec<Option<Error>> = Vec::with_capacity(jobs.len());
@@ -400,7 +520,7 @@ impl Engine {
                 let msg = e.to_string();
                 for r in chunk {
                     if errors[r.job].is_none() {
-                        errors[r.job] = Some(Error::Server(format!("forward pass: {msg}")));
+                        errors[r.job] = Some(Error::Inference(format!("forward pass: {msg}")));
                     }
                 }
             }
@@ -412,7 +532,12 @@ impl Engine {
                     return Err(e);
                 }
                 let ad = adapters[j].as_ref().expect("set when no error");
-                finish_job(ad, job.texts, std::mem::take(&mut work[j]))
+                Ok(finish_job(
+                    ad,
+                    job.texts,
+                    std::mem::take(&mut work[j]),
+                    job.aggregation,
+                ))
             })
             .collect()
     }
@@ -433,25 +558,39 @@ impl Engine {
             match ad.info.task {
                 TaskKind::Ner => {
                     let split = split_words(text);
+                    let mut subwords = Vec::new();
                     let words: Vec<&str> = split.iter().map(|(w, _)| *w).collect();
                     if !words.is_empty() {
                         let cfg = WindowConfig {
                             max_length: ad.info.max_length,
                             stride: ad.info.stride,
                         };
-                        let wins = windows(&self.tokenizer, &words, cfg)
+                        let (wins, sub) = windows_and_subwords(&self.tokenizer, &words, cfg)
                             .map_err(|e| Error::BadRequest(format!("text #{}: {e}", i + 1)))?;
                         for w in wins {
                             rows.push(Row {
                                 job,
                                 text: i,
                                 ids: w.ids,
-                                owner: Some(w.owner_word),
+                                owner: Some(w.owned_subword),
                             });
                         }
+                        subwords = sub
+                            .word_of
+                            .iter()
+                            .zip(&sub.offsets)
+                            .map(|(&w, &(s, e))| {
+                                let base = split[w].1 .0;
+                                SubwordScores {
+                                    word: w,
+                                    span: (base + s, base + e),
+                                    probs: Vec::new(),
+                                }
+                            })
+                            .collect();
                     }
                     out.push(Work::Ner {
-                        tags: vec![(usize::MAX, 0.0); split.len()],
+                        subwords,
                         words: split.into_iter().map(|(_, o)| o).collect(),
                     });
                 }
@@ -520,27 +659,26 @@ impl Engine {
                     input.attention_mask.index_select(&sel, 0)?,
                 )
             };
+            let probs = ad.head.probabilities(&h, &m)?;
             match &ad.head {
-                TaskHead::Token(head) => {
-                    let p = candle_nn::ops::softmax_last_dim(&head.forward(&h, None)?)?
-                        .to_vec3::<f32>()?;
+                TaskHead::Token(_) => {
+                    let p = probs.to_vec3::<f32>()?;
                     for (k, &i) in idx.iter().enumerate() {
                         let row = &chunk[i];
                         let owner = row.owner.as_deref().unwrap_or(&[]);
-                        if let Work::Ner { tags, .. } = &mut work[row.job][row.text] {
+                        if let Work::Ner { subwords, .. } = &mut work[row.job][row.text] {
                             for (pos, o) in owner.iter().enumerate() {
-                                if let (Some(w), Some(probs)) = (o, p[k].get(pos)) {
-                                    if let Some(slot) = tags.get_mut(*w) {
-                                        *slot = argmax(probs);
+                                if let (Some(s), Some(pr)) = (o, p[k].get(pos)) {
+                                    if let Some(slot) = subwords.get_mut(*s) {
+                                        slot.probs.clone_from(pr);
                                     }
                                 }
                             }
                         }
                     }
                 }
-                TaskHead::Sequence(head) => {
-                    let p = candle_nn::ops::softmax(&head.forward(&h, &m, None)?, D::Minus1)?
-                        .to_vec2::<f32>()?;
+                TaskHead::Sequence(_) => {
+                    let p = probs.to_vec2::<f32>()?;
                     for (k, &i) in idx.iter().enumerate() {
                         let row = &chunk[i];
                         if let Work::Tc { probs, .. } = &mut work[row.job][row.text] {
@@ -552,19 +690,6 @@ impl Engine {
         }
         Ok(())
     }
-}
-
-/// Index and value of the largest element.
-fn argmax(v: &[f32]) -> (usize, f32) {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
-            if x > bv {
-                (i, x)
-            } else {
-                (bi, bv)
-            }
-        })
 }
 
 /// Cuts `ids` to `max` tokens, keeping a closing special token (`[SEP]`) as the model saw it.
@@ -581,39 +706,23 @@ fn truncate_ids(mut ids: Vec<u32>, word_ids: &[Option<u32>], max: usize) -> (Vec
     (ids, true)
 }
 
-fn finish_job(ad: &Adapter, texts: &[String], work: Vec<Work>) -> Result<Vec<TextPrediction>> {
-    let mut out = Vec::with_capacity(texts.len());
-    for (text, w) in texts.iter().zip(work) {
-        out.push(match w {
-            Work::Ner { words, tags } => {
-                let labels: Vec<&str> = tags
-                    .iter()
-                    .map(|(id, _)| ad.labels.label(*id).unwrap_or("O"))
-                    .collect();
-                let char_of = |byte: usize| text[..byte].chars().count();
-                let ents = entities(&labels, NerMode::Lenient)?
-                    .into_iter()
-                    .map(|e| {
-                        let (bs, be) = (words[e.start].0, words[e.end - 1].1);
-                        let score = tags[e.start..e.end].iter().map(|t| t.1).sum::<f32>()
-                            / (e.end - e.start) as f32;
-                        PredictedEntity {
-                            start: char_of(bs),
-                            end: char_of(be),
-                            entity_type: e.entity_type,
-                            text: text[bs..be].to_string(),
-                            score,
-                        }
-                    })
-                    .collect();
-                TextPrediction {
-                    prediction: Prediction::Ner {
-                        text: text.clone(),
-                        entities: ents,
-                    },
-                    truncated: false,
-                }
-            }
+fn finish_job(
+    ad: &Adapter,
+    texts: &[String],
+    work: Vec<Work>,
+    aggregation: Aggregation,
+) -> Vec<TextPrediction> {
+    texts
+        .iter()
+        .zip(work)
+        .map(|(text, w)| match w {
+            Work::Ner { words, subwords } => TextPrediction {
+                prediction: Prediction::Ner {
+                    text: text.clone(),
+                    entities: decode_entities(text, &words, &subwords, &ad.labels, aggregation),
+                },
+                truncated: false,
+            },
             Work::Tc { probs, truncated } => TextPrediction {
                 prediction: Prediction::Tc {
                     text: text.clone(),
@@ -626,9 +735,8 @@ fn finish_job(ad: &Adapter, texts: &[String], work: Vec<Work>) -> Result<Vec<Tex
                 },
                 truncated,
             },
-        });
-    }
-    Ok(out)
+        })
+        .collect()
 }
 
 /// The encoder group that holds an adapter's LoRA pairs.
@@ -654,74 +762,17 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
 }
 
-fn head_classifier(head: &TaskHead) -> &prefine_model::Classifier {
-    match head {
-        TaskHead::Token(h) => &h.classifier,
-        TaskHead::Sequence(h) => &h.classifier,
-    }
-}
-
-/// The files of an adapter directory, read and checked (without touching any encoder).
-pub(crate) struct AdapterParts {
-    pub manifest: ArtifactManifest,
-    pub labels: LabelSet,
-    pub head: TaskHead,
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::file(path, e))
-}
-
-/// Reads `adapter.json`, `labels.json` and `head.safetensors` of a `prefine finetune` output.
-pub(crate) fn read_adapter_dir(dir: &Path) -> Result<AdapterParts> {
-    if !dir.is_dir() {
-        return Err(Error::Adapter {
-            path: dir.to_path_buf(),
-            reason: "not a directory".into(),
-        });
-    }
-    let manifest: ArtifactManifest = read_json(&dir.join("adapter.json"))?;
-    if manifest.mode == Mode::Full {
-        return Err(Error::Adapter {
-            path: dir.to_path_buf(),
-            reason: "a `full` fine-tuning output has its own backbone and cannot share this one; \
-                     serve it with --model DIR/model"
-                .into(),
-        });
-    }
-    let lpath = dir.join("labels.json");
-    let labels: LabelSet = read_json(&lpath)?;
-    let hpath = dir.join("head.safetensors");
-    let head_tensors = load_safetensors(&hpath)?.into_iter().collect();
-    let head =
-        TaskModel::head_from_tensors(manifest.task, &head_tensors, manifest.pooling, &hpath)?;
-    let classes = head_classifier(&head).num_classes();
-    if classes != labels.len() {
-        return Err(Error::file(
-            lpath,
-            format!("{} labels but the head has {classes} classes", labels.len()),
-        ));
-    }
-    Ok(AdapterParts {
-        manifest,
-        labels,
-        head,
-    })
-}
-
-/// Window length and overlap given to PEFT adapters, which do not record them (the
-/// `prefine finetune` defaults).
-const PEFT_MAX_LENGTH: usize = 128;
-const PEFT_STRIDE: usize = 32;
-
-/// The parts of a bare PEFT adapter directory (`adapter_config.json`,
-/// `adapter_model.safetensors` with the head as `modules_to_save`, and `labels.json`), already
-/// loaded onto `encoder`: `TOKEN_CLS` is NER, `SEQ_CLS` is TC through the BERT pooler (the
-/// adapter's own, else the backbone's), as `BertForSequenceClassification` does.
-fn peft_parts(encoder: &Encoder, dir: &Path, loaded: LoadedAdapter) -> Result<AdapterParts> {
+/// The parts of a bare PEFT adapter (`adapter_config.json`, `adapter_model.safetensors` with
+/// the head as `modules_to_save`, and `labels.json`), already loaded onto `encoder`:
+/// `TOKEN_CLS` is NER, `SEQ_CLS` is TC through the BERT pooler (the adapter's own, else the
+/// backbone's), as `BertForSequenceClassification` does.
+fn peft_parts(
+    encoder: &Encoder,
+    files: &AdapterFiles,
+    loaded: LoadedAdapter,
+) -> Result<AdapterParts> {
     let bad = |reason: String| Error::Adapter {
-        path: dir.to_path_buf(),
+        path: files.origin.clone(),
         reason,
     };
     let task = match loaded.task_type {
@@ -734,19 +785,13 @@ fn peft_parts(encoder: &Encoder, dir: &Path, loaded: LoadedAdapter) -> Result<Ad
             ))
         }
     };
-    let lpath = dir.join("labels.json");
-    if !lpath.is_file() {
+    if !files.has(LABELS_FILE) {
         return Err(bad(
             "a PEFT adapter needs labels.json (the label list, index = class id)".into(),
         ));
     }
-    let labels: LabelSet = read_json(&lpath)?;
-    // PEFT may keep `modules_to_save` under `<module>.modules_to_save.default.`.
-    let mut tensors: BTreeMap<String, Tensor> = loaded
-        .extra
-        .into_iter()
-        .map(|(k, v)| (k.replace(".modules_to_save.default.", "."), v))
-        .collect();
+    let labels: LabelSet = files.json(LABELS_FILE)?;
+    let mut tensors = peft_head_tensors(loaded.extra);
     if task == TaskKind::Tc && !tensors.contains_key("pooler.dense.weight") {
         let p = encoder.pooler.as_ref().ok_or_else(|| {
             bad("a SEQ_CLS adapter needs a pooler, and neither it nor the backbone has one".into())
@@ -754,27 +799,11 @@ fn peft_parts(encoder: &Encoder, dir: &Path, loaded: LoadedAdapter) -> Result<Ad
         tensors.insert("pooler.dense.weight".into(), p.weight.t().detach());
         tensors.insert("pooler.dense.bias".into(), p.bias.t().detach());
     }
-    let wpath = dir.join(prefine_model::peft::ADAPTER_WEIGHTS);
-    let head = TaskModel::head_from_tensors(task, &tensors, TcPooling::Pooler, &wpath)?;
-    let classes = head_classifier(&head).num_classes();
-    if classes != labels.len() {
-        return Err(Error::file(
-            lpath,
-            format!("{} labels but the head has {classes} classes", labels.len()),
-        ));
-    }
+    let wpath = files.path(ADAPTER_WEIGHTS);
+    let head = TaskHead::from_tensors(task, &tensors, TcPooling::Pooler, &wpath)?;
+    check_classes(&head, &labels, &files.path(LABELS_FILE))?;
     Ok(AdapterParts {
-        manifest: ArtifactManifest {
-            format: "peft".into(),
-            version: 1,
-            task,
-            mode: Mode::Lora,
-            base_model: dir.to_path_buf(),
-            has_lora: true,
-            pooling: TcPooling::Pooler,
-            max_length: PEFT_MAX_LENGTH,
-            stride: PEFT_STRIDE,
-        },
+        manifest: peft_manifest(task, &files.origin),
         labels,
         head,
     })

@@ -6,14 +6,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::artifact::{ArtifactManifest, Mode, TaskKind, TcPooling};
 use candle_core::{DType, Device, Tensor};
 use prefine_data::LabelSet;
 use prefine_model::params::normal;
 use prefine_model::peft::{save_adapter, PeftTaskType};
 use prefine_model::weights::{save_safetensors, write_atomic};
 use prefine_model::{seed_rng, Encoder, EncoderConfig, LoraConfig, LoraTarget};
-use prefine_train::finetune::artifact::ArtifactManifest;
-use prefine_train::finetune::{Mode, TaskKind, TcPooling};
 
 use crate::error::{Error, Result};
 
