@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(conll jsonl csv config adapter_config http_request)
+[ ${#targets[@]} -eq 0 ] && targets=(conll jsonl csv config adapter_config http_request http_head)
 mkdir -p logs
 ./seed.sh
 for t in "${targets[@]}"; do

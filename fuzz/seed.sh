@@ -39,3 +39,7 @@ for d in regressions/*/; do
     mkdir -p "corpus/$t"
     cp "$d"* "corpus/$t/" 2>/dev/null || true
 done
+mkdir -p corpus/http_head
+printf 'GET /health HTTP/1.1\r\nhost: x\r\n\r\n' > corpus/http_head/seed-get
+printf 'POST /v1/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 40\r\n\r\n{"adapter":"a","texts":["hello world"]}\n' > corpus/http_head/seed-post
+printf 'DELETE /v1/adapters/a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n' > corpus/http_head/seed-chunked

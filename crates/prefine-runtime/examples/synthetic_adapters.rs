@@ -3,7 +3,9 @@
 //! (LoRA + mean-pooled sequence head). Random weights: the predictions mean nothing, but every
 //! adapter visibly changes the outputs.
 //!
-//! `cargo run -p prefine-runtime --example synthetic_adapters -- MODEL_DIR OUT`
+//! With a count N, writes `OUT/a0` .. `OUT/a{N-1}` instead, alternating NER and TC.
+//!
+//! `cargo run -p prefine-runtime --example synthetic_adapters -- MODEL_DIR OUT [N]`
 
 use std::path::PathBuf;
 
@@ -12,11 +14,27 @@ use prefine_runtime::synthetic::{write_synthetic_adapter, SyntheticSpec};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [model, out] = args.as_slice() else {
-        return Err("usage: synthetic_adapters MODEL_DIR OUT".into());
+    let (model, out, count) = match args.as_slice() {
+        [m, o] => (m, o, None),
+        [m, o, n] => (m, o, Some(n.parse::<u64>()?)),
+        _ => return Err("usage: synthetic_adapters MODEL_DIR OUT [N]".into()),
     };
     let (model, out) = (PathBuf::from(model), PathBuf::from(out));
     let (base, _) = Encoder::from_model_dir(&model)?;
+    if let Some(n) = count {
+        for i in 0..n {
+            let mut spec = if i % 2 == 0 {
+                SyntheticSpec::ner(true, 100 + i)
+            } else {
+                SyntheticSpec::tc(true, 100 + i)
+            };
+            spec.max_length = 128;
+            spec.stride = 32;
+            write_synthetic_adapter(&base, &model, &out.join(format!("a{i}")), spec)?;
+        }
+        println!("wrote {n} adapters under {}", out.display());
+        return Ok(());
+    }
     let mut ner = SyntheticSpec::ner(true, 7);
     ner.max_length = 128;
     ner.stride = 32;

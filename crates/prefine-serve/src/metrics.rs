@@ -66,6 +66,8 @@ struct Inner {
     batch_texts: Histogram,
     batch_requests: Histogram,
     texts: u64,
+    connections_refused: u64,
+    connections_open: u64,
 }
 
 /// All server metrics (cheap to update from any thread).
@@ -86,6 +88,8 @@ impl Default for Metrics {
                 batch_texts: Histogram::new(&sizes),
                 batch_requests: Histogram::new(&sizes),
                 texts: 0,
+                connections_refused: 0,
+                connections_open: 0,
             }),
         }
     }
@@ -111,6 +115,22 @@ impl Metrics {
         m.batch_texts.observe(texts as f64);
         m.batch_requests.observe(requests as f64);
         m.texts += texts as u64;
+    }
+
+    /// Records a connection refused because `max_connections` were open.
+    pub fn observe_refused_connection(&self) {
+        self.lock().connections_refused += 1;
+    }
+
+    /// Records a connection opened (`+1`) or closed (`-1`).
+    pub fn observe_open_connections(&self, delta: i64) {
+        let mut m = self.lock();
+        m.connections_open = m.connections_open.saturating_add_signed(delta);
+    }
+
+    /// Connections refused so far.
+    pub fn refused_connections(&self) -> u64 {
+        self.lock().connections_refused
     }
 
     /// Number of batches run so far.
@@ -147,6 +167,16 @@ impl Metrics {
         );
         out += "# HELP prefine_texts_total Texts predicted.\n# TYPE prefine_texts_total counter\n";
         let _ = writeln!(out, "prefine_texts_total {}", m.texts);
+        out += "# HELP prefine_connections_refused_total Connections refused (503) because \
+                max_connections were open.\n# TYPE prefine_connections_refused_total counter\n";
+        let _ = writeln!(
+            out,
+            "prefine_connections_refused_total {}",
+            m.connections_refused
+        );
+        out += "# HELP prefine_connections_open Open client connections.\n\
+                # TYPE prefine_connections_open gauge\n";
+        let _ = writeln!(out, "prefine_connections_open {}", m.connections_open);
         out += "# HELP prefine_adapters Registered adapters.\n# TYPE prefine_adapters gauge\n";
         let _ = writeln!(out, "prefine_adapters {adapters}");
         out

@@ -65,7 +65,16 @@ pub struct ServeConfig {
     /// Longest a client may take to send a request body once its head has arrived; slower
     /// clients get 408 and their connection is closed.
     pub body_timeout: Duration,
+    /// Most client connections open at once; a connection beyond it gets 503 and is closed
+    /// (counted in `prefine_connections_refused_total`).
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) in bytes, at least 8192; a larger one
+    /// gets 431.
+    pub max_header_bytes: usize,
 }
+
+/// The smallest `max_header_bytes` (hyper's smallest read buffer).
+pub const MIN_HEADER_BYTES: usize = 8192;
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -80,6 +89,8 @@ impl Default for ServeConfig {
             request_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            max_connections: 512,
+            max_header_bytes: 16 << 10,
         }
     }
 }
@@ -93,6 +104,7 @@ impl ServeConfig {
             ("max_text_chars", self.max_text_chars),
             ("max_body_bytes", self.max_body_bytes),
             ("queue_capacity", self.queue_capacity),
+            ("max_connections", self.max_connections),
         ];
         if let Some((k, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(Error::Server(format!("{k} must be positive")));
@@ -104,6 +116,11 @@ impl ServeConfig {
         ];
         if let Some((k, _)) = durations.iter().find(|(_, v)| v.is_zero()) {
             return Err(Error::Server(format!("{k} must be positive")));
+        }
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(Error::Server(format!(
+                "max_header_bytes must be at least {MIN_HEADER_BYTES}"
+            )));
         }
         if let Some(d) = &self.adapters_dir {
             if !d.is_dir() {
@@ -609,9 +626,14 @@ pub async fn serve(
         metrics,
         queue: tx,
     };
-    let header_timeout = state.cfg.header_timeout;
+    let limits = ConnectionLimits {
+        header_timeout: state.cfg.header_timeout,
+        max_connections: state.cfg.max_connections,
+        max_header_bytes: state.cfg.max_header_bytes,
+        metrics: state.metrics.clone(),
+    };
     let app = router(state);
-    accept_loop(app, listener, header_timeout, shutdown).await;
+    accept_loop(app, listener, limits, shutdown).await;
     // The router (and with it every queue sender) is gone: the batcher drains and stops.
     let joined = tokio::task::spawn_blocking(move || worker.join()).await;
     if !matches!(joined, Ok(Ok(()))) {
@@ -620,27 +642,45 @@ pub async fn serve(
     Ok(())
 }
 
+/// What the accept loop enforces per connection.
+struct ConnectionLimits {
+    header_timeout: Duration,
+    max_connections: usize,
+    max_header_bytes: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// The answer to a connection beyond `max_connections`.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\nconnection: close\r\nretry-after: 1\r\n\
+content-length: 35\r\n\r\n{\"error\":\"too many open connections\"}";
+
 /// Accepts HTTP/1 connections until `shutdown` completes, each served on its own task with a
 /// header read timeout (`axum::serve` sets none: a client that never finishes its request head
-/// would hold its connection forever); then stops accepting, lets every connection finish its
-/// request in flight and returns once all are closed. Drops `app` before returning.
+/// would hold its connection forever) and a cap on the request head's size (431 beyond it). At
+/// most `max_connections` are served at once: one more gets 503 and is closed. Then stops
+/// accepting, lets every connection finish its request in flight and returns once all are
+/// closed. Drops `app` before returning.
 async fn accept_loop(
     app: Router,
     listener: tokio::net::TcpListener,
-    header_timeout: Duration,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
     use hyper_util::service::TowerToHyperService;
+    use tokio::io::AsyncWriteExt;
 
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (mut stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -652,13 +692,28 @@ async fn accept_loop(
             },
             () = &mut shutdown => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            limits.metrics.observe_refused_connection();
+            tokio::spawn(async move {
+                let write = async {
+                    let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+                    let _ = stream.shutdown().await;
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+            });
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let metrics = limits.metrics.clone();
+        metrics.observe_open_connections(1);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!("connection closed: {e}");
             }
+            metrics.observe_open_connections(-1);
+            drop(slot);
         });
     }
     drop(listener);

@@ -52,6 +52,12 @@ pub struct ServeArgs {
     /// connections) are closed (seconds).
     #[arg(long, default_value_t = 10)]
     header_timeout_s: u64,
+    /// Most client connections open at once (one more gets 503 and is closed).
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// Largest request head (request line + headers) in bytes, at least 8192 (431 beyond).
+    #[arg(long, default_value_t = 16384)]
+    max_header_bytes: usize,
     /// Longest a client may take to send a request body; slower ones get 408 (seconds).
     #[arg(long, default_value_t = 30)]
     body_timeout_s: u64,
@@ -138,7 +144,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         request_timeout: Duration::from_secs(a.timeout_s.max(1)),
         header_timeout: Duration::from_secs(a.header_timeout_s.max(1)),
         body_timeout: Duration::from_secs(a.body_timeout_s.max(1)),
-        ..Default::default()
+        max_connections: a.max_connections,
+        max_header_bytes: a.max_header_bytes,
     };
     cfg.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
