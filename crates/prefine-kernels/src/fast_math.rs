@@ -1,89 +1,12 @@
-//! Branch-free `exp` and `erf` that the compiler vectorises (AVX2/FMA chosen at run time), for
-//! the element-wise parts of attention softmax and GELU. libm's scalar `expf`/`erff` were ~20% of
-//! a training step in `perf`.
-//!
-//! Accuracy: `exp` within 3e-7 relative on [-87, 88] (Cephes polynomial after range reduction), `erf`
-//! within 1.2e-7 absolute (Numerical Recipes' Chebyshev fit of erfc); GELU within 2.5e-7 relative
-//! on |x| < 5 (6e-7 on the tiny tail to -6) through a table of per-interval polynomials (no division, no `exp`; an AVX-512
-//! version permutes the table and gives the same bits); all checked in tests.
+//! Vectorised element-wise math over slices (GELU and its gradient, masked softmax numerators,
+//! sums, dot products), on the selected [`Isa`]: AVX-512 here, AVX2+FMA and NEON in
+//! [`crate::arch`], the scalar functions of [`crate::math`] elsewhere. The GELU kernels give the
+//! bits of [`gelu`] on every family; `exp` is within its accuracy (not always its last bit).
 
-const LOG2E: f32 = std::f32::consts::LOG2_E;
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
-
-/// `e^x`, saturating below -87.3 (to ~1e-38) and above 88.3 (to ~2e38).
-#[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E).round();
-    let r = x - n * LN2_HI - n * LN2_LO;
-    // e^r on [-ln2/2, ln2/2].
-    let p = 1.987_569_1e-4_f32;
-    let p = p.mul_add(r, 1.398_199_9e-3);
-    let p = p.mul_add(r, 8.333_452e-3);
-    let p = p.mul_add(r, 4.166_579_6e-2);
-    let p = p.mul_add(r, 1.666_666_5e-1);
-    let p = p.mul_add(r, 5e-1);
-    let p = p.mul_add(r * r, r) + 1.0;
-    // SAFETY: after the clamp, n is an integer in [-126, 127], so the conversion is exact (a
-    // plain `as` would add NaN/saturation handling that blocks vectorisation).
-    let n_int: i32 = unsafe { n.to_int_unchecked() };
-    let bits = ((n_int + 127) as u32) << 23;
-    p * f32::from_bits(bits)
-}
-
-/// `erf(x)`.
-#[inline(always)]
-pub fn erf(x: f32) -> f32 {
-    let z = x.abs();
-    let t = 1.0 / (0.5f32).mul_add(z, 1.0);
-    let poly = t.mul_add(0.170_872_77, -0.822_152_23);
-    let poly = t.mul_add(poly, 1.488_515_9);
-    let poly = t.mul_add(poly, -1.135_204);
-    let poly = t.mul_add(poly, 0.278_868_07);
-    let poly = t.mul_add(poly, -0.186_288_06);
-    let poly = t.mul_add(poly, 0.096_784_18);
-    let poly = t.mul_add(poly, 0.374_091_96);
-    let poly = t.mul_add(poly, 1.000_023_7);
-    let poly = t.mul_add(poly, -1.265_512_2);
-    let erfc = t * exp(-z * z + poly);
-    let r = 1.0 - erfc;
-    if x < 0.0 {
-        -r
-    } else {
-        r
-    }
-}
-
-/// Width of the intervals of [`GELU_TAIL`]'s polynomials.
-const GELU_STEP: f32 = 0.375;
-/// Beyond this `|x|`, `Φ(-|x|) < 1e-9` is taken as 0 (GELU then is `x` or `-0`, within 6e-9).
-const GELU_LIMIT: f32 = 16.0 * GELU_STEP;
-
-/// `Φ(-a) = erfc(a / √2) / 2` for `a` in `[0, 6)`: 16 intervals of width 0.375, a degree-7
-/// polynomial each in `u = a - centre`, coefficient `d` of interval `i` at `[d][i]` (one 16-lane
-/// table per degree, for a vector permute). Fitted by relative least squares on Chebyshev nodes;
-/// with them GELU is within 3.8e-7 absolute of the exact one (half an ulp at 6), 2.5e-7 relative
-/// on `|x| < 5` and 6e-7 on the tail to -6 (the `erf` path above: 4.5e-7 and 1.1e-5).
-#[rustfmt::skip]
-#[allow(clippy::approx_constant)]
-const GELU_TAIL: [[f32; 16]; 8] = [
-    [0.42563432, 0.2868877, 0.1742507, 0.09467574, 0.045753624, 0.01958008, 0.007394607, 0.0024579011, 7.175423e-04, 1.8366995e-04, 4.1167466e-05, 8.070944e-06, 1.3828135e-06, 2.0689703e-07, 2.7016673e-08, 3.077334e-09],
-    [-0.3919909, -0.3405676, -0.2570739, -0.16859318, -0.0960615, -0.04755389, -0.020452674, -0.007642606, -0.0024811907, -6.99852e-04, -1.7150611e-04, -3.651576e-05, -6.7547367e-06, -1.0855852e-06, -1.515817e-07, -1.8388954e-08],
-    [0.036749143, 0.095784634, 0.120503396, 0.11063928, 0.08105189, 0.049039952, 0.024926696, 0.010747414, 0.0039543975, 0.0012466114, 3.376527e-04, 7.873714e-05, 1.583143e-05, 2.747893e-06, 4.121142e-07, 5.3443202e-08],
-    [0.06303499, 0.03880164, 0.0051883375, -0.020305814, -0.029581431, -0.025789313, -0.016844163, -0.008801936, -0.0037880177, -0.0013637095, -4.1458447e-04, -1.0709831e-04, -2.3610619e-05, -4.4560616e-06, -7.2167086e-07, -1.0047615e-07],
-    [-0.009079341, -0.021420052, -0.021299658, -0.011777187, -0.0010292622, 0.005124151, 0.006109984, 0.0043976963, 0.0023595537, 0.0010067947, 3.5182675e-04, 1.0233737e-04, 2.5027472e-05, 5.180779e-06, 9.1208074e-07, 1.3704235e-07],
-    [-0.009114377, -0.0034099987, 0.0032155728, 0.0061370227, 0.00478409, 0.0017544627, -4.518888e-04, -0.0011532089, -9.358882e-04, -5.12761e-04, -2.1489695e-04, -7.222397e-05, -1.9934003e-05, -4.581834e-06, -8.850125e-07, -1.445609e-07],
-    [0.0014825425, 0.0031512985, 0.0023257635, 2.3482983e-04, -0.0011953794, -0.0012798653, -6.321088e-04, -4.9124526e-05, 1.8052757e-04, 1.697529e-04, 9.433004e-05, 3.851882e-05, 1.2368737e-05, 3.2229004e-06, 6.935879e-07, 1.2465823e-07],
-    [0.0010343492, 1.4410318e-04, -6.9348403e-04, -7.6538714e-04, -2.7201007e-04, 1.711167e-04, 2.7101688e-04, 1.5299775e-04, 2.7045768e-05, -2.5629583e-05, -2.7012533e-05, -1.4691889e-05, -5.679775e-06, -1.6995344e-06, -4.085999e-07, -8.055831e-08],
-];
-
-/// The [`GELU_TAIL`] interval of `a = |x|` and the offset `u` from its centre.
-#[inline(always)]
-fn gelu_interval(a: f32) -> (usize, f32) {
-    let i = (a * (1.0 / GELU_STEP)).min(15.0) as usize;
-    (i, (i as f32).mul_add(-GELU_STEP, a) - 0.5 * GELU_STEP)
-}
+use crate::cpu::Isa;
+#[cfg(target_arch = "x86_64")]
+use crate::math::{GELU_LIMIT, GELU_STEP, GELU_TAIL, LN2_HI, LN2_LO, LOG2E};
+pub use crate::math::{erf, exp, gelu, gelu_grad};
 
 /// [`gelu_interval`] on 16 lanes (the same operations, so the same bits).
 ///
@@ -108,20 +31,6 @@ unsafe fn gelu_interval_avx512(
     (i, u)
 }
 
-/// Exact (erf) GELU, `x Φ(x)`, through [`GELU_TAIL`]: no division, no `exp`. The AVX-512 path
-/// ([`gelu_avx512`]) performs the same operations in the same order, so both give the same bits.
-#[inline(always)]
-pub fn gelu(x: f32) -> f32 {
-    let a = x.abs();
-    let (i, u) = gelu_interval(a);
-    let mut p = GELU_TAIL[7][i];
-    for d in (0..7).rev() {
-        p = p.mul_add(u, GELU_TAIL[d][i]);
-    }
-    let tail = if a >= GELU_LIMIT { 0.0 } else { p };
-    x * if x < 0.0 { tail } else { 1.0 - tail }
-}
-
 /// [`gelu`] on 16 lanes.
 ///
 /// # Safety
@@ -129,7 +38,7 @@ pub fn gelu(x: f32) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-pub(crate) unsafe fn gelu_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+pub(crate) unsafe fn gelu_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 { unsafe {
     use std::arch::x86_64::*;
     let a = _mm512_abs_ps(x);
     let (i, u) = gelu_interval_avx512(a);
@@ -145,29 +54,7 @@ pub(crate) unsafe fn gelu_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86
     let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
     let phi = _mm512_mask_mov_ps(_mm512_sub_ps(_mm512_set1_ps(1.0), tail), negative, tail);
     _mm512_mul_ps(x, phi)
-}
-
-/// Derivative of the exact GELU, `Φ(x) + x φ(x)`, through [`GELU_TAIL`]: the polynomial of
-/// `Φ(-|x|)` and its derivative `-φ(x)` in one Horner pass (no division, no `exp`). The
-/// AVX-512 path ([`gelu_grad_avx512`]) performs the same operations in the same order.
-#[inline(always)]
-pub fn gelu_grad(x: f32) -> f32 {
-    let a = x.abs();
-    let (i, u) = gelu_interval(a);
-    let mut p = GELU_TAIL[7][i];
-    let mut dp = 0.0f32;
-    for d in (0..7).rev() {
-        dp = dp.mul_add(u, p);
-        p = p.mul_add(u, GELU_TAIL[d][i]);
-    }
-    let (tail, density) = if a >= GELU_LIMIT {
-        (0.0, 0.0)
-    } else {
-        (p, -dp)
-    };
-    let cdf = if x < 0.0 { tail } else { 1.0 - tail };
-    x.mul_add(density, cdf)
-}
+}}
 
 /// [`gelu_grad`] on 16 lanes.
 ///
@@ -176,7 +63,7 @@ pub fn gelu_grad(x: f32) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn gelu_grad_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+unsafe fn gelu_grad_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 { unsafe {
     use std::arch::x86_64::*;
     let a = _mm512_abs_ps(x);
     let (i, u) = gelu_interval_avx512(a);
@@ -193,7 +80,7 @@ unsafe fn gelu_grad_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::_
     let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
     let cdf = _mm512_mask_mov_ps(_mm512_sub_ps(_mm512_set1_ps(1.0), tail), negative, tail);
     _mm512_fmadd_ps(x, density, cdf)
-}
+}}
 
 /// `dst[j] = dy[j] · gelu'(x[j])`: the GELU backward pass over a chunk, vectorised where the
 /// CPU allows (same bits as the scalar path). Every element is written, so `dst` may be
@@ -203,12 +90,28 @@ pub fn gelu_backward_into(dst: &mut [std::mem::MaybeUninit<f32>], x: &[f32], dy:
         x.len() == dst.len() && dy.len() == dst.len(),
         "gelu_backward_into: lengths differ"
     );
-    #[cfg(target_arch = "x86_64")]
-    if super::sgemm::available() {
-        // SAFETY: AVX-512F is present; the lengths are equal (checked above).
-        unsafe { gelu_backward_avx512(dst, x, dy) };
-        return;
+    match crate::cpu::isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F is selected; the lengths are equal (checked above).
+        Isa::Avx512 | Isa::Avx512Bf16 => return unsafe { gelu_backward_avx512(dst, x, dy) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA are selected.
+        Isa::Avx2Fma => return unsafe { gelu_backward_avx2(dst, x, dy) },
+        _ => {}
     }
+    for ((o, &xv), &g) in dst.iter_mut().zip(x).zip(dy) {
+        o.write(g * gelu_grad(xv));
+    }
+}
+
+/// [`gelu_backward_into`]'s scalar loop compiled for AVX2+FMA (the same operations: the same
+/// bits).
+///
+/// # Safety
+/// AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_backward_avx2(dst: &mut [std::mem::MaybeUninit<f32>], x: &[f32], dy: &[f32]) {
     for ((o, &xv), &g) in dst.iter_mut().zip(x).zip(dy) {
         o.write(g * gelu_grad(xv));
     }
@@ -221,7 +124,7 @@ pub fn gelu_backward_into(dst: &mut [std::mem::MaybeUninit<f32>], x: &[f32], dy:
 /// AVX-512F; `dst`, `x` and `dy` have the same length.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn gelu_backward_avx512(dst: &mut [std::mem::MaybeUninit<f32>], x: &[f32], dy: &[f32]) {
+unsafe fn gelu_backward_avx512(dst: &mut [std::mem::MaybeUninit<f32>], x: &[f32], dy: &[f32]) { unsafe {
     use std::arch::x86_64::*;
     let n = dst.len();
     let (d, xp, gp) = (dst.as_mut_ptr().cast::<f32>(), x.as_ptr(), dy.as_ptr());
@@ -242,18 +145,44 @@ unsafe fn gelu_backward_avx512(dst: &mut [std::mem::MaybeUninit<f32>], x: &[f32]
         );
         _mm512_mask_storeu_ps(d.add(j), m, g);
     }
-}
+}}
 
 /// Exact GELU in place over `x`, vectorised where the CPU allows (the activation of a linear
 /// layer fused into its output pass).
 pub fn gelu_in_place(x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was detected above; source and destination are the same `x`.
-        unsafe { gelu_row_avx512(x.as_mut_ptr(), x.as_ptr(), x.len()) };
-        return;
+    gelu_in_place_on(crate::cpu::isa(), x);
+}
+
+/// [`gelu_in_place`] on `isa` (which must run on this CPU: callers pass the family they read
+/// from [`crate::cpu::isa`]).
+pub(crate) fn gelu_in_place_on(isa: Isa, x: &mut [f32]) {
+    let (dst, src, n) = (x.as_mut_ptr(), x.as_ptr(), x.len());
+    // SAFETY: `src` and `dst` are the same `n` values of `x`; every row kernel allows that.
+    unsafe { gelu_row(isa, dst, src, n) }
+}
+
+/// `dst[j] = gelu(src[j])` for `j < n` on `isa` (`dst` may be `src`).
+///
+/// # Safety
+/// `isa` runs on this CPU; `src` valid for `n` reads and `dst` for `n` writes.
+unsafe fn gelu_row(isa: Isa, dst: *mut f32, src: *const f32, n: usize) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F selected; the pointers are this function's.
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { gelu_row_avx512(dst, src, n) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA selected; the pointers are this function's.
+        Isa::Avx2Fma => unsafe { crate::arch::avx2::gelu_row(dst, src, n) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON selected; the pointers are this function's.
+        Isa::Neon { .. } => unsafe { crate::arch::neon::gelu_row(dst, src, n) },
+        _ => {
+            for j in 0..n {
+                // SAFETY: `j < n`; each value is read before its own slot is written.
+                unsafe { *dst.add(j) = gelu(*src.add(j)) };
+            }
+        }
     }
-    x.iter_mut().for_each(|v| *v = gelu(*v));
 }
 
 /// `dst[j] = gelu(src[j])` for `j < n`, 16 lanes at a time (masked tail); `dst` may be `src`.
@@ -262,7 +191,7 @@ pub fn gelu_in_place(x: &mut [f32]) {
 /// AVX-512F; `src` valid for `n` reads and `dst` for `n` writes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn gelu_row_avx512(dst: *mut f32, src: *const f32, n: usize) {
+unsafe fn gelu_row_avx512(dst: *mut f32, src: *const f32, n: usize) { unsafe {
     use std::arch::x86_64::*;
     let mut j = 0;
     while j + 16 <= n {
@@ -274,7 +203,7 @@ unsafe fn gelu_row_avx512(dst: *mut f32, src: *const f32, n: usize) {
         let v = gelu_avx512(_mm512_maskz_loadu_ps(m, src.add(j)));
         _mm512_mask_storeu_ps(dst.add(j), m, v);
     }
-}
+}}
 
 /// Exact GELU in place over an `mr x nr` tile at row stride `ldc`, for GEMM kernels (AVX-512
 /// code: the tile was just written and is still in L1).
@@ -284,24 +213,26 @@ unsafe fn gelu_row_avx512(dst: *mut f32, src: *const f32, n: usize) {
 /// `ldc`, accessed by no one else during the call.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn gelu_tile_avx512(c: *mut f32, ldc: usize, mr: usize, nr: usize) {
+pub(crate) unsafe fn gelu_tile_avx512(c: *mut f32, ldc: usize, mr: usize, nr: usize) { unsafe {
     for i in 0..mr {
         let row = c.add(i * ldc);
         gelu_row_avx512(row, row, nr);
     }
-}
+}}
 
 /// `dst[j] = gelu(src[j])` into uninitialised storage (every element is written), 16 lanes at a
 /// time where the CPU has AVX-512F.
 pub fn gelu_into_uninit(dst: &mut [std::mem::MaybeUninit<f32>], src: &[f32]) {
     assert_eq!(dst.len(), src.len(), "gelu_into_uninit: lengths differ");
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was detected above; both slices hold `src.len()` elements.
-        unsafe { gelu_row_avx512(dst.as_mut_ptr().cast::<f32>(), src.as_ptr(), src.len()) };
-        return;
-    }
-    map_into_uninit(dst, src, gelu);
+    // SAFETY: both slices hold `src.len()` elements; the kernels write every one of `dst`.
+    unsafe {
+        gelu_row(
+            crate::cpu::isa(),
+            dst.as_mut_ptr().cast::<f32>(),
+            src.as_ptr(),
+            src.len(),
+        )
+    };
 }
 
 /// Applies `f` element-wise from `src` into the uninitialised `dst` (every element of `dst` is
@@ -313,19 +244,14 @@ pub fn map_into_uninit(
     f: impl Fn(f32) -> f32 + Copy,
 ) {
     assert_eq!(dst.len(), src.len(), "map_into_uninit: lengths differ");
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was detected above.
-            unsafe { map_into_uninit_avx512(dst, src, f) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the features were detected above.
-            unsafe { map_into_uninit_avx2(dst, src, f) };
-            return;
-        }
+    match crate::cpu::isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F selected.
+        Isa::Avx512 | Isa::Avx512Bf16 => return unsafe { map_into_uninit_avx512(dst, src, f) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA selected.
+        Isa::Avx2Fma => return unsafe { map_into_uninit_avx2(dst, src, f) },
+        _ => {}
     }
     for (d, s) in dst.iter_mut().zip(src) {
         d.write(f(*s));
@@ -372,19 +298,14 @@ unsafe fn zip_map_into_avx512(
 /// `dst[i] = f(a[i], b[i])`, compiled for AVX2+FMA when available.
 #[inline(always)]
 pub fn zip_map_into(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was detected above.
-            unsafe { zip_map_into_avx512(dst, a, b, f) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the features were detected above.
-            unsafe { zip_map_into_avx2(dst, a, b, f) };
-            return;
-        }
+    match crate::cpu::isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F selected.
+        Isa::Avx512 | Isa::Avx512Bf16 => return unsafe { zip_map_into_avx512(dst, a, b, f) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA selected.
+        Isa::Avx2Fma => return unsafe { zip_map_into_avx2(dst, a, b, f) },
+        _ => {}
     }
     for ((d, x), y) in dst.iter_mut().zip(a).zip(b) {
         *d = f(*x, *y);
@@ -411,10 +332,17 @@ unsafe fn zip_map_into_avx2(
 /// [`exp`], not always its last bit).
 pub fn masked_exp_sum(row: &mut [f32], mask: &[f32], scale: f32, max: f32) -> f32 {
     assert_eq!(row.len(), mask.len(), "masked_exp_sum: lengths differ");
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was detected above; both slices have `row.len()` elements.
-        return unsafe { masked_exp_sum_avx512(row, mask, scale, max) };
+    match crate::cpu::isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F selected; both slices have `row.len()` elements.
+        Isa::Avx512 | Isa::Avx512Bf16 => return unsafe { masked_exp_sum_avx512(row, mask, scale, max) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA selected; both slices have `row.len()` elements.
+        Isa::Avx2Fma => return unsafe { crate::arch::avx2::masked_exp_sum(row, mask, scale, max) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON selected; both slices have `row.len()` elements.
+        Isa::Neon { .. } => return unsafe { crate::arch::neon::masked_exp_sum(row, mask, scale, max) },
+        _ => {}
     }
     let mut total = 0.0;
     for (x, &m) in row.iter_mut().zip(mask) {
@@ -462,7 +390,7 @@ unsafe fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn masked_exp_sum_avx512(row: &mut [f32], mask: &[f32], scale: f32, max: f32) -> f32 {
+unsafe fn masked_exp_sum_avx512(row: &mut [f32], mask: &[f32], scale: f32, max: f32) -> f32 { unsafe {
     use std::arch::x86_64::*;
     let (vscale, vmax, half) = (
         _mm512_set1_ps(scale),
@@ -489,7 +417,7 @@ unsafe fn masked_exp_sum_avx512(row: &mut [f32], mask: &[f32], scale: f32, max: 
         j += 16;
     }
     _mm512_reduce_add_ps(acc)
-}
+}}
 
 /// Sum with 16 independent lanes (vectorisable; f32 addition order differs from a sequential
 /// sum by rounding only).
@@ -511,19 +439,26 @@ pub fn sum(v: &[f32]) -> f32 {
 /// available).
 #[inline(always)]
 pub fn masked_max(v: &[f32], mask: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was detected above.
-            return unsafe { masked_max_avx512(v, mask) };
-        }
+    match crate::cpu::isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F selected.
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { masked_max_avx512(v, mask) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA selected.
+        Isa::Avx2Fma => unsafe { masked_max_avx2(v, mask) },
+        _ => masked_max_lanes(v, mask),
     }
-    masked_max_lanes(v, mask)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn masked_max_avx512(v: &[f32], mask: &[f32]) -> f32 {
+    masked_max_lanes(v, mask)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn masked_max_avx2(v: &[f32], mask: &[f32]) -> f32 {
     masked_max_lanes(v, mask)
 }
 

@@ -11,7 +11,8 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::kernels::{gemm_new, MatRef};
+use crate::cpu::MatRef;
+use crate::gemm::gemm_new;
 
 /// Rows of `x` per task of [`rows_times_few`].
 const ROWS_PER_TASK: usize = 64;
@@ -21,11 +22,11 @@ const COLS_PER_TASK: usize = 32;
 const RANK_BLOCK: usize = 8;
 
 /// `x · wᵀ` (`[m, r]`) for `x: [m, k]` and `w: [r, k]`, both row-major.
-pub(crate) fn rows_times_few(x: &[f32], m: usize, k: usize, w: &[f32], r: usize) -> Vec<f32> {
+pub fn rows_times_few(x: &[f32], m: usize, k: usize, w: &[f32], r: usize) -> Vec<f32> {
     assert!(x.len() >= m * k, "rows_times_few: x is shorter than m x k");
     assert_eq!(w.len(), r * k, "rows_times_few: w is not r x k");
     #[cfg(target_arch = "x86_64")]
-    if super::sgemm::available() && m > 0 && r > 0 && k > 0 {
+    if crate::cpu::isa().avx512() && m > 0 && r > 0 && k > 0 {
         let mut out = vec![0f32; m * r];
         out.par_chunks_mut(ROWS_PER_TASK * r)
             .enumerate()
@@ -43,11 +44,11 @@ pub(crate) fn rows_times_few(x: &[f32], m: usize, k: usize, w: &[f32], r: usize)
 
 /// `uᵀ · v` (`[r, n]`) for `u: [m, r]` and `v: [m, n]`, both row-major: a sum over the `m`
 /// rows of outer products.
-pub(crate) fn few_times_rows(u: &[f32], r: usize, v: &[f32], m: usize, n: usize) -> Vec<f32> {
+pub fn few_times_rows(u: &[f32], r: usize, v: &[f32], m: usize, n: usize) -> Vec<f32> {
     assert_eq!(u.len(), m * r, "few_times_rows: u is not m x r");
     assert!(v.len() >= m * n, "few_times_rows: v is shorter than m x n");
     #[cfg(target_arch = "x86_64")]
-    if super::sgemm::available() && m > 0 && r > 0 && n > 0 {
+    if crate::cpu::isa().avx512() && m > 0 && r > 0 && n > 0 {
         // Column blocks in parallel; each task writes its own columns of every output row.
         let blocks = n.div_ceil(COLS_PER_TASK);
         let parts: Vec<Vec<f32>> = (0..blocks)
@@ -107,7 +108,7 @@ unsafe fn rows_times_few_avx512(
     w: &[f32],
     r: usize,
     out: &mut [f32],
-) {
+) { unsafe {
     debug_assert!(x.len() >= rows * k && w.len() == r * k && out.len() >= rows * r);
     let full = k / 16 * 16;
     let tail = lanes(k - full);
@@ -151,7 +152,7 @@ unsafe fn rows_times_few_avx512(
             }
         }
     }
-}
+}}
 
 /// Columns `c0..c0 + width` (`width <= 32`) of [`few_times_rows`], into `out[r, width]`: for
 /// each row of `v`, its two 16-lane vectors times up to [`RANK_BLOCK`] broadcast values of `u`.
@@ -170,7 +171,7 @@ unsafe fn few_times_rows_avx512(
     c0: usize,
     width: usize,
     out: &mut [f32],
-) {
+) { unsafe {
     debug_assert!(width <= 32 && c0 + width <= n && out.len() >= r * width);
     let (m0, m1) = (lanes(width), lanes(width.saturating_sub(16)));
     for j0 in (0..r).step_by(RANK_BLOCK) {
@@ -195,7 +196,7 @@ unsafe fn few_times_rows_avx512(
             _mm512_mask_storeu_ps(o.add(16), m1, acc1[j]);
         }
     }
-}
+}}
 
 #[cfg(test)]
 mod tests {

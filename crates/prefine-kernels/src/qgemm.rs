@@ -13,11 +13,14 @@
 //! weight row at packing time, `Σ_p (q_ip - z_i) w_jp = acc_ij - z_i Σ_p w_jp`, and
 //! `y_ij = (s_x,i · s_w,j) · (acc_ij - z_i Σ_p w_jp) + b_j` (one fused multiply-add).
 //!
-//! Accumulation is exact in i32: `vpdpbusd` adds four u8·s8 products (each |·| <= 255·127)
-//! to a 32-bit lane without saturation, so even `k = 65536` stays below 2³¹. (AVX-512BW's
-//! `vpmaddubsw` would saturate pairs to i16 and is therefore not used: with it the SIMD and
-//! scalar paths would not agree.) The portable scalar path computes the same integers and
-//! the same fused epilogue, so both paths give bit-identical outputs (tested).
+//! Accumulation is exact in i32 on every kernel family, so all of them give bit-identical
+//! outputs (tested): AVX-512 VNNI's `vpdpbusd` adds four u8·s8 products (each |·| <= 255·127)
+//! to a 32-bit lane without saturation, so even `k = 65536` stays below 2³¹; AVX2 widens both
+//! operands to i16 and multiplies pairs with `vpmaddwd` (exact; `vpmaddubsw` would saturate
+//! pairs to i16 and is therefore not used); NEON runs `SDOT` where the core has it, widening
+//! `vmull_s8` / `vpadalq_s16` otherwise, on activations shifted to s8 (`a - 128`) and corrected
+//! with `128 Σ_p w_jp`; the portable scalar path computes the same integers. The f32 epilogue is
+//! the same fused multiply-add everywhere.
 //!
 //! Weights are packed once ([`PackedI8::pack`]) into 32-column panels of 4-byte groups: for
 //! each group of four `k` values, the 32 columns' four bytes lie next to each other, which is
@@ -28,51 +31,13 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-/// Rows of `x` per register tile.
-const MR: usize = 12;
+use crate::cpu::Isa;
+pub(crate) use crate::tile::{MR, NR};
+
 /// How many 4-byte groups of a panel the VNNI kernel prefetches ahead (64 x 128 bytes).
 const PREFETCH_Q: usize = 64;
-/// Columns of `W` (outputs) per register tile and packed panel.
-const NR: usize = 32;
 /// Rows per parallel task (a multiple of `MR`).
 const MC: usize = 96;
-
-/// Whether the AVX512_VNNI kernel can run here (`PREFINE_INT8_SCALAR=1` forces the portable
-/// path, for comparisons).
-pub(crate) fn vnni_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-                && std::env::var_os("PREFINE_INT8_SCALAR").is_none()
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Whether the AVX-512 activation quantiser and epilogue can run here.
-fn avx512_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::env::var_os("PREFINE_INT8_SCALAR").is_none()
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
 
 /// Per-output-channel symmetric int8 quantisation of a row-major `[n, k]` weight matrix:
 /// `(q, scales)` with `w_jp ≈ scales[j] · q[j * k + p]`, `q` in `[-127, 127]` (round half to
@@ -220,7 +185,7 @@ fn quantize_row_scalar(x: &[f32], out: &mut [u8]) -> (f32, i32) {
 /// enabled for the 128-bit masked byte store (without it the intrinsic is an out-of-line call).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, i32) {
+unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, i32) { unsafe {
     let k = x.len();
     let mut vlo = _mm512_set1_ps(f32::INFINITY);
     let mut vhi = _mm512_set1_ps(f32::NEG_INFINITY);
@@ -257,11 +222,11 @@ unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, i32) {
         p += 16;
     }
     (scale, zero)
-}
+}}
 
 /// Quantises the rows of a row-major `[m, k]` matrix to u8 (see [`QuantizedRows`]).
 pub fn quantize_rows(x: &[f32], m: usize, k: usize) -> QuantizedRows {
-    quantize_rows_with(x, m, k, avx512_available())
+    quantize_rows_with(x, m, k, crate::cpu::isa().avx512())
 }
 
 fn quantize_rows_with(x: &[f32], m: usize, k: usize, simd: bool) -> QuantizedRows {
@@ -307,7 +272,7 @@ fn quantize_rows_with(x: &[f32], m: usize, k: usize, simd: bool) -> QuantizedRow
 
 /// The i32 accumulators of one `MR x NR` tile: `tile[i][j] = Σ_p a[i][p] · w[j][p]` over the
 /// whole (padded) `k`. Rows `>= mr` repeat row 0 (their results are not used).
-fn tile_scalar(
+pub(crate) fn tile_scalar(
     kq: usize,
     a: &[u8],
     lda: usize,
@@ -350,14 +315,14 @@ unsafe fn tile_vnni(
     mr: usize,
     panel: *const i8,
     tile: &mut [[i32; NR]; MR],
-) {
+) { unsafe {
     // The smallest row count that covers `mr` (a 32-row batch-1 input is 12 + 12 + 8 rows).
     match mr {
         0..=4 => tile_vnni_rows::<4>(kq, a, lda, mr, panel, tile),
         5..=8 => tile_vnni_rows::<8>(kq, a, lda, mr, panel, tile),
         _ => tile_vnni_rows::<MR>(kq, a, lda, mr, panel, tile),
     }
-}
+}}
 
 /// [`tile_vnni`] for `R` accumulator rows (`mr <= R <= MR`); fills the first `R` rows of `tile`.
 ///
@@ -372,7 +337,7 @@ unsafe fn tile_vnni_rows<const R: usize>(
     mr: usize,
     panel: *const i8,
     tile: &mut [[i32; NR]; MR],
-) {
+) { unsafe {
     let mut rows = [a; R];
     for (i, r) in rows.iter_mut().enumerate().take(mr) {
         *r = a.add(i * lda);
@@ -396,7 +361,7 @@ unsafe fn tile_vnni_rows<const R: usize>(
         _mm512_storeu_si512(t.as_mut_ptr() as *mut _, row[0]);
         _mm512_storeu_si512(t.as_mut_ptr().add(16) as *mut _, row[1]);
     }
-}
+}}
 
 /// Per-column parameters of one panel's epilogue.
 struct Cols<'a> {
@@ -419,7 +384,7 @@ unsafe fn epilogue_scalar(
     cols: &Cols,
     c: *mut f32,
     ldc: usize,
-) {
+) { unsafe {
     for i in 0..mr {
         let cr = c.add(i * ldc);
         for j in 0..nr {
@@ -427,7 +392,7 @@ unsafe fn epilogue_scalar(
             *cr.add(j) = (v as f32).mul_add(sx[i] * cols.scale[j], cols.bias[j]);
         }
     }
-}
+}}
 
 /// [`epilogue_scalar`] with AVX-512 (identical results: the same integer correction, the same
 /// product of scales, one fused multiply-add).
@@ -446,8 +411,8 @@ unsafe fn epilogue_avx512(
     cols: &Cols,
     c: *mut f32,
     ldc: usize,
-) {
-    let (m0, m1) = super::sgemm::tail_masks(nr);
+) { unsafe {
+    let (m0, m1) = crate::sgemm::tail_masks(nr);
     let sw = [
         _mm512_loadu_ps(cols.scale.as_ptr()),
         _mm512_loadu_ps(cols.scale.as_ptr().add(16)),
@@ -471,7 +436,7 @@ unsafe fn epilogue_avx512(
             _mm512_mask_storeu_ps(cr.add(16 * h), if h == 0 { m0 } else { m1 }, y);
         }
     }
-}
+}}
 
 #[derive(Clone, Copy)]
 struct OutPtr<T>(*mut T);
@@ -500,14 +465,14 @@ enum Sink<'a> {
 }
 
 /// Runs every tile of `a · Wᵀ`, in parallel tasks of row blocks x panel groups.
-fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, vnni: bool, sink: &Sink) {
+fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, isa: Isa, sink: &Sink) {
     let n = w.n;
     let npanels = n.div_ceil(NR);
     let stride = w.kq * NR * 4;
     let mblocks = m.div_ceil(MC);
     let threads = rayon::current_num_threads();
     let parallel = threads > 1 && m * n * w.k >= 32 * 32 * 64;
-    let (groups, per_group) = super::sgemm::column_groups(mblocks, npanels, parallel);
+    let (groups, per_group) = crate::sgemm::column_groups(mblocks, npanels, parallel);
     let task = |t: usize| {
         // Group-major order: rayon halves the task range, and each half then holds every row
         // block (a short last block no longer lands beside its twin on one thread).
@@ -515,7 +480,7 @@ fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, vnni: bool, sink: &Sink) {
         let i0 = ib * MC;
         let mc = MC.min(m - i0);
         let (first, last) = (g * per_group, ((g + 1) * per_group).min(npanels));
-        let mut tile = [[0i32; NR]; MR];
+        let mut tile_acc = [[0i32; NR]; MR];
         for jp in first..last {
             let j0 = jp * NR;
             let nr = NR.min(n - j0);
@@ -523,27 +488,8 @@ fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, vnni: bool, sink: &Sink) {
             for ir in (0..mc).step_by(MR) {
                 let row0 = i0 + ir;
                 let mr = MR.min(mc - ir);
-                #[cfg(target_arch = "x86_64")]
-                if vnni {
-                    // SAFETY: VNNI detected; rows row0..row0+mr exist in `a` (lda bytes each).
-                    unsafe {
-                        tile_vnni(
-                            w.kq,
-                            x.a.as_ptr().add(row0 * x.lda),
-                            x.lda,
-                            mr,
-                            panel.as_ptr(),
-                            &mut tile,
-                        )
-                    };
-                } else {
-                    tile_scalar(w.kq, &x.a, x.lda, row0, mr, panel, &mut tile);
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                {
-                    let _ = vnni;
-                    tile_scalar(w.kq, &x.a, x.lda, row0, mr, panel, &mut tile);
-                }
+                let sums = &w.row_sums[j0..j0 + NR];
+                tile(isa, w.kq, &x.a, x.lda, row0, mr, panel, sums, &mut tile_acc);
                 match sink {
                     Sink::F32 {
                         c,
@@ -564,24 +510,24 @@ fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, vnni: bool, sink: &Sink) {
                             let dst = cp.add(row0 * n + j0);
                             #[cfg(target_arch = "x86_64")]
                             if *simd {
-                                epilogue_avx512(&tile, mr, nr, sx, zr, &cols, dst, n);
+                                epilogue_avx512(&tile_acc, mr, nr, sx, zr, &cols, dst, n);
                                 if *gelu {
-                                    super::fast_math::gelu_tile_avx512(dst, n, mr, nr);
+                                    crate::fast_math::gelu_tile_avx512(dst, n, mr, nr);
                                 }
                                 continue;
                             }
                             let _ = simd;
-                            epilogue_scalar(&tile, mr, nr, sx, zr, &cols, dst, n);
+                            epilogue_scalar(&tile_acc, mr, nr, sx, zr, &cols, dst, n);
                             if *gelu {
                                 for i in 0..mr {
                                     let row = std::slice::from_raw_parts_mut(dst.add(i * n), nr);
-                                    row.iter_mut().for_each(|v| *v = super::fast_math::gelu(*v));
+                                    crate::fast_math::gelu_in_place_on(isa, row);
                                 }
                             }
                         }
                     }
                     Sink::I32 { c } => {
-                        for (i, trow) in tile.iter().enumerate().take(mr) {
+                        for (i, trow) in tile_acc.iter().enumerate().take(mr) {
                             for (j, &v) in trow.iter().enumerate().take(nr) {
                                 // SAFETY: inside the m x n output, this task's tile.
                                 unsafe { *c.get().add((row0 + i) * n + j0 + j) = v };
@@ -601,19 +547,11 @@ fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, vnni: bool, sink: &Sink) {
 }
 
 /// `y[m, n] = x[m, k] · Wᵀ + bias` with `x` quantised per row to u8 and `W` the packed int8
-/// weight; f32 output. `force_scalar` selects the portable path (tests).
-pub fn int8_linear(
-    x: &[f32],
-    m: usize,
-    w: &PackedI8,
-    bias: &[f32],
-    gelu: bool,
-    force_scalar: bool,
-) -> Vec<f32> {
+/// weight; f32 output, on the selected kernel family.
+pub fn int8_linear(x: &[f32], m: usize, w: &PackedI8, bias: &[f32], gelu: bool) -> Vec<f32> {
     assert!(x.len() >= m * w.k, "int8_linear: x is shorter than m x k");
-    let simd = avx512_available() && !force_scalar;
-    let xq = quantize_rows_with(x, m, w.k, simd);
-    int8_linear_quantized(&xq, m, w, bias, gelu, force_scalar)
+    let xq = quantize_rows_with(x, m, w.k, crate::cpu::isa().avx512());
+    int8_linear_quantized(&xq, m, w, bias, gelu)
 }
 
 /// [`int8_linear`] from activations already quantised by [`quantize_rows`] (several layers
@@ -624,7 +562,6 @@ pub fn int8_linear_quantized(
     w: &PackedI8,
     bias: &[f32],
     gelu: bool,
-    force_scalar: bool,
 ) -> Vec<f32> {
     let n = w.n;
     assert!(
@@ -632,30 +569,64 @@ pub fn int8_linear_quantized(
         "int8_linear: quantised input does not match m x k"
     );
     assert_eq!(bias.len(), n, "int8_linear: one bias per output");
-    let simd = avx512_available() && !force_scalar;
+    let isa = crate::cpu::isa();
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
     let sink = Sink::F32 {
         c: OutPtr(y.as_mut_ptr()),
         bias,
-        simd,
+        simd: isa.avx512(),
         gelu,
     };
-    drive(xq, m, w, vnni_available() && !force_scalar, &sink);
+    drive(xq, m, w, isa, &sink);
     // SAFETY: every tile of the m x n output was written by `drive` (the tiles cover it).
     unsafe { y.set_len(m * n) };
     y
 }
 
-/// The integer products `a[m, k] · Wᵀ` (u8 x s8 -> i32) of quantised rows, through the VNNI
-/// kernel or, with `force_scalar` (or without VNNI), the portable one.
-pub fn int8_gemm_i32(x: &QuantizedRows, m: usize, w: &PackedI8, force_scalar: bool) -> Vec<i32> {
+/// The integer products `a[m, k] · Wᵀ` (u8 x s8 -> i32) of quantised rows, on the selected
+/// kernel family.
+pub fn int8_gemm_i32(x: &QuantizedRows, m: usize, w: &PackedI8) -> Vec<i32> {
     assert!(x.a.len() >= m * x.lda && x.lda == w.kq * 4);
     let mut c = vec![0i32; m * w.n];
     let sink = Sink::I32 {
         c: OutPtr(c.as_mut_ptr()),
     };
-    drive(x, m, w, vnni_available() && !force_scalar, &sink);
+    drive(x, m, w, crate::cpu::isa(), &sink);
     c
+}
+
+/// The i32 accumulators of one `MR x NR` tile (rows `row0..row0 + mr` of `a`, one panel) on
+/// `isa`'s kernel; `sums` are the panel's `Σ_p w_jp` (the NEON kernels' correction).
+#[allow(clippy::too_many_arguments)]
+fn tile(
+    isa: Isa,
+    kq: usize,
+    a: &[u8],
+    lda: usize,
+    row0: usize,
+    mr: usize,
+    panel: &[i8],
+    sums: &[i32],
+    acc: &mut [[i32; NR]; MR],
+) {
+    assert!(a.len() >= (row0 + mr) * lda && panel.len() >= kq * NR * 4 && sums.len() >= NR);
+    let _ = sums;
+    let rows = a[row0 * lda..].as_ptr();
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: VNNI selected; rows row0..row0+mr of `lda` bytes and the panel's
+        // `kq * NR * 4` bytes exist (asserted above).
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { tile_vnni(kq, rows, lda, mr, panel.as_ptr(), acc) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 selected; operands as above.
+        Isa::Avx2Fma => unsafe { crate::arch::avx2::qgemm_tile(kq, rows, lda, mr, panel.as_ptr(), acc) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON (and SDOT when `dotprod`) selected; operands as above.
+        Isa::Neon { dotprod } => unsafe {
+            crate::arch::neon::qgemm_tile(dotprod, kq, rows, lda, mr, panel.as_ptr(), sums, acc)
+        },
+        _ => tile_scalar(kq, a, lda, row0, mr, panel, acc),
+    }
 }
 
 #[cfg(test)]
@@ -716,14 +687,12 @@ mod tests {
             let w = PackedI8::pack(&q, &sc, n, k);
             let a = quantize_rows(&x, m, k);
             let want = naive(&a, &q, m, n, k);
-            for force_scalar in [false, true] {
-                let got = int8_gemm_i32(&a, m, &w, force_scalar);
-                assert_eq!(got, want, "{m}x{n}x{k} scalar={force_scalar}");
+            for isa in crate::cpu::supported() {
+                let got = crate::cpu::with_isa(isa, || int8_gemm_i32(&a, m, &w));
+                assert_eq!(got, want, "{m}x{n}x{k} on {isa}");
             }
         }
-        if !vnni_available() {
-            eprintln!("no AVX512_VNNI here: only the portable kernel was checked");
-        }
+        eprintln!("int8 kernels checked on {:?}", crate::cpu::supported());
     }
 
     #[test]
@@ -732,25 +701,21 @@ mod tests {
             let (x, q, sc) = case(m, n, k, 100 + t as u64);
             let w = PackedI8::pack(&q, &sc, n, k);
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 0.3).collect();
-            let fast = int8_linear(&x, m, &w, &bias, false, false);
-            let slow = int8_linear(&x, m, &w, &bias, false, true);
+            let slow = crate::cpu::with_isa(Isa::Scalar, || int8_linear(&x, m, &w, &bias, false));
+            let fast = int8_linear(&x, m, &w, &bias, false);
             assert_eq!(fast, slow, "{m}x{n}x{k}");
             // The fused GELU is GELU of the same output, on both paths.
             let mut want = fast.clone();
             want.iter_mut()
-                .for_each(|v| *v = super::super::fast_math::gelu(*v));
-            assert_eq!(
-                int8_linear(&x, m, &w, &bias, true, false),
-                want,
-                "{m}x{n}x{k}"
-            );
-            assert_eq!(
-                int8_linear(&x, m, &w, &bias, true, true),
-                want,
-                "{m}x{n}x{k}"
-            );
+                .for_each(|v| *v = super::crate::fast_math::gelu(*v));
+            for isa in crate::cpu::supported() {
+                let got = crate::cpu::with_isa(isa, || int8_linear(&x, m, &w, &bias, true));
+                assert_eq!(got, want, "{m}x{n}x{k} GELU on {isa}");
+                let plain = crate::cpu::with_isa(isa, || int8_linear(&x, m, &w, &bias, false));
+                assert_eq!(plain, slow, "{m}x{n}x{k} on {isa}");
+            }
             // And the quantisers agree code for code.
-            let qa = quantize_rows_with(&x, m, k, avx512_available());
+            let qa = quantize_rows_with(&x, m, k, crate::cpu::isa().avx512());
             let qb = quantize_rows_with(&x, m, k, false);
             assert_eq!(qa.a, qb.a);
             assert_eq!(qa.zero, qb.zero);
@@ -769,7 +734,7 @@ mod tests {
         let (q, sc) = quantize_weight_rows(&w, n, k);
         let packed = PackedI8::pack(&q, &sc, n, k);
         let bias = vec![0.5f32; n];
-        let y = int8_linear(&x, m, &packed, &bias, false, false);
+        let y = int8_linear(&x, m, &packed, &bias, false);
         let mut max_err = 0f64;
         let mut max_ref = 0f64;
         for i in 0..m {

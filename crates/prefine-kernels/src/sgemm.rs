@@ -1,26 +1,22 @@
-//! Single-precision GEMM with an AVX-512 micro-kernel (BLIS-style packing and blocking).
-//!
-//! The `gemm` crate only uses AVX-512 on nightly Rust; on this project's stable toolchain it runs
-//! its AVX2 kernel, which on an AVX-512 Xeon reaches about half of the FMA throughput. This
-//! kernel keeps a 12x32 tile of `C` in 24 zmm registers and streams packed panels of `A` and `B`.
-//! It is used when the CPU has AVX-512F; otherwise callers fall back to the `gemm` crate.
+//! Single-precision GEMM: BLIS-style packing and blocking around one register tile of `C`
+//! ([`crate::tile`], 12 x 32) per micro-kernel call, the micro-kernel picked by the selected
+//! [`Isa`]. The AVX-512 kernel keeps the tile in 24 zmm registers and streams packed panels of
+//! `A` and `B`; the AVX2+FMA, NEON and scalar kernels ([`crate::arch`]) cover it in smaller
+//! sub-tiles. The packed layouts are the same on every family.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::autocast::round_bf16_in_place;
-use super::kernels::{nothing_to_multiply, with_buffer, MatRef};
-
-pub(super) const MR: usize = 12;
-pub(super) const NR: usize = 32;
+use crate::cpu::{round_bf16_in_place, with_buffer, Isa, MatRef};
+pub(crate) use crate::tile::{ASource, Tile, MR, NR};
 /// Depth of one pass over `k`: 384 covers the hidden size of MiniLM-class models in one pass, so
 /// that their `[tokens, 384] x [384, n]` products write C once instead of twice; a B panel is then
 /// 48 KiB, streamed from L2 (measured: +10-15% on those GEMMs, +4% train_full, over 256).
-pub(super) const KC: usize = 384;
-pub(super) const MC: usize = 96;
-pub(super) const NC: usize = 2048;
+pub(crate) const KC: usize = 384;
+pub(crate) const MC: usize = 96;
+pub(crate) const NC: usize = 2048;
 /// How many rows of a B panel the micro-kernel prefetches ahead.
 const PREFETCH_ROWS: usize = 64;
 
@@ -36,7 +32,7 @@ thread_local! {
 
 /// What a GEMM's output starts from.
 #[derive(Clone, Copy)]
-pub(crate) enum Start<'a> {
+pub enum Start<'a> {
     /// Overwritten: `C = A · B`.
     Zero,
     /// Added to: `C += A · B`.
@@ -48,22 +44,13 @@ pub(crate) enum Start<'a> {
 
 impl Start<'_> {
     /// `Accumulate` or `Zero`.
-    pub(crate) fn from_accumulate(accumulate: bool) -> Self {
+    pub fn from_accumulate(accumulate: bool) -> Self {
         if accumulate {
             Start::Accumulate
         } else {
             Start::Zero
         }
     }
-}
-
-/// Where the micro-kernel reads A.
-#[derive(Clone, Copy)]
-enum ASource {
-    /// An `MR`-tall packed panel.
-    Panel(*const f32),
-    /// Rows in place, at this row stride.
-    Rows(*const f32, usize),
 }
 
 /// `PREFINE_SGEMM_PACK_A=1` packs A even when it is row-major (for comparisons).
@@ -77,14 +64,14 @@ fn pack_a_forced() -> bool {
 ///
 /// # Safety
 /// As [`nothing_to_multiply`].
-pub(super) unsafe fn empty_product(
+pub(crate) unsafe fn empty_product(
     m: usize,
     n: usize,
     k: usize,
     c: *mut f32,
     ldc: usize,
     start: Start,
-) -> bool {
+) -> bool { unsafe {
     if !nothing_to_multiply(m, n, k, c, ldc, matches!(start, Start::Accumulate)) {
         return false;
     }
@@ -94,29 +81,49 @@ pub(super) unsafe fn empty_product(
         }
     }
     true
+}}
+
+/// Finishes a GEMM with an empty operand: nothing for `m == 0` or `n == 0`, a zeroed `dst` for
+/// `k == 0` (unless accumulating). Returns whether the GEMM was of that kind.
+///
+/// # Safety
+/// `dst` must be valid for writes of `m` rows of `n` elements at stride `ldc`.
+pub(crate) unsafe fn nothing_to_multiply(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) -> bool {
+    if m == 0 || n == 0 {
+        return true;
+    }
+    if k != 0 {
+        return false;
+    }
+    if !accumulate {
+        for i in 0..m {
+            // SAFETY: row `i < m` of `n` elements lies in `dst` (the caller's contract).
+            unsafe { std::ptr::write_bytes(dst.add(i * ldc), 0, n) };
+        }
+    }
+    true
 }
 
-/// Whether the AVX-512 path can run on this CPU.
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+/// Whether a GEMM is big enough to split across threads.
+pub fn worth_parallel(m: usize, n: usize, k: usize) -> bool {
+    m * n * k > 48 * 48 * 48
 }
 
 #[derive(Clone, Copy)]
-pub(super) struct OutPtr(pub(super) *mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: tasks write disjoint row blocks of C.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 impl OutPtr {
     #[inline(always)]
-    pub(super) fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -125,7 +132,7 @@ impl OutPtr {
 /// the kernel's panel layout: what [`sgemm`] otherwise repacks on every call. Frozen inference
 /// weights use it (batch-1 inference spends about a quarter of its time packing weights).
 #[derive(Clone)]
-pub(crate) struct PackedB {
+pub struct PackedB {
     n: usize,
     k: usize,
     /// For each `NC` block of columns, for each `KC` block of `k`: that block's NR-wide panels
@@ -135,7 +142,7 @@ pub(crate) struct PackedB {
 
 impl PackedB {
     /// Packs `w[n, k]` (row-major, the weight of a linear layer with `n` outputs).
-    pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> Self {
+    pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "PackedB::pack: weight is not n x k");
         let b = MatRef::transposed(w, k);
         let mut data = Vec::with_capacity(n.div_ceil(NR) * NR * k);
@@ -152,12 +159,12 @@ impl PackedB {
     }
 
     /// The packed values (panel layout, padding included).
-    pub(crate) fn data(&self) -> &[f32] {
+    pub fn data(&self) -> &[f32] {
         &self.data
     }
 
     /// A borrowed view for [`sgemm_packed`].
-    pub(crate) fn view(&self) -> PanelsRef<'_> {
+    pub fn view(&self) -> PanelsRef<'_> {
         PanelsRef {
             n: self.n,
             k: self.k,
@@ -166,12 +173,12 @@ impl PackedB {
     }
 
     /// Bytes held (the padding of a last partial panel included).
-    pub(crate) fn bytes(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         4 * self.data.len()
     }
 
     /// The weight `w[n, k]` back in row-major order.
-    pub(crate) fn unpack(&self) -> Vec<f32> {
+    pub fn unpack(&self) -> Vec<f32> {
         self.view().unpack()
     }
 }
@@ -179,7 +186,7 @@ impl PackedB {
 /// Panels in [`PackedB`]'s layout, borrowed: a packed weight, or one widened from bf16 into a
 /// scratch buffer.
 #[derive(Clone, Copy)]
-pub(crate) struct PanelsRef<'a> {
+pub struct PanelsRef<'a> {
     n: usize,
     k: usize,
     data: &'a [f32],
@@ -187,12 +194,12 @@ pub(crate) struct PanelsRef<'a> {
 
 impl<'a> PanelsRef<'a> {
     /// Elements of the panels of a `[n, k]` weight.
-    pub(crate) fn len_for(n: usize, k: usize) -> usize {
+    pub fn len_for(n: usize, k: usize) -> usize {
         n.div_ceil(NR) * NR * k
     }
 
     /// Panels of a `[n, k]` weight held in `data` (`len_for(n, k)` elements).
-    pub(crate) fn new(n: usize, k: usize, data: &'a [f32]) -> Self {
+    pub fn new(n: usize, k: usize, data: &'a [f32]) -> Self {
         assert_eq!(data.len(), Self::len_for(n, k), "PanelsRef: wrong length");
         Self { n, k, data }
     }
@@ -204,12 +211,12 @@ impl<'a> PanelsRef<'a> {
     }
 
     /// `(n, k)`: outputs and inputs of the weight.
-    pub(crate) fn dims(&self) -> (usize, usize) {
+    pub fn dims(&self) -> (usize, usize) {
         (self.n, self.k)
     }
 
     /// The weight `w[n, k]` back in row-major order.
-    pub(crate) fn unpack(&self) -> Vec<f32> {
+    pub fn unpack(&self) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         let mut w = vec![0f32; n * k];
         for j0 in (0..n).step_by(NC) {
@@ -258,7 +265,7 @@ fn pack_b(b: MatRef, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut Vec<f
 }
 
 /// Packs the NR-wide panel of `B[p0..p0+kc, jbase..min(jbase+NR, jend)]`, zero-padded.
-pub(super) fn pack_b_panel(
+pub(crate) fn pack_b_panel(
     b: MatRef,
     p0: usize,
     kc: usize,
@@ -375,8 +382,8 @@ fn copy_rows(
         "pack: rows out of bounds"
     );
     #[cfg(target_arch = "x86_64")]
-    if available() {
-        // SAFETY: AVX-512F is present; every read lies in the range checked above and every
+    if crate::cpu::isa().avx512() {
+        // SAFETY: AVX-512F is selected; every read lies in the range checked above and every
         // store in `out[..rows * lanes]`.
         unsafe { copy_rows_avx512(data.as_ptr().add(first), stride, rows, width, lanes, out) };
         return;
@@ -404,7 +411,7 @@ unsafe fn copy_rows_avx512(
     width: usize,
     lanes: usize,
     out: &mut [f32],
-) {
+) { unsafe {
     debug_assert!(width <= lanes && lanes <= 32 && out.len() >= rows * lanes);
     let (lo_load, hi_load) = tail_masks(width);
     let (lo_store, hi_store) = tail_masks(lanes);
@@ -421,7 +428,7 @@ unsafe fn copy_rows_avx512(
             );
         }
     }
-}
+}}
 
 /// Packs `A[i0..i0+mc, p0..p0+kc]` into MR-tall row panels, zero-padded (rounded to bf16 when
 /// `a.bf16`).
@@ -433,7 +440,7 @@ fn pack_a(a: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32]
 }
 
 /// [`pack_a`] before rounding.
-pub(super) fn pack_a_panels(
+pub(crate) fn pack_a_panels(
     a: MatRef,
     i0: usize,
     mc: usize,
@@ -480,9 +487,8 @@ pub(super) fn pack_a_panels(
 /// # Safety
 /// The CPU must support AVX-512F ([`available`]); `c` must be valid for `m` rows of `n` elements
 /// at stride `ldc`, not aliased by `a` or `b`.
-#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn sgemm(
+pub unsafe fn sgemm(
     m: usize,
     n: usize,
     k: usize,
@@ -492,13 +498,7 @@ pub(crate) unsafe fn sgemm(
     ldc: usize,
     start: Start,
     parallel: bool,
-) {
-    if a.bf16 && b.bf16 && super::sgemm_bf16::available() {
-        // Both operands rounded to bf16: the bf16 dot-product kernel.
-        let b = super::sgemm_bf16::PairSource::Strided(b);
-        super::sgemm_bf16::gemm(m, n, k, a, b, c, ldc, start, parallel, false);
-        return;
-    }
+) { unsafe {
     if empty_product(m, n, k, c, ldc, start) {
         return;
     }
@@ -533,15 +533,14 @@ pub(crate) unsafe fn sgemm(
             &mut Vec::new(),
         ),
     })
-}
+}}
 
 /// `C[m, n] (+)= A[m, k] · Wᵀ` for a weight in packed panels ([`PackedB::view`], `W[n, k]`).
 ///
 /// # Safety
 /// As [`sgemm`].
-#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn sgemm_packed(
+pub unsafe fn sgemm_packed(
     m: usize,
     a: MatRef,
     b: PanelsRef,
@@ -550,12 +549,12 @@ pub(crate) unsafe fn sgemm_packed(
     start: Start,
     parallel: bool,
     gelu: bool,
-) {
+) { unsafe {
     let (n, k) = b.dims();
     if empty_product(m, n, k, c, ldc, start) {
         if gelu && k == 0 {
             for i in 0..m {
-                super::fast_math::gelu_in_place(std::slice::from_raw_parts_mut(c.add(i * ldc), n));
+                crate::fast_math::gelu_in_place(std::slice::from_raw_parts_mut(c.add(i * ldc), n));
             }
         }
         return;
@@ -573,16 +572,15 @@ pub(crate) unsafe fn sgemm_packed(
         gelu,
         &mut Vec::new(),
     )
-}
+}}
 
 /// `x[m, k] · Wᵀ + bias` for a weight in packed panels (`x` row-major), as a new row-major
 /// `[m, n]` matrix: the safe entry point of [`sgemm_packed`], multi-threaded when the product is
 /// large enough. The bias is added in the kernel's first store, and the output is never
 /// zero-filled (the kernel writes every element).
-#[cfg(target_arch = "x86_64")]
 /// With `gelu`, the exact GELU is applied to each tile in the kernel's last store (the
 /// activation of the layer, without a pass of its own).
-pub(crate) fn gemm_panels_bias(
+pub fn gemm_panels_bias(
     m: usize,
     x: &[f32],
     w: PanelsRef,
@@ -590,7 +588,6 @@ pub(crate) fn gemm_panels_bias(
     gelu: bool,
 ) -> Vec<f32> {
     let (n, k) = w.dims();
-    assert!(available(), "packed panels need the AVX-512 kernel");
     assert!(
         x.len() >= m * k,
         "gemm_panels_bias: x is shorter than m x k"
@@ -612,7 +609,7 @@ pub(crate) fn gemm_panels_bias(
             y.as_mut_ptr(),
             n,
             Start::Bias(bias),
-            super::kernels::worth_parallel(m, n, k),
+            worth_parallel(m, n, k),
             gelu,
         );
         y.set_len(m * n);
@@ -621,7 +618,6 @@ pub(crate) fn gemm_panels_bias(
 }
 
 /// The blocked loops of [`sgemm`], with the caller's B packing buffer (unused for packed B).
-#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn sgemm_blocks(
     m: usize,
@@ -635,8 +631,10 @@ unsafe fn sgemm_blocks(
     parallel: bool,
     gelu: bool,
     bpack: &mut Vec<f32>,
-) {
+) { unsafe {
     let accumulate = matches!(start, Start::Accumulate);
+    // The family is read once here: the tasks below may run on other threads.
+    let isa = crate::cpu::isa();
     // A row-major A (unit column stride) is read in place by the kernel.
     // (A bf16 operand is packed: the rounding happens there.)
     let direct_a = a.cs == 1 && a.rs > 0 && !a.bf16 && !pack_a_forced();
@@ -692,7 +690,7 @@ unsafe fn sgemm_blocks(
                             bias,
                             gelu: gelu_now,
                         };
-                        kernel_tile(kc, asrc, bpanel, tile);
+                        kernel_tile(isa, kc, asrc, bpanel, tile);
                     }
                 }
             };
@@ -747,7 +745,7 @@ unsafe fn sgemm_blocks(
             }
         }
     }
-}
+}}
 
 /// How to split a GEMM into tasks: `mblocks` row blocks times `groups` groups of `per_group`
 /// column panels each. With few row blocks (batch-1 inference) the column panels are split so
@@ -776,22 +774,33 @@ pub(crate) fn tail_masks(nr: usize) -> (__mmask16, __mmask16) {
     (lanes(nr), lanes(nr.saturating_sub(16)))
 }
 
-/// One `mr x nr` tile (`mr <= MR`, `nr <= NR`) of `C (+)= Apanel · Bpanel`: runs the
-/// smallest row kernel that covers `mr`, so that a short last row panel (e.g. 32 = 12 + 12 + 8
-/// rows at batch-1 inference) does no wasted multiplies.
+/// One `mr x nr` tile (`mr <= MR`, `nr <= NR`) of `C (+)= Apanel · Bpanel` on `isa`'s
+/// micro-kernel. On AVX-512: the smallest row kernel that covers `mr`, so that a short last row
+/// panel (e.g. 32 = 12 + 12 + 8 rows at batch-1 inference) does no wasted multiplies.
 ///
 /// # Safety
-/// As [`kernel_rows`].
-#[cfg(target_arch = "x86_64")]
+/// `isa` runs on this CPU; the operands as [`kernel_rows`] requires.
 #[inline(always)]
-unsafe fn kernel_tile(kc: usize, a: ASource, bp: *const f32, t: Tile) {
-    match (a, t.mr) {
-        (ASource::Panel(ap), 0..=4) => kernel_rows::<4, false>(kc, ap, MR, bp, t),
-        (ASource::Panel(ap), 5..=8) => kernel_rows::<8, false>(kc, ap, MR, bp, t),
-        (ASource::Panel(ap), _) => kernel_rows::<MR, false>(kc, ap, MR, bp, t),
-        (ASource::Rows(ap, lda), 0..=4) => kernel_rows::<4, true>(kc, ap, lda, bp, t),
-        (ASource::Rows(ap, lda), 5..=8) => kernel_rows::<8, true>(kc, ap, lda, bp, t),
-        (ASource::Rows(ap, lda), _) => kernel_rows::<MR, true>(kc, ap, lda, bp, t),
+unsafe fn kernel_tile(isa: Isa, kc: usize, a: ASource, bp: *const f32, t: Tile) {
+    // SAFETY (every arm): the selected family runs on this CPU and the operands are this
+    // function's.
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe {
+            match (a, t.mr) {
+                (ASource::Panel(ap), 0..=4) => kernel_rows::<4, false>(kc, ap, MR, bp, t),
+                (ASource::Panel(ap), 5..=8) => kernel_rows::<8, false>(kc, ap, MR, bp, t),
+                (ASource::Panel(ap), _) => kernel_rows::<MR, false>(kc, ap, MR, bp, t),
+                (ASource::Rows(ap, lda), 0..=4) => kernel_rows::<4, true>(kc, ap, lda, bp, t),
+                (ASource::Rows(ap, lda), 5..=8) => kernel_rows::<8, true>(kc, ap, lda, bp, t),
+                (ASource::Rows(ap, lda), _) => kernel_rows::<MR, true>(kc, ap, lda, bp, t),
+            }
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => unsafe { crate::arch::avx2::sgemm_tile(kc, a, bp, t) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon { .. } => unsafe { crate::arch::neon::sgemm_tile(kc, a, bp, t) },
+        _ => unsafe { crate::arch::scalar::sgemm_tile(kc, a, bp, t) },
     }
 }
 
@@ -810,7 +819,7 @@ unsafe fn kernel_rows<const R: usize, const ROWS: bool>(
     step: usize,
     bp: *const f32,
     t: Tile,
-) {
+) { unsafe {
     debug_assert!(t.mr <= R && R <= MR && t.mr > 0);
     let rows: [*const f32; R] = std::array::from_fn(|i| ap.add(i.min(t.mr - 1) * step));
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
@@ -834,21 +843,7 @@ unsafe fn kernel_rows<const R: usize, const ROWS: bool>(
         }
     }
     store_tile(&acc, t);
-}
-
-/// Where and how a micro-kernel stores its `mr x nr` tile (`mr <= MR`, `nr <= NR`): at `c`,
-/// row stride `ldc`; overwriting `c` (plus `bias`, when not null) or adding to it; with the
-/// exact GELU applied when `gelu`.
-#[derive(Clone, Copy)]
-pub(super) struct Tile {
-    pub c: *mut f32,
-    pub ldc: usize,
-    pub mr: usize,
-    pub nr: usize,
-    pub overwrite: bool,
-    pub bias: *const f32,
-    pub gelu: bool,
-}
+}}
 
 /// Stores an `mr x nr` tile of accumulators (`R` rows of two 16-lane halves) into `c`:
 /// overwriting it (plus `bias` when not null) or adding to it, then applying the exact GELU when
@@ -863,7 +858,7 @@ pub(super) struct Tile {
 /// `t.bias` is null or valid for `t.nr` elements.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(super) unsafe fn store_tile<const R: usize>(acc: &[[__m512; 2]; R], t: Tile) {
+pub(crate) unsafe fn store_tile<const R: usize>(acc: &[[__m512; 2]; R], t: Tile) { unsafe {
     let Tile {
         c,
         ldc,
@@ -884,7 +879,7 @@ pub(super) unsafe fn store_tile<const R: usize>(acc: &[[__m512; 2]; R], t: Tile)
     };
     let act = |v: __m512| {
         if gelu {
-            super::fast_math::gelu_avx512(v)
+            crate::fast_math::gelu_avx512(v)
         } else {
             v
         }
@@ -902,15 +897,15 @@ pub(super) unsafe fn store_tile<const R: usize>(acc: &[[__m512; 2]; R], t: Tile)
         _mm512_mask_storeu_ps(cr, m0, act(_mm512_add_ps(start0, row[0])));
         _mm512_mask_storeu_ps(cr.add(16), m1, act(_mm512_add_ps(start1, row[1])));
     }
-}
+}}
 
 /// Helpers shared by the GEMM kernels' tests.
 #[cfg(test)]
-pub(super) mod test_support {
+pub(crate) mod test_support {
     use super::MatRef;
 
     /// Deterministic values in [-0.5, 0.5) (a linear congruential generator).
-    pub(in crate::ops) fn uniform(mut seed: u32) -> impl FnMut() -> f32 {
+    pub(crate) fn uniform(mut seed: u32) -> impl FnMut() -> f32 {
         move || {
             seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
             (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
@@ -919,7 +914,7 @@ pub(super) mod test_support {
 
     /// The four layouts of the operands `a[m, k]` and `b[k, n]`, each row-major or transposed
     /// over the same values: `(a transposed, b transposed, a, b)`.
-    pub(in crate::ops) fn layouts<'a>(
+    pub(crate) fn layouts<'a>(
         a: &'a [f32],
         b: &'a [f32],
         m: usize,
@@ -967,10 +962,7 @@ mod tests {
     /// another GEMM (this used to panic with "RefCell already borrowed" on the packing buffer).
     #[test]
     fn nested_parallel_gemms_are_safe_and_correct() {
-        if !available() {
-            eprintln!("no AVX-512F on this CPU: the sgemm kernel is not used here");
-            return;
-        }
+        crate::cpu::for_each_isa(|| {
         use rayon::prelude::*;
         let (m, n, k) = (96, 256, 384);
         let a: Vec<f32> = (0..m * k).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
@@ -997,14 +989,12 @@ mod tests {
                 }
             }
         });
+        });
     }
 
     #[test]
     fn matches_naive_on_awkward_shapes_and_strides() {
-        if !available() {
-            eprintln!("no AVX-512F on this CPU: the sgemm kernel is not used here");
-            return;
-        }
+        crate::cpu::for_each_isa(|| {
         let mut rnd = uniform(1);
         for &(m, n, k) in &[
             (1, 1, 1),
@@ -1047,6 +1037,7 @@ mod tests {
                 }
             }
         }
+        });
     }
 
     /// A bias start adds one value per column to every row, on shapes with row and column
@@ -1054,10 +1045,7 @@ mod tests {
     /// the activation of that output bit for bit.
     #[test]
     fn bias_start_adds_the_bias_once() {
-        if !available() {
-            eprintln!("no AVX-512F on this CPU: the sgemm kernel is not used here");
-            return;
-        }
+        crate::cpu::for_each_isa(|| {
         let mut rnd = uniform(3);
         for &(m, n, k) in &[(1, 5, 3), (32, 70, 300), (97, 40, 513), (7, 33, 0)] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
@@ -1072,7 +1060,7 @@ mod tests {
             let p = gemm_panels_bias(m, &a, packed.view(), &bias, false);
             // The GELU applied in the kernel's store is the activation of the same values.
             let mut act = p.clone();
-            super::super::fast_math::gelu_in_place(&mut act);
+            crate::fast_math::gelu_in_place(&mut act);
             let fused = gemm_panels_bias(m, &a, packed.view(), &bias, true);
             assert!(
                 fused
@@ -1089,16 +1077,14 @@ mod tests {
                 );
             }
         }
+        });
     }
 
     /// Weights packed once give the same products as packing per call, on shapes with partial
     /// panels and several KC / NC blocks, and unpack to the original weight.
     #[test]
     fn prepacked_weights_match_naive_and_round_trip() {
-        if !available() {
-            eprintln!("no AVX-512F on this CPU: the sgemm kernel is not used here");
-            return;
-        }
+        crate::cpu::for_each_isa(|| {
         let mut rnd = uniform(7);
         for &(m, n, k) in &[(1, 1, 1), (32, 384, 384), (13, 33, 7), (200, 2100, 513)] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
@@ -1130,5 +1116,6 @@ mod tests {
                 }
             }
         }
+        });
     }
 }

@@ -1,0 +1,103 @@
+//! Layer normalisation of one row: the statistics and the affine output, PyTorch semantics
+//! (biased variance, eps inside the square root). One source loop compiled per family (AVX-512,
+//! AVX2+FMA; NEON is aarch64's baseline): the 16-lane sums vectorise, and with no fused
+//! multiply-adds the operations, and so the bits, are the same on every family.
+
+use std::mem::MaybeUninit;
+
+use crate::cpu::Isa;
+use crate::fast_math::sum as fsum;
+
+/// Mean and reciprocal standard deviation of one row.
+#[inline(always)]
+pub fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = fsum(row) / n;
+    let mut acc = [0f32; 16];
+    let chunks = row.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..16 {
+            let d = c[i] - mean;
+            acc[i] += d * d;
+        }
+    }
+    let var =
+        (acc.iter().sum::<f32>() + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()) / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// `out = (row - mean) * rstd * g + b`, every element written; returns `(mean, rstd)`.
+///
+/// # Panics
+/// When `g`, `b` or `out` differ from `row` in length.
+pub fn layer_norm_row(
+    row: &[f32],
+    g: &[f32],
+    b: &[f32],
+    eps: f32,
+    out: &mut [MaybeUninit<f32>],
+) -> (f32, f32) {
+    let d = row.len();
+    assert!(
+        g.len() == d && b.len() == d && out.len() == d,
+        "layer_norm_row: lengths differ"
+    );
+    match crate::cpu::isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F selected.
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { row_avx512(row, g, b, eps, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA selected.
+        Isa::Avx2Fma => unsafe { row_avx2(row, g, b, eps, out) },
+        _ => row_lanes(row, g, b, eps, out),
+    }
+}
+
+#[inline(always)]
+fn row_lanes(
+    row: &[f32],
+    g: &[f32],
+    b: &[f32],
+    eps: f32,
+    out: &mut [MaybeUninit<f32>],
+) -> (f32, f32) {
+    let (mean, rstd) = row_stats(row, eps);
+    for i in 0..row.len() {
+        out[i].write((row[i] - mean) * rstd * g[i] + b[i]);
+    }
+    (mean, rstd)
+}
+
+/// [`row_lanes`] compiled for AVX-512.
+///
+/// # Safety
+/// AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_avx512(
+    row: &[f32],
+    g: &[f32],
+    b: &[f32],
+    eps: f32,
+    out: &mut [MaybeUninit<f32>],
+) -> (f32, f32) {
+    row_lanes(row, g, b, eps, out)
+}
+
+/// [`row_lanes`] compiled for AVX2+FMA (Rust does not contract `a * b + c` into an FMA: the
+/// same bits as the other families).
+///
+/// # Safety
+/// AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_avx2(
+    row: &[f32],
+    g: &[f32],
+    b: &[f32],
+    eps: f32,
+    out: &mut [MaybeUninit<f32>],
+) -> (f32, f32) {
+    row_lanes(row, g, b, eps, out)
+}
