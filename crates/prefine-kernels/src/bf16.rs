@@ -13,8 +13,8 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-pub use crate::cpu::{bf16_to_f32, f32_to_bf16};
 use crate::cpu::with_buffer;
+pub use crate::cpu::{bf16_to_f32, f32_to_bf16};
 use crate::sgemm::{PackedB, PanelsRef};
 
 /// How a [`Bf16Matrix`] holds its bits.
@@ -112,19 +112,21 @@ impl Bf16Matrix {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn widen_avx512(src: &[u16], dst: &mut [f32]) { unsafe {
-    let n = src.len().min(dst.len());
-    let mut i = 0;
-    while i + 16 <= n {
-        let h = _mm256_loadu_si256(src.as_ptr().add(i) as *const __m256i);
-        let w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
-        _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_castsi512_ps(w));
-        i += 16;
+unsafe fn widen_avx512(src: &[u16], dst: &mut [f32]) {
+    unsafe {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 16 <= n {
+            let h = _mm256_loadu_si256(src.as_ptr().add(i) as *const __m256i);
+            let w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_castsi512_ps(w));
+            i += 16;
+        }
+        for j in i..n {
+            dst[j] = bf16_to_f32(src[j]);
+        }
     }
-    for j in i..n {
-        dst[j] = bf16_to_f32(src[j]);
-    }
-}}
+}
 
 fn widen_chunk(src: &[u16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -228,7 +230,7 @@ mod tests {
     /// and `NC` blocks; the bits round-trip.
     #[test]
     fn linear_equals_f32_product_of_rounded_weights() {
-        let native = super::crate::sgemm_bf16::available();
+        let native = crate::cpu::isa().avx512_bf16();
         for (m, n, k) in [(5, 37, 19), (3, 2100, 801)] {
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)

@@ -4,9 +4,9 @@
 //! bits of [`gelu`] on every family; `exp` is within its accuracy (not always its last bit).
 
 use crate::cpu::Isa;
+pub use crate::math::{erf, exp, gelu, gelu_grad};
 #[cfg(target_arch = "x86_64")]
 use crate::math::{GELU_LIMIT, GELU_STEP, GELU_TAIL, LN2_HI, LN2_LO, LOG2E};
-pub use crate::math::{erf, exp, gelu, gelu_grad};
 
 /// [`gelu_interval`] on 16 lanes (the same operations, so the same bits).
 ///
@@ -38,23 +38,25 @@ unsafe fn gelu_interval_avx512(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-pub(crate) unsafe fn gelu_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 { unsafe {
-    use std::arch::x86_64::*;
-    let a = _mm512_abs_ps(x);
-    let (i, u) = gelu_interval_avx512(a);
-    let coef = |d: usize| _mm512_permutexvar_ps(i, _mm512_loadu_ps(GELU_TAIL[d].as_ptr()));
-    let mut p = coef(7);
-    for d in (0..7).rev() {
-        p = _mm512_fmadd_ps(p, u, coef(d));
+pub(crate) unsafe fn gelu_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    unsafe {
+        use std::arch::x86_64::*;
+        let a = _mm512_abs_ps(x);
+        let (i, u) = gelu_interval_avx512(a);
+        let coef = |d: usize| _mm512_permutexvar_ps(i, _mm512_loadu_ps(GELU_TAIL[d].as_ptr()));
+        let mut p = coef(7);
+        for d in (0..7).rev() {
+            p = _mm512_fmadd_ps(p, u, coef(d));
+        }
+        let tail = _mm512_maskz_mov_ps(
+            _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, _mm512_set1_ps(GELU_LIMIT)),
+            p,
+        );
+        let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
+        let phi = _mm512_mask_mov_ps(_mm512_sub_ps(_mm512_set1_ps(1.0), tail), negative, tail);
+        _mm512_mul_ps(x, phi)
     }
-    let tail = _mm512_maskz_mov_ps(
-        _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, _mm512_set1_ps(GELU_LIMIT)),
-        p,
-    );
-    let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
-    let phi = _mm512_mask_mov_ps(_mm512_sub_ps(_mm512_set1_ps(1.0), tail), negative, tail);
-    _mm512_mul_ps(x, phi)
-}}
+}
 
 /// [`gelu_grad`] on 16 lanes.
 ///
@@ -63,24 +65,26 @@ pub(crate) unsafe fn gelu_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn gelu_grad_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 { unsafe {
-    use std::arch::x86_64::*;
-    let a = _mm512_abs_ps(x);
-    let (i, u) = gelu_interval_avx512(a);
-    let coef = |d: usize| _mm512_permutexvar_ps(i, _mm512_loadu_ps(GELU_TAIL[d].as_ptr()));
-    let mut p = coef(7);
-    let mut dp = _mm512_setzero_ps();
-    for d in (0..7).rev() {
-        dp = _mm512_fmadd_ps(dp, u, p);
-        p = _mm512_fmadd_ps(p, u, coef(d));
+unsafe fn gelu_grad_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    unsafe {
+        use std::arch::x86_64::*;
+        let a = _mm512_abs_ps(x);
+        let (i, u) = gelu_interval_avx512(a);
+        let coef = |d: usize| _mm512_permutexvar_ps(i, _mm512_loadu_ps(GELU_TAIL[d].as_ptr()));
+        let mut p = coef(7);
+        let mut dp = _mm512_setzero_ps();
+        for d in (0..7).rev() {
+            dp = _mm512_fmadd_ps(dp, u, p);
+            p = _mm512_fmadd_ps(p, u, coef(d));
+        }
+        let inside = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, _mm512_set1_ps(GELU_LIMIT));
+        let tail = _mm512_maskz_mov_ps(inside, p);
+        let density = _mm512_maskz_mov_ps(inside, _mm512_sub_ps(_mm512_setzero_ps(), dp));
+        let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
+        let cdf = _mm512_mask_mov_ps(_mm512_sub_ps(_mm512_set1_ps(1.0), tail), negative, tail);
+        _mm512_fmadd_ps(x, density, cdf)
     }
-    let inside = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, _mm512_set1_ps(GELU_LIMIT));
-    let tail = _mm512_maskz_mov_ps(inside, p);
-    let density = _mm512_maskz_mov_ps(inside, _mm512_sub_ps(_mm512_setzero_ps(), dp));
-    let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
-    let cdf = _mm512_mask_mov_ps(_mm512_sub_ps(_mm512_set1_ps(1.0), tail), negative, tail);
-    _mm512_fmadd_ps(x, density, cdf)
-}}
+}
 
 /// `dst[j] = dy[j] · gelu'(x[j])`: the GELU backward pass over a chunk, vectorised where the
 /// CPU allows (same bits as the scalar path). Every element is written, so `dst` may be
@@ -124,28 +128,30 @@ unsafe fn gelu_backward_avx2(dst: &mut [std::mem::MaybeUninit<f32>], x: &[f32], 
 /// AVX-512F; `dst`, `x` and `dy` have the same length.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn gelu_backward_avx512(dst: &mut [std::mem::MaybeUninit<f32>], x: &[f32], dy: &[f32]) { unsafe {
-    use std::arch::x86_64::*;
-    let n = dst.len();
-    let (d, xp, gp) = (dst.as_mut_ptr().cast::<f32>(), x.as_ptr(), dy.as_ptr());
-    let mut j = 0;
-    while j + 16 <= n {
-        let g = _mm512_mul_ps(
-            _mm512_loadu_ps(gp.add(j)),
-            gelu_grad_avx512(_mm512_loadu_ps(xp.add(j))),
-        );
-        _mm512_storeu_ps(d.add(j), g);
-        j += 16;
+unsafe fn gelu_backward_avx512(dst: &mut [std::mem::MaybeUninit<f32>], x: &[f32], dy: &[f32]) {
+    unsafe {
+        use std::arch::x86_64::*;
+        let n = dst.len();
+        let (d, xp, gp) = (dst.as_mut_ptr().cast::<f32>(), x.as_ptr(), dy.as_ptr());
+        let mut j = 0;
+        while j + 16 <= n {
+            let g = _mm512_mul_ps(
+                _mm512_loadu_ps(gp.add(j)),
+                gelu_grad_avx512(_mm512_loadu_ps(xp.add(j))),
+            );
+            _mm512_storeu_ps(d.add(j), g);
+            j += 16;
+        }
+        if j < n {
+            let m: __mmask16 = (1u16 << (n - j)) - 1;
+            let g = _mm512_mul_ps(
+                _mm512_maskz_loadu_ps(m, gp.add(j)),
+                gelu_grad_avx512(_mm512_maskz_loadu_ps(m, xp.add(j))),
+            );
+            _mm512_mask_storeu_ps(d.add(j), m, g);
+        }
     }
-    if j < n {
-        let m: __mmask16 = (1u16 << (n - j)) - 1;
-        let g = _mm512_mul_ps(
-            _mm512_maskz_loadu_ps(m, gp.add(j)),
-            gelu_grad_avx512(_mm512_maskz_loadu_ps(m, xp.add(j))),
-        );
-        _mm512_mask_storeu_ps(d.add(j), m, g);
-    }
-}}
+}
 
 /// Exact GELU in place over `x`, vectorised where the CPU allows (the activation of a linear
 /// layer fused into its output pass).
@@ -191,19 +197,21 @@ unsafe fn gelu_row(isa: Isa, dst: *mut f32, src: *const f32, n: usize) {
 /// AVX-512F; `src` valid for `n` reads and `dst` for `n` writes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn gelu_row_avx512(dst: *mut f32, src: *const f32, n: usize) { unsafe {
-    use std::arch::x86_64::*;
-    let mut j = 0;
-    while j + 16 <= n {
-        _mm512_storeu_ps(dst.add(j), gelu_avx512(_mm512_loadu_ps(src.add(j))));
-        j += 16;
+unsafe fn gelu_row_avx512(dst: *mut f32, src: *const f32, n: usize) {
+    unsafe {
+        use std::arch::x86_64::*;
+        let mut j = 0;
+        while j + 16 <= n {
+            _mm512_storeu_ps(dst.add(j), gelu_avx512(_mm512_loadu_ps(src.add(j))));
+            j += 16;
+        }
+        if j < n {
+            let m: __mmask16 = ((1u32 << (n - j)) - 1) as u16;
+            let v = gelu_avx512(_mm512_maskz_loadu_ps(m, src.add(j)));
+            _mm512_mask_storeu_ps(dst.add(j), m, v);
+        }
     }
-    if j < n {
-        let m: __mmask16 = ((1u32 << (n - j)) - 1) as u16;
-        let v = gelu_avx512(_mm512_maskz_loadu_ps(m, src.add(j)));
-        _mm512_mask_storeu_ps(dst.add(j), m, v);
-    }
-}}
+}
 
 /// Exact GELU in place over an `mr x nr` tile at row stride `ldc`, for GEMM kernels (AVX-512
 /// code: the tile was just written and is still in L1).
@@ -213,12 +221,14 @@ unsafe fn gelu_row_avx512(dst: *mut f32, src: *const f32, n: usize) { unsafe {
 /// `ldc`, accessed by no one else during the call.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn gelu_tile_avx512(c: *mut f32, ldc: usize, mr: usize, nr: usize) { unsafe {
-    for i in 0..mr {
-        let row = c.add(i * ldc);
-        gelu_row_avx512(row, row, nr);
+pub(crate) unsafe fn gelu_tile_avx512(c: *mut f32, ldc: usize, mr: usize, nr: usize) {
+    unsafe {
+        for i in 0..mr {
+            let row = c.add(i * ldc);
+            gelu_row_avx512(row, row, nr);
+        }
     }
-}}
+}
 
 /// `dst[j] = gelu(src[j])` into uninitialised storage (every element is written), 16 lanes at a
 /// time where the CPU has AVX-512F.
@@ -335,13 +345,17 @@ pub fn masked_exp_sum(row: &mut [f32], mask: &[f32], scale: f32, max: f32) -> f3
     match crate::cpu::isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512F selected; both slices have `row.len()` elements.
-        Isa::Avx512 | Isa::Avx512Bf16 => return unsafe { masked_exp_sum_avx512(row, mask, scale, max) },
+        Isa::Avx512 | Isa::Avx512Bf16 => {
+            return unsafe { masked_exp_sum_avx512(row, mask, scale, max) }
+        }
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA selected; both slices have `row.len()` elements.
         Isa::Avx2Fma => return unsafe { crate::arch::avx2::masked_exp_sum(row, mask, scale, max) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON selected; both slices have `row.len()` elements.
-        Isa::Neon { .. } => return unsafe { crate::arch::neon::masked_exp_sum(row, mask, scale, max) },
+        Isa::Neon { .. } => {
+            return unsafe { crate::arch::neon::masked_exp_sum(row, mask, scale, max) }
+        }
         _ => {}
     }
     let mut total = 0.0;
@@ -390,34 +404,36 @@ unsafe fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn masked_exp_sum_avx512(row: &mut [f32], mask: &[f32], scale: f32, max: f32) -> f32 { unsafe {
-    use std::arch::x86_64::*;
-    let (vscale, vmax, half) = (
-        _mm512_set1_ps(scale),
-        _mm512_set1_ps(max),
-        _mm512_set1_ps(0.5),
-    );
-    let floor = _mm512_set1_ps(-100.0);
-    let mut acc = _mm512_setzero_ps();
-    let n = row.len();
-    let mut j = 0;
-    while j < n {
-        let lanes: __mmask16 = if n - j >= 16 {
-            0xFFFF
-        } else {
-            ((1u32 << (n - j)) - 1) as u16
-        };
-        let x = _mm512_maskz_loadu_ps(lanes, row.as_ptr().add(j));
-        let m = _mm512_maskz_loadu_ps(lanes, mask.as_ptr().add(j));
-        let keep = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, half);
-        let z = _mm512_mask_blend_ps(keep, floor, _mm512_fmsub_ps(x, vscale, vmax));
-        let e = _mm512_mul_ps(exp_avx512(z), m);
-        _mm512_mask_storeu_ps(row.as_mut_ptr().add(j), lanes, e);
-        acc = _mm512_add_ps(acc, e);
-        j += 16;
+unsafe fn masked_exp_sum_avx512(row: &mut [f32], mask: &[f32], scale: f32, max: f32) -> f32 {
+    unsafe {
+        use std::arch::x86_64::*;
+        let (vscale, vmax, half) = (
+            _mm512_set1_ps(scale),
+            _mm512_set1_ps(max),
+            _mm512_set1_ps(0.5),
+        );
+        let floor = _mm512_set1_ps(-100.0);
+        let mut acc = _mm512_setzero_ps();
+        let n = row.len();
+        let mut j = 0;
+        while j < n {
+            let lanes: __mmask16 = if n - j >= 16 {
+                0xFFFF
+            } else {
+                ((1u32 << (n - j)) - 1) as u16
+            };
+            let x = _mm512_maskz_loadu_ps(lanes, row.as_ptr().add(j));
+            let m = _mm512_maskz_loadu_ps(lanes, mask.as_ptr().add(j));
+            let keep = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, half);
+            let z = _mm512_mask_blend_ps(keep, floor, _mm512_fmsub_ps(x, vscale, vmax));
+            let e = _mm512_mul_ps(exp_avx512(z), m);
+            _mm512_mask_storeu_ps(row.as_mut_ptr().add(j), lanes, e);
+            acc = _mm512_add_ps(acc, e);
+            j += 16;
+        }
+        _mm512_reduce_add_ps(acc)
     }
-    _mm512_reduce_add_ps(acc)
-}}
+}
 
 /// Sum with 16 independent lanes (vectorisable; f32 addition order differs from a sequential
 /// sum by rounding only).
@@ -512,31 +528,33 @@ mod tests {
 
     #[test]
     fn masked_max_matches_a_scalar_scan() {
-        for n in [0usize, 1, 15, 16, 17, 40, 128] {
-            let v: Vec<f32> = (0..n).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
-            for pattern in [0usize, 1, 3, 7] {
-                let mask: Vec<f32> = (0..n)
-                    .map(|i| {
-                        if pattern == 0 || i % pattern != 0 {
-                            1.0
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect();
-                let want = v
-                    .iter()
-                    .zip(&mask)
-                    .filter(|(_, m)| **m > 0.5)
-                    .fold(f32::NEG_INFINITY, |a, (x, _)| a.max(*x));
-                assert_eq!(masked_max(&v, &mask), want, "n={n} pattern={pattern}");
+        crate::cpu::for_each_isa(|| {
+            for n in [0usize, 1, 15, 16, 17, 40, 128] {
+                let v: Vec<f32> = (0..n).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
+                for pattern in [0usize, 1, 3, 7] {
+                    let mask: Vec<f32> = (0..n)
+                        .map(|i| {
+                            if pattern == 0 || i % pattern != 0 {
+                                1.0
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    let want = v
+                        .iter()
+                        .zip(&mask)
+                        .filter(|(_, m)| **m > 0.5)
+                        .fold(f32::NEG_INFINITY, |a, (x, _)| a.max(*x));
+                    assert_eq!(masked_max(&v, &mask), want, "n={n} pattern={pattern}");
+                }
             }
-        }
-        let mut with_nan = vec![1.0f32; 20];
-        with_nan[3] = f32::NAN;
-        with_nan[18] = 5.0;
-        assert_eq!(masked_max(&with_nan, &[1.0; 20]), 5.0);
-        assert_eq!(masked_max(&[3.0, 9.0], &[0.0, 0.0]), f32::NEG_INFINITY);
+            let mut with_nan = vec![1.0f32; 20];
+            with_nan[3] = f32::NAN;
+            with_nan[18] = 5.0;
+            assert_eq!(masked_max(&with_nan, &[1.0; 20]), 5.0);
+            assert_eq!(masked_max(&[3.0, 9.0], &[0.0, 0.0]), f32::NEG_INFINITY);
+        });
     }
 
     #[test]
@@ -555,77 +573,81 @@ mod tests {
 
     #[test]
     fn masked_exp_sum_matches_the_scalar_definition() {
-        for n in [1usize, 15, 16, 17, 64, 128, 131] {
-            let row: Vec<f32> = (0..n)
-                .map(|j| ((j * 37 % 23) as f32 - 11.0) * 0.9)
-                .collect();
-            let mask: Vec<f32> = (0..n).map(|j| if j % 5 == 3 { 0.0 } else { 1.0 }).collect();
-            let (scale, max) = (0.3f32, 2.97f32);
-            let mut got = row.clone();
-            let sum = masked_exp_sum(&mut got, &mask, scale, max);
-            let mut want_sum = 0f64;
-            for j in 0..n {
-                let z = row[j] as f64 * scale as f64 - max as f64;
-                let want = if mask[j] > 0.5 { z.exp() } else { 0.0 };
-                want_sum += want;
-                // exp's own 3e-7, plus the f32 rounding of its argument (half an ulp of z).
-                let bound = (3e-7 + 6e-8 * z.abs()) * want;
-                assert!(
-                    (got[j] as f64 - want).abs() <= bound,
-                    "n={n} j={j}: {} vs {want}",
-                    got[j]
-                );
-                if mask[j] == 0.0 {
-                    assert_eq!(got[j], 0.0);
+        crate::cpu::for_each_isa(|| {
+            for n in [1usize, 15, 16, 17, 64, 128, 131] {
+                let row: Vec<f32> = (0..n)
+                    .map(|j| ((j * 37 % 23) as f32 - 11.0) * 0.9)
+                    .collect();
+                let mask: Vec<f32> = (0..n).map(|j| if j % 5 == 3 { 0.0 } else { 1.0 }).collect();
+                let (scale, max) = (0.3f32, 2.97f32);
+                let mut got = row.clone();
+                let sum = masked_exp_sum(&mut got, &mask, scale, max);
+                let mut want_sum = 0f64;
+                for j in 0..n {
+                    let z = row[j] as f64 * scale as f64 - max as f64;
+                    let want = if mask[j] > 0.5 { z.exp() } else { 0.0 };
+                    want_sum += want;
+                    // exp's own 3e-7, plus the f32 rounding of its argument (half an ulp of z).
+                    let bound = (3e-7 + 6e-8 * z.abs()) * want;
+                    assert!(
+                        (got[j] as f64 - want).abs() <= bound,
+                        "n={n} j={j}: {} vs {want}",
+                        got[j]
+                    );
+                    if mask[j] == 0.0 {
+                        assert_eq!(got[j], 0.0);
+                    }
                 }
+                assert!(
+                    (sum as f64 - want_sum).abs() <= 1e-6 * want_sum,
+                    "n={n}: {sum} vs {want_sum}"
+                );
             }
-            assert!(
-                (sum as f64 - want_sum).abs() <= 1e-6 * want_sum,
-                "n={n}: {sum} vs {want_sum}"
-            );
-        }
+        });
     }
 
     #[test]
     fn vector_gelu_equals_the_scalar_one_bit_for_bit_and_is_accurate() {
-        let mut xs: Vec<f32> = (-80_000..80_000).map(|i| i as f32 * 1e-4).collect();
-        xs.extend([
-            0.0,
-            -0.0,
-            5.999_999,
-            6.0,
-            -6.0,
-            7.5,
-            -7.5,
-            1e4,
-            -1e4,
-            f32::MAX,
-            f32::MIN,
-        ]);
-        xs.extend([f32::INFINITY, f32::NEG_INFINITY, 1e-30, -1e-30]);
-        let mut vec_out = vec![std::mem::MaybeUninit::uninit(); xs.len()];
-        gelu_into_uninit(&mut vec_out, &xs);
-        for (x, y) in xs.iter().zip(&vec_out) {
-            // SAFETY: gelu_into_uninit writes every element.
-            let y = unsafe { y.assume_init() };
-            assert_eq!(y.to_bits(), gelu(*x).to_bits(), "gelu({x})");
-            let exact = 0.5 * *x as f64 * (1.0 + libm_erf(*x as f64 / 2f64.sqrt()));
-            if x.abs() < 6.0 && exact.abs() > 1e-30 {
-                // The deep negative tail (|GELU| < 1.5e-6 past -5) is fitted less tightly.
-                let bound = if x.abs() < 5.0 { 2.5e-7 } else { 6e-7 };
-                let rel = ((y as f64 - exact) / exact).abs();
-                assert!(
-                    rel < bound,
-                    "gelu({x}) = {y}, exact {exact}, relative error {rel}"
-                );
+        crate::cpu::for_each_isa(|| {
+            let mut xs: Vec<f32> = (-80_000..80_000).map(|i| i as f32 * 1e-4).collect();
+            xs.extend([
+                0.0,
+                -0.0,
+                5.999_999,
+                6.0,
+                -6.0,
+                7.5,
+                -7.5,
+                1e4,
+                -1e4,
+                f32::MAX,
+                f32::MIN,
+            ]);
+            xs.extend([f32::INFINITY, f32::NEG_INFINITY, 1e-30, -1e-30]);
+            let mut vec_out = vec![std::mem::MaybeUninit::uninit(); xs.len()];
+            gelu_into_uninit(&mut vec_out, &xs);
+            for (x, y) in xs.iter().zip(&vec_out) {
+                // SAFETY: gelu_into_uninit writes every element.
+                let y = unsafe { y.assume_init() };
+                assert_eq!(y.to_bits(), gelu(*x).to_bits(), "gelu({x})");
+                let exact = 0.5 * *x as f64 * (1.0 + libm_erf(*x as f64 / 2f64.sqrt()));
+                if x.abs() < 6.0 && exact.abs() > 1e-30 {
+                    // The deep negative tail (|GELU| < 1.5e-6 past -5) is fitted less tightly.
+                    let bound = if x.abs() < 5.0 { 2.5e-7 } else { 6e-7 };
+                    let rel = ((y as f64 - exact) / exact).abs();
+                    assert!(
+                        rel < bound,
+                        "gelu({x}) = {y}, exact {exact}, relative error {rel}"
+                    );
+                }
             }
-        }
-        let mut tile = xs.clone();
-        gelu_in_place(&mut tile);
-        assert!(tile
-            .iter()
-            .zip(&xs)
-            .all(|(t, x)| t.to_bits() == gelu(*x).to_bits()));
+            let mut tile = xs.clone();
+            gelu_in_place(&mut tile);
+            assert!(tile
+                .iter()
+                .zip(&xs)
+                .all(|(t, x)| t.to_bits() == gelu(*x).to_bits()));
+        });
     }
 
     /// erf in f64 (series below 3, continued fraction above), for reference values.
@@ -651,31 +673,33 @@ mod tests {
 
     #[test]
     fn gelu_backward_is_accurate_and_the_vector_path_gives_the_scalar_bits() {
-        let mut xs: Vec<f32> = (-70_000..70_000).map(|i| i as f32 * 1e-4).collect();
-        xs.extend([
-            0.0, -0.0, 5.999_999, 6.0, -6.0, 7.5, -7.5, 1e4, -1e4, 1e-30, -1e-30,
-        ]);
-        let dy: Vec<f32> = (0..xs.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
-        let mut out = vec![std::mem::MaybeUninit::new(f32::NAN); xs.len()];
-        gelu_backward_into(&mut out, &xs, &dy);
-        // SAFETY: every element was initialised (to NaN, then overwritten).
-        let out: Vec<f32> = out.iter().map(|v| unsafe { v.assume_init() }).collect();
-        let inv_sqrt_2pi = 1.0 / (2.0 * std::f64::consts::PI).sqrt();
-        for ((&x, &g), &o) in xs.iter().zip(&dy).zip(&out) {
-            let d = gelu_grad(x);
-            assert_eq!(
-                o.to_bits(),
-                (g * d).to_bits(),
-                "gelu'({x}) vector vs scalar"
-            );
-            let xf = x as f64;
-            let exact = 0.5 * (1.0 + libm_erf(xf / 2f64.sqrt()))
-                + xf * inv_sqrt_2pi * (-0.5 * xf * xf).exp();
-            assert!(
-                (d as f64 - exact).abs() < 1e-6,
-                "gelu'({x}) = {d}, exact {exact}"
-            );
-        }
+        crate::cpu::for_each_isa(|| {
+            let mut xs: Vec<f32> = (-70_000..70_000).map(|i| i as f32 * 1e-4).collect();
+            xs.extend([
+                0.0, -0.0, 5.999_999, 6.0, -6.0, 7.5, -7.5, 1e4, -1e4, 1e-30, -1e-30,
+            ]);
+            let dy: Vec<f32> = (0..xs.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
+            let mut out = vec![std::mem::MaybeUninit::new(f32::NAN); xs.len()];
+            gelu_backward_into(&mut out, &xs, &dy);
+            // SAFETY: every element was initialised (to NaN, then overwritten).
+            let out: Vec<f32> = out.iter().map(|v| unsafe { v.assume_init() }).collect();
+            let inv_sqrt_2pi = 1.0 / (2.0 * std::f64::consts::PI).sqrt();
+            for ((&x, &g), &o) in xs.iter().zip(&dy).zip(&out) {
+                let d = gelu_grad(x);
+                assert_eq!(
+                    o.to_bits(),
+                    (g * d).to_bits(),
+                    "gelu'({x}) vector vs scalar"
+                );
+                let xf = x as f64;
+                let exact = 0.5 * (1.0 + libm_erf(xf / 2f64.sqrt()))
+                    + xf * inv_sqrt_2pi * (-0.5 * xf * xf).exp();
+                assert!(
+                    (d as f64 - exact).abs() < 1e-6,
+                    "gelu'({x}) = {d}, exact {exact}"
+                );
+            }
+        });
     }
 
     #[test]

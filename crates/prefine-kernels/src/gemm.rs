@@ -130,15 +130,7 @@ pub fn gemm_new(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) -> Vec<f32> 
 }
 
 /// `dst[m, n] (+)= a[m, k] · b[k, n]`, with `dst` row-major and contiguous.
-pub fn gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-    a: MatRef,
-    b: MatRef,
-) {
+pub fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: MatRef, b: MatRef) {
     assert!(dst.len() >= m * n, "gemm: destination too small");
     debug_assert!(
         m == 0
@@ -182,9 +174,11 @@ pub unsafe fn gemm_into_strided(
     accumulate: bool,
     a: MatRef,
     b: MatRef,
-) { unsafe {
-    gemm_ptr(m, n, k, dst, dst_rs as usize, accumulate, a, b, false);
-}}
+) {
+    unsafe {
+        gemm_ptr(m, n, k, dst, dst_rs as usize, accumulate, a, b, false);
+    }
+}
 
 /// A raw pointer that may be shared across rayon tasks writing disjoint elements.
 #[derive(Clone, Copy)]

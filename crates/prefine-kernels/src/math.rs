@@ -123,4 +123,3 @@ pub fn gelu_grad(x: f32) -> f32 {
     let cdf = if x < 0.0 { tail } else { 1.0 - tail };
     x.mul_add(density, cdf)
 }
-

@@ -35,6 +35,7 @@ use crate::cpu::Isa;
 pub(crate) use crate::tile::{MR, NR};
 
 /// How many 4-byte groups of a panel the VNNI kernel prefetches ahead (64 x 128 bytes).
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_Q: usize = 64;
 /// Rows per parallel task (a multiple of `MR`).
 const MC: usize = 96;
@@ -185,44 +186,46 @@ fn quantize_row_scalar(x: &[f32], out: &mut [u8]) -> (f32, i32) {
 /// enabled for the 128-bit masked byte store (without it the intrinsic is an out-of-line call).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, i32) { unsafe {
-    let k = x.len();
-    let mut vlo = _mm512_set1_ps(f32::INFINITY);
-    let mut vhi = _mm512_set1_ps(f32::NEG_INFINITY);
-    let mut p = 0;
-    while p + 16 <= k {
-        let v = _mm512_loadu_ps(x.as_ptr().add(p));
-        vlo = _mm512_min_ps(vlo, v);
-        vhi = _mm512_max_ps(vhi, v);
-        p += 16;
+unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, i32) {
+    unsafe {
+        let k = x.len();
+        let mut vlo = _mm512_set1_ps(f32::INFINITY);
+        let mut vhi = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut p = 0;
+        while p + 16 <= k {
+            let v = _mm512_loadu_ps(x.as_ptr().add(p));
+            vlo = _mm512_min_ps(vlo, v);
+            vhi = _mm512_max_ps(vhi, v);
+            p += 16;
+        }
+        let mut lo = _mm512_reduce_min_ps(vlo);
+        let mut hi = _mm512_reduce_max_ps(vhi);
+        for &v in &x[p..] {
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+        let (scale, inv, zero) = row_params(lo, hi);
+        let vinv = _mm512_set1_ps(inv);
+        let vzero = _mm512_set1_epi32(zero);
+        let v0 = _mm512_setzero_si512();
+        let v255 = _mm512_set1_epi32(255);
+        let mut p = 0;
+        while p < k {
+            let n = (k - p).min(16);
+            let mask: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
+            let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(p));
+            let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, vinv)), vzero);
+            let q = _mm512_min_epi32(_mm512_max_epi32(q, v0), v255);
+            _mm_mask_storeu_epi8(
+                out.as_mut_ptr().add(p) as *mut i8,
+                mask,
+                _mm512_cvtepi32_epi8(q),
+            );
+            p += 16;
+        }
+        (scale, zero)
     }
-    let mut lo = _mm512_reduce_min_ps(vlo);
-    let mut hi = _mm512_reduce_max_ps(vhi);
-    for &v in &x[p..] {
-        lo = lo.min(v);
-        hi = hi.max(v);
-    }
-    let (scale, inv, zero) = row_params(lo, hi);
-    let vinv = _mm512_set1_ps(inv);
-    let vzero = _mm512_set1_epi32(zero);
-    let v0 = _mm512_setzero_si512();
-    let v255 = _mm512_set1_epi32(255);
-    let mut p = 0;
-    while p < k {
-        let n = (k - p).min(16);
-        let mask: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
-        let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(p));
-        let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, vinv)), vzero);
-        let q = _mm512_min_epi32(_mm512_max_epi32(q, v0), v255);
-        _mm_mask_storeu_epi8(
-            out.as_mut_ptr().add(p) as *mut i8,
-            mask,
-            _mm512_cvtepi32_epi8(q),
-        );
-        p += 16;
-    }
-    (scale, zero)
-}}
+}
 
 /// Quantises the rows of a row-major `[m, k]` matrix to u8 (see [`QuantizedRows`]).
 pub fn quantize_rows(x: &[f32], m: usize, k: usize) -> QuantizedRows {
@@ -315,14 +318,16 @@ unsafe fn tile_vnni(
     mr: usize,
     panel: *const i8,
     tile: &mut [[i32; NR]; MR],
-) { unsafe {
-    // The smallest row count that covers `mr` (a 32-row batch-1 input is 12 + 12 + 8 rows).
-    match mr {
-        0..=4 => tile_vnni_rows::<4>(kq, a, lda, mr, panel, tile),
-        5..=8 => tile_vnni_rows::<8>(kq, a, lda, mr, panel, tile),
-        _ => tile_vnni_rows::<MR>(kq, a, lda, mr, panel, tile),
+) {
+    unsafe {
+        // The smallest row count that covers `mr` (a 32-row batch-1 input is 12 + 12 + 8 rows).
+        match mr {
+            0..=4 => tile_vnni_rows::<4>(kq, a, lda, mr, panel, tile),
+            5..=8 => tile_vnni_rows::<8>(kq, a, lda, mr, panel, tile),
+            _ => tile_vnni_rows::<MR>(kq, a, lda, mr, panel, tile),
+        }
     }
-}}
+}
 
 /// [`tile_vnni`] for `R` accumulator rows (`mr <= R <= MR`); fills the first `R` rows of `tile`.
 ///
@@ -337,31 +342,33 @@ unsafe fn tile_vnni_rows<const R: usize>(
     mr: usize,
     panel: *const i8,
     tile: &mut [[i32; NR]; MR],
-) { unsafe {
-    let mut rows = [a; R];
-    for (i, r) in rows.iter_mut().enumerate().take(mr) {
-        *r = a.add(i * lda);
-    }
-    let mut acc = [[_mm512_setzero_si512(); 2]; R];
-    for q in 0..kq {
-        // Weights stream from memory at small batch: fetch the panel a few KiB ahead (past
-        // its end this touches the next panel, which comes next; a prefetch never faults).
-        let ahead = panel.add((q + PREFETCH_Q) * NR * 4);
-        _mm_prefetch::<_MM_HINT_T0>(ahead);
-        _mm_prefetch::<_MM_HINT_T0>(ahead.add(64));
-        let b0 = _mm512_loadu_si512(panel.add(q * NR * 4) as *const _);
-        let b1 = _mm512_loadu_si512(panel.add(q * NR * 4 + 64) as *const _);
-        for (i, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_epi32((rows[i].add(4 * q) as *const i32).read_unaligned());
-            row[0] = _mm512_dpbusd_epi32(row[0], av, b0);
-            row[1] = _mm512_dpbusd_epi32(row[1], av, b1);
+) {
+    unsafe {
+        let mut rows = [a; R];
+        for (i, r) in rows.iter_mut().enumerate().take(mr) {
+            *r = a.add(i * lda);
+        }
+        let mut acc = [[_mm512_setzero_si512(); 2]; R];
+        for q in 0..kq {
+            // Weights stream from memory at small batch: fetch the panel a few KiB ahead (past
+            // its end this touches the next panel, which comes next; a prefetch never faults).
+            let ahead = panel.add((q + PREFETCH_Q) * NR * 4);
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.add(64));
+            let b0 = _mm512_loadu_si512(panel.add(q * NR * 4) as *const _);
+            let b1 = _mm512_loadu_si512(panel.add(q * NR * 4 + 64) as *const _);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_epi32((rows[i].add(4 * q) as *const i32).read_unaligned());
+                row[0] = _mm512_dpbusd_epi32(row[0], av, b0);
+                row[1] = _mm512_dpbusd_epi32(row[1], av, b1);
+            }
+        }
+        for (t, row) in tile.iter_mut().zip(&acc) {
+            _mm512_storeu_si512(t.as_mut_ptr() as *mut _, row[0]);
+            _mm512_storeu_si512(t.as_mut_ptr().add(16) as *mut _, row[1]);
         }
     }
-    for (t, row) in tile.iter_mut().zip(&acc) {
-        _mm512_storeu_si512(t.as_mut_ptr() as *mut _, row[0]);
-        _mm512_storeu_si512(t.as_mut_ptr().add(16) as *mut _, row[1]);
-    }
-}}
+}
 
 /// Per-column parameters of one panel's epilogue.
 struct Cols<'a> {
@@ -384,15 +391,17 @@ unsafe fn epilogue_scalar(
     cols: &Cols,
     c: *mut f32,
     ldc: usize,
-) { unsafe {
-    for i in 0..mr {
-        let cr = c.add(i * ldc);
-        for j in 0..nr {
-            let v = tile[i][j] - zero[i] * cols.sum[j];
-            *cr.add(j) = (v as f32).mul_add(sx[i] * cols.scale[j], cols.bias[j]);
+) {
+    unsafe {
+        for i in 0..mr {
+            let cr = c.add(i * ldc);
+            for j in 0..nr {
+                let v = tile[i][j] - zero[i] * cols.sum[j];
+                *cr.add(j) = (v as f32).mul_add(sx[i] * cols.scale[j], cols.bias[j]);
+            }
         }
     }
-}}
+}
 
 /// [`epilogue_scalar`] with AVX-512 (identical results: the same integer correction, the same
 /// product of scales, one fused multiply-add).
@@ -411,32 +420,34 @@ unsafe fn epilogue_avx512(
     cols: &Cols,
     c: *mut f32,
     ldc: usize,
-) { unsafe {
-    let (m0, m1) = crate::sgemm::tail_masks(nr);
-    let sw = [
-        _mm512_loadu_ps(cols.scale.as_ptr()),
-        _mm512_loadu_ps(cols.scale.as_ptr().add(16)),
-    ];
-    let sums = [
-        _mm512_loadu_si512(cols.sum.as_ptr() as *const _),
-        _mm512_loadu_si512(cols.sum.as_ptr().add(16) as *const _),
-    ];
-    let bias = [
-        _mm512_maskz_loadu_ps(m0, cols.bias.as_ptr()),
-        _mm512_maskz_loadu_ps(m1, cols.bias.as_ptr().add(16)),
-    ];
-    for i in 0..mr {
-        let zi = _mm512_set1_epi32(zero[i]);
-        let si = _mm512_set1_ps(sx[i]);
-        let cr = c.add(i * ldc);
-        for h in 0..2 {
-            let acc = _mm512_loadu_si512(tile[i].as_ptr().add(16 * h) as *const _);
-            let v = _mm512_sub_epi32(acc, _mm512_mullo_epi32(zi, sums[h]));
-            let y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(si, sw[h]), bias[h]);
-            _mm512_mask_storeu_ps(cr.add(16 * h), if h == 0 { m0 } else { m1 }, y);
+) {
+    unsafe {
+        let (m0, m1) = crate::sgemm::tail_masks(nr);
+        let sw = [
+            _mm512_loadu_ps(cols.scale.as_ptr()),
+            _mm512_loadu_ps(cols.scale.as_ptr().add(16)),
+        ];
+        let sums = [
+            _mm512_loadu_si512(cols.sum.as_ptr() as *const _),
+            _mm512_loadu_si512(cols.sum.as_ptr().add(16) as *const _),
+        ];
+        let bias = [
+            _mm512_maskz_loadu_ps(m0, cols.bias.as_ptr()),
+            _mm512_maskz_loadu_ps(m1, cols.bias.as_ptr().add(16)),
+        ];
+        for i in 0..mr {
+            let zi = _mm512_set1_epi32(zero[i]);
+            let si = _mm512_set1_ps(sx[i]);
+            let cr = c.add(i * ldc);
+            for h in 0..2 {
+                let acc = _mm512_loadu_si512(tile[i].as_ptr().add(16 * h) as *const _);
+                let v = _mm512_sub_epi32(acc, _mm512_mullo_epi32(zi, sums[h]));
+                let y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(si, sw[h]), bias[h]);
+                _mm512_mask_storeu_ps(cr.add(16 * h), if h == 0 { m0 } else { m1 }, y);
+            }
         }
     }
-}}
+}
 
 #[derive(Clone, Copy)]
 struct OutPtr<T>(*mut T);
@@ -610,16 +621,21 @@ fn tile(
     acc: &mut [[i32; NR]; MR],
 ) {
     assert!(a.len() >= (row0 + mr) * lda && panel.len() >= kq * NR * 4 && sums.len() >= NR);
-    let _ = sums;
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     let rows = a[row0 * lda..].as_ptr();
+    let _ = sums;
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: VNNI selected; rows row0..row0+mr of `lda` bytes and the panel's
         // `kq * NR * 4` bytes exist (asserted above).
-        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { tile_vnni(kq, rows, lda, mr, panel.as_ptr(), acc) },
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe {
+            tile_vnni(kq, rows, lda, mr, panel.as_ptr(), acc)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 selected; operands as above.
-        Isa::Avx2Fma => unsafe { crate::arch::avx2::qgemm_tile(kq, rows, lda, mr, panel.as_ptr(), acc) },
+        Isa::Avx2Fma => unsafe {
+            crate::arch::avx2::qgemm_tile(kq, rows, lda, mr, panel.as_ptr(), acc)
+        },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON (and SDOT when `dotprod`) selected; operands as above.
         Isa::Neon { dotprod } => unsafe {
@@ -707,7 +723,7 @@ mod tests {
             // The fused GELU is GELU of the same output, on both paths.
             let mut want = fast.clone();
             want.iter_mut()
-                .for_each(|v| *v = super::crate::fast_math::gelu(*v));
+                .for_each(|v| *v = crate::fast_math::gelu(*v));
             for isa in crate::cpu::supported() {
                 let got = crate::cpu::with_isa(isa, || int8_linear(&x, m, &w, &bias, true));
                 assert_eq!(got, want, "{m}x{n}x{k} GELU on {isa}");

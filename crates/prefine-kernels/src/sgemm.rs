@@ -18,6 +18,7 @@ pub(crate) const KC: usize = 384;
 pub(crate) const MC: usize = 96;
 pub(crate) const NC: usize = 2048;
 /// How many rows of a B panel the micro-kernel prefetches ahead.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_ROWS: usize = 64;
 
 thread_local! {
@@ -71,17 +72,19 @@ pub(crate) unsafe fn empty_product(
     c: *mut f32,
     ldc: usize,
     start: Start,
-) -> bool { unsafe {
-    if !nothing_to_multiply(m, n, k, c, ldc, matches!(start, Start::Accumulate)) {
-        return false;
-    }
-    if let (Start::Bias(b), true) = (start, k == 0) {
-        for i in 0..m {
-            std::ptr::copy_nonoverlapping(b.as_ptr(), c.add(i * ldc), n);
+) -> bool {
+    unsafe {
+        if !nothing_to_multiply(m, n, k, c, ldc, matches!(start, Start::Accumulate)) {
+            return false;
         }
+        if let (Start::Bias(b), true) = (start, k == 0) {
+            for i in 0..m {
+                std::ptr::copy_nonoverlapping(b.as_ptr(), c.add(i * ldc), n);
+            }
+        }
+        true
     }
-    true
-}}
+}
 
 /// Finishes a GEMM with an empty operand: nothing for `m == 0` or `n == 0`, a zeroed `dst` for
 /// `k == 0` (unless accumulating). Returns whether the GEMM was of that kind.
@@ -411,24 +414,26 @@ unsafe fn copy_rows_avx512(
     width: usize,
     lanes: usize,
     out: &mut [f32],
-) { unsafe {
-    debug_assert!(width <= lanes && lanes <= 32 && out.len() >= rows * lanes);
-    let (lo_load, hi_load) = tail_masks(width);
-    let (lo_store, hi_store) = tail_masks(lanes);
-    let dst = out.as_mut_ptr();
-    for r in 0..rows {
-        let s = src.add(r * stride);
-        let d = dst.add(r * lanes);
-        _mm512_mask_storeu_ps(d, lo_store, _mm512_maskz_loadu_ps(lo_load, s));
-        if lanes > 16 {
-            _mm512_mask_storeu_ps(
-                d.add(16),
-                hi_store,
-                _mm512_maskz_loadu_ps(hi_load, s.add(16)),
-            );
+) {
+    unsafe {
+        debug_assert!(width <= lanes && lanes <= 32 && out.len() >= rows * lanes);
+        let (lo_load, hi_load) = tail_masks(width);
+        let (lo_store, hi_store) = tail_masks(lanes);
+        let dst = out.as_mut_ptr();
+        for r in 0..rows {
+            let s = src.add(r * stride);
+            let d = dst.add(r * lanes);
+            _mm512_mask_storeu_ps(d, lo_store, _mm512_maskz_loadu_ps(lo_load, s));
+            if lanes > 16 {
+                _mm512_mask_storeu_ps(
+                    d.add(16),
+                    hi_store,
+                    _mm512_maskz_loadu_ps(hi_load, s.add(16)),
+                );
+            }
         }
     }
-}}
+}
 
 /// Packs `A[i0..i0+mc, p0..p0+kc]` into MR-tall row panels, zero-padded (rounded to bf16 when
 /// `a.bf16`).
@@ -498,42 +503,44 @@ pub unsafe fn sgemm(
     ldc: usize,
     start: Start,
     parallel: bool,
-) { unsafe {
-    if empty_product(m, n, k, c, ldc, start) {
-        return;
+) {
+    unsafe {
+        if empty_product(m, n, k, c, ldc, start) {
+            return;
+        }
+        // A thread blocked in this GEMM's parallel loop can run another GEMM stolen by rayon (an
+        // outer parallel loop over GEMMs): then the thread's buffer is still borrowed and that
+        // nested call packs into a buffer of its own.
+        B_PACK.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut bpack) => sgemm_blocks(
+                m,
+                n,
+                k,
+                a,
+                BSource::Strided(b),
+                OutPtr(c),
+                ldc,
+                start,
+                parallel,
+                false,
+                &mut bpack,
+            ),
+            Err(_) => sgemm_blocks(
+                m,
+                n,
+                k,
+                a,
+                BSource::Strided(b),
+                OutPtr(c),
+                ldc,
+                start,
+                parallel,
+                false,
+                &mut Vec::new(),
+            ),
+        })
     }
-    // A thread blocked in this GEMM's parallel loop can run another GEMM stolen by rayon (an
-    // outer parallel loop over GEMMs): then the thread's buffer is still borrowed and that
-    // nested call packs into a buffer of its own.
-    B_PACK.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut bpack) => sgemm_blocks(
-            m,
-            n,
-            k,
-            a,
-            BSource::Strided(b),
-            OutPtr(c),
-            ldc,
-            start,
-            parallel,
-            false,
-            &mut bpack,
-        ),
-        Err(_) => sgemm_blocks(
-            m,
-            n,
-            k,
-            a,
-            BSource::Strided(b),
-            OutPtr(c),
-            ldc,
-            start,
-            parallel,
-            false,
-            &mut Vec::new(),
-        ),
-    })
-}}
+}
 
 /// `C[m, n] (+)= A[m, k] · Wᵀ` for a weight in packed panels ([`PackedB::view`], `W[n, k]`).
 ///
@@ -549,30 +556,35 @@ pub unsafe fn sgemm_packed(
     start: Start,
     parallel: bool,
     gelu: bool,
-) { unsafe {
-    let (n, k) = b.dims();
-    if empty_product(m, n, k, c, ldc, start) {
-        if gelu && k == 0 {
-            for i in 0..m {
-                crate::fast_math::gelu_in_place(std::slice::from_raw_parts_mut(c.add(i * ldc), n));
+) {
+    unsafe {
+        let (n, k) = b.dims();
+        if empty_product(m, n, k, c, ldc, start) {
+            if gelu && k == 0 {
+                for i in 0..m {
+                    crate::fast_math::gelu_in_place(std::slice::from_raw_parts_mut(
+                        c.add(i * ldc),
+                        n,
+                    ));
+                }
             }
+            return;
         }
-        return;
+        sgemm_blocks(
+            m,
+            n,
+            k,
+            a,
+            BSource::Packed(b),
+            OutPtr(c),
+            ldc,
+            start,
+            parallel,
+            gelu,
+            &mut Vec::new(),
+        )
     }
-    sgemm_blocks(
-        m,
-        n,
-        k,
-        a,
-        BSource::Packed(b),
-        OutPtr(c),
-        ldc,
-        start,
-        parallel,
-        gelu,
-        &mut Vec::new(),
-    )
-}}
+}
 
 /// `x[m, k] · Wᵀ + bias` for a weight in packed panels (`x` row-major), as a new row-major
 /// `[m, n]` matrix: the safe entry point of [`sgemm_packed`], multi-threaded when the product is
@@ -580,13 +592,7 @@ pub unsafe fn sgemm_packed(
 /// zero-filled (the kernel writes every element).
 /// With `gelu`, the exact GELU is applied to each tile in the kernel's last store (the
 /// activation of the layer, without a pass of its own).
-pub fn gemm_panels_bias(
-    m: usize,
-    x: &[f32],
-    w: PanelsRef,
-    bias: &[f32],
-    gelu: bool,
-) -> Vec<f32> {
+pub fn gemm_panels_bias(m: usize, x: &[f32], w: PanelsRef, bias: &[f32], gelu: bool) -> Vec<f32> {
     let (n, k) = w.dims();
     assert!(
         x.len() >= m * k,
@@ -631,121 +637,123 @@ unsafe fn sgemm_blocks(
     parallel: bool,
     gelu: bool,
     bpack: &mut Vec<f32>,
-) { unsafe {
-    let accumulate = matches!(start, Start::Accumulate);
-    // The family is read once here: the tasks below may run on other threads.
-    let isa = crate::cpu::isa();
-    // A row-major A (unit column stride) is read in place by the kernel.
-    // (A bf16 operand is packed: the rounding happens there.)
-    let direct_a = a.cs == 1 && a.rs > 0 && !a.bf16 && !pack_a_forced();
-    let lda = a.rs.max(0) as usize;
-    let bias = match start {
-        Start::Bias(b) => {
-            assert!(b.len() >= n, "sgemm: bias shorter than n");
-            Some(b)
-        }
-        _ => None,
-    };
-    for j0 in (0..n).step_by(NC) {
-        let nc = NC.min(n - j0);
-        for p0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - p0);
-            let overwrite = p0 == 0 && !accumulate;
-            let gelu_now = gelu && p0 + kc == k;
-            let bp: &[f32] = match b {
-                BSource::Strided(b) => {
-                    pack_b(b, p0, kc, j0, nc, bpack);
-                    &bpack[..]
-                }
-                BSource::Packed(packed) => packed.block(j0, p0, nc, kc),
-            };
-            let npanels = nc.div_ceil(NR);
-            let mblocks = m.div_ceil(MC);
-            let (groups, per_group) = column_groups(mblocks, npanels, parallel);
-            let block_len = (MC / MR) * kc * MR;
-            // `apack` is the row block's packed A, or empty when A is read in place.
-            let run_block = |ib: usize, g: usize, apack: &[f32]| {
-                let i0 = ib * MC;
-                let mc = MC.min(m - i0);
-                let (first, last) = (g * per_group, ((g + 1) * per_group).min(npanels));
-                for jp in first..last {
-                    let jr = jp * NR;
-                    let nr = NR.min(nc - jr);
-                    let bpanel = bp.as_ptr().add(jp * kc * NR);
-                    for ir in (0..mc).step_by(MR) {
-                        let mr = MR.min(mc - ir);
-                        let asrc = if direct_a {
-                            ASource::Rows(a.data.as_ptr().add((i0 + ir) * lda + p0), lda)
-                        } else {
-                            ASource::Panel(apack.as_ptr().add((ir / MR) * kc * MR))
-                        };
-                        let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
-                        let bias = bias.map_or(std::ptr::null(), |b| b.as_ptr().add(j0 + jr));
-                        let tile = Tile {
-                            c: cptr,
-                            ldc,
-                            mr,
-                            nr,
-                            overwrite,
-                            bias,
-                            gelu: gelu_now,
-                        };
-                        kernel_tile(isa, kc, asrc, bpanel, tile);
+) {
+    unsafe {
+        let accumulate = matches!(start, Start::Accumulate);
+        // The family is read once here: the tasks below may run on other threads.
+        let isa = crate::cpu::isa();
+        // A row-major A (unit column stride) is read in place by the kernel.
+        // (A bf16 operand is packed: the rounding happens there.)
+        let direct_a = a.cs == 1 && a.rs > 0 && !a.bf16 && !pack_a_forced();
+        let lda = a.rs.max(0) as usize;
+        let bias = match start {
+            Start::Bias(b) => {
+                assert!(b.len() >= n, "sgemm: bias shorter than n");
+                Some(b)
+            }
+            _ => None,
+        };
+        for j0 in (0..n).step_by(NC) {
+            let nc = NC.min(n - j0);
+            for p0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - p0);
+                let overwrite = p0 == 0 && !accumulate;
+                let gelu_now = gelu && p0 + kc == k;
+                let bp: &[f32] = match b {
+                    BSource::Strided(b) => {
+                        pack_b(b, p0, kc, j0, nc, bpack);
+                        &bpack[..]
                     }
+                    BSource::Packed(packed) => packed.block(j0, p0, nc, kc),
+                };
+                let npanels = nc.div_ceil(NR);
+                let mblocks = m.div_ceil(MC);
+                let (groups, per_group) = column_groups(mblocks, npanels, parallel);
+                let block_len = (MC / MR) * kc * MR;
+                // `apack` is the row block's packed A, or empty when A is read in place.
+                let run_block = |ib: usize, g: usize, apack: &[f32]| {
+                    let i0 = ib * MC;
+                    let mc = MC.min(m - i0);
+                    let (first, last) = (g * per_group, ((g + 1) * per_group).min(npanels));
+                    for jp in first..last {
+                        let jr = jp * NR;
+                        let nr = NR.min(nc - jr);
+                        let bpanel = bp.as_ptr().add(jp * kc * NR);
+                        for ir in (0..mc).step_by(MR) {
+                            let mr = MR.min(mc - ir);
+                            let asrc = if direct_a {
+                                ASource::Rows(a.data.as_ptr().add((i0 + ir) * lda + p0), lda)
+                            } else {
+                                ASource::Panel(apack.as_ptr().add((ir / MR) * kc * MR))
+                            };
+                            let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
+                            let bias = bias.map_or(std::ptr::null(), |b| b.as_ptr().add(j0 + jr));
+                            let tile = Tile {
+                                c: cptr,
+                                ldc,
+                                mr,
+                                nr,
+                                overwrite,
+                                bias,
+                                gelu: gelu_now,
+                            };
+                            kernel_tile(isa, kc, asrc, bpanel, tile);
+                        }
+                    }
+                };
+                // Tasks run in group-major order: rayon halves the task range, and each half then
+                // holds every row block (a short last block no longer lands beside its twin).
+                if direct_a {
+                    // Row-major A: the kernel broadcasts straight from its rows (no packing).
+                    let tasks = mblocks * groups;
+                    let task = |t: usize| run_block(t % mblocks, t / mblocks, &[]);
+                    if parallel && rayon::current_num_threads() > 1 && tasks > 1 {
+                        (0..tasks).into_par_iter().for_each(task);
+                    } else {
+                        (0..tasks).for_each(task);
+                    }
+                    continue;
                 }
-            };
-            // Tasks run in group-major order: rayon halves the task range, and each half then
-            // holds every row block (a short last block no longer lands beside its twin).
-            if direct_a {
-                // Row-major A: the kernel broadcasts straight from its rows (no packing).
                 let tasks = mblocks * groups;
-                let task = |t: usize| run_block(t % mblocks, t / mblocks, &[]);
-                if parallel && rayon::current_num_threads() > 1 && tasks > 1 {
+                let parallel_tasks = parallel && rayon::current_num_threads() > 1 && tasks > 1;
+                if groups > 1 && parallel_tasks {
+                    // Few row blocks (batch-1 inference), split by columns: pack each block of A
+                    // once here rather than once per column group.
+                    with_buffer(&A_SHARED, mblocks * block_len, |shared| {
+                        for ib in 0..mblocks {
+                            let i0 = ib * MC;
+                            let mc = MC.min(m - i0);
+                            let need = mc.div_ceil(MR) * kc * MR;
+                            let at = ib * block_len;
+                            pack_a(a, i0, mc, p0, kc, &mut shared[at..at + need]);
+                        }
+                        let shared = &*shared;
+                        (0..tasks).into_par_iter().for_each(|t| {
+                            let ib = t % mblocks;
+                            run_block(ib, t / mblocks, &shared[ib * block_len..]);
+                        });
+                    });
+                    continue;
+                }
+                let task = |t: usize| {
+                    let (ib, g) = (t % mblocks, t / mblocks);
+                    let i0 = ib * MC;
+                    let mc = MC.min(m - i0);
+                    let need = mc.div_ceil(MR) * kc * MR;
+                    with_buffer(&A_PACK, need, |apack| {
+                        pack_a(a, i0, mc, p0, kc, apack);
+                        run_block(ib, g, apack);
+                    });
+                };
+                if parallel_tasks {
                     (0..tasks).into_par_iter().for_each(task);
                 } else {
                     (0..tasks).for_each(task);
                 }
-                continue;
-            }
-            let tasks = mblocks * groups;
-            let parallel_tasks = parallel && rayon::current_num_threads() > 1 && tasks > 1;
-            if groups > 1 && parallel_tasks {
-                // Few row blocks (batch-1 inference), split by columns: pack each block of A
-                // once here rather than once per column group.
-                with_buffer(&A_SHARED, mblocks * block_len, |shared| {
-                    for ib in 0..mblocks {
-                        let i0 = ib * MC;
-                        let mc = MC.min(m - i0);
-                        let need = mc.div_ceil(MR) * kc * MR;
-                        let at = ib * block_len;
-                        pack_a(a, i0, mc, p0, kc, &mut shared[at..at + need]);
-                    }
-                    let shared = &*shared;
-                    (0..tasks).into_par_iter().for_each(|t| {
-                        let ib = t % mblocks;
-                        run_block(ib, t / mblocks, &shared[ib * block_len..]);
-                    });
-                });
-                continue;
-            }
-            let task = |t: usize| {
-                let (ib, g) = (t % mblocks, t / mblocks);
-                let i0 = ib * MC;
-                let mc = MC.min(m - i0);
-                let need = mc.div_ceil(MR) * kc * MR;
-                with_buffer(&A_PACK, need, |apack| {
-                    pack_a(a, i0, mc, p0, kc, apack);
-                    run_block(ib, g, apack);
-                });
-            };
-            if parallel_tasks {
-                (0..tasks).into_par_iter().for_each(task);
-            } else {
-                (0..tasks).for_each(task);
             }
         }
     }
-}}
+}
 
 /// How to split a GEMM into tasks: `mblocks` row blocks times `groups` groups of `per_group`
 /// column panels each. With few row blocks (batch-1 inference) the column panels are split so
@@ -819,31 +827,33 @@ unsafe fn kernel_rows<const R: usize, const ROWS: bool>(
     step: usize,
     bp: *const f32,
     t: Tile,
-) { unsafe {
-    debug_assert!(t.mr <= R && R <= MR && t.mr > 0);
-    let rows: [*const f32; R] = std::array::from_fn(|i| ap.add(i.min(t.mr - 1) * step));
-    let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    for p in 0..kc {
-        // Weights stream from L3 at small batch: fetch B a few rows ahead (the hardware
-        // prefetcher stops at every 4 KiB page of a 32 KiB panel). Past the panel's end this
-        // touches the next panel, which comes next; a prefetch never faults.
-        _mm_prefetch::<_MM_HINT_T0>(bp.add((p + PREFETCH_ROWS) * NR) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(bp.add((p + PREFETCH_ROWS) * NR + 16) as *const i8);
-        let b0 = _mm512_loadu_ps(bp.add(p * NR));
-        let b1 = _mm512_loadu_ps(bp.add(p * NR + 16));
-        let arow = ap.add(p * MR);
-        for (i, row) in acc.iter_mut().enumerate() {
-            let av = if ROWS {
-                _mm512_set1_ps(*rows[i].add(p))
-            } else {
-                _mm512_set1_ps(*arow.add(i))
-            };
-            row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-            row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+) {
+    unsafe {
+        debug_assert!(t.mr <= R && R <= MR && t.mr > 0);
+        let rows: [*const f32; R] = std::array::from_fn(|i| ap.add(i.min(t.mr - 1) * step));
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for p in 0..kc {
+            // Weights stream from L3 at small batch: fetch B a few rows ahead (the hardware
+            // prefetcher stops at every 4 KiB page of a 32 KiB panel). Past the panel's end this
+            // touches the next panel, which comes next; a prefetch never faults.
+            _mm_prefetch::<_MM_HINT_T0>(bp.add((p + PREFETCH_ROWS) * NR) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(bp.add((p + PREFETCH_ROWS) * NR + 16) as *const i8);
+            let b0 = _mm512_loadu_ps(bp.add(p * NR));
+            let b1 = _mm512_loadu_ps(bp.add(p * NR + 16));
+            let arow = ap.add(p * MR);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = if ROWS {
+                    _mm512_set1_ps(*rows[i].add(p))
+                } else {
+                    _mm512_set1_ps(*arow.add(i))
+                };
+                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+            }
         }
+        store_tile(&acc, t);
     }
-    store_tile(&acc, t);
-}}
+}
 
 /// Stores an `mr x nr` tile of accumulators (`R` rows of two 16-lane halves) into `c`:
 /// overwriting it (plus `bias` when not null) or adding to it, then applying the exact GELU when
@@ -858,46 +868,48 @@ unsafe fn kernel_rows<const R: usize, const ROWS: bool>(
 /// `t.bias` is null or valid for `t.nr` elements.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) unsafe fn store_tile<const R: usize>(acc: &[[__m512; 2]; R], t: Tile) { unsafe {
-    let Tile {
-        c,
-        ldc,
-        mr,
-        nr,
-        overwrite,
-        bias,
-        gelu,
-    } = t;
-    let (m0, m1) = tail_masks(nr);
-    let (bias0, bias1) = if overwrite && !bias.is_null() {
-        (
-            _mm512_maskz_loadu_ps(m0, bias),
-            _mm512_maskz_loadu_ps(m1, bias.add(16)),
-        )
-    } else {
-        (_mm512_setzero_ps(), _mm512_setzero_ps())
-    };
-    let act = |v: __m512| {
-        if gelu {
-            crate::fast_math::gelu_avx512(v)
-        } else {
-            v
-        }
-    };
-    for (i, row) in acc.iter().enumerate().take(mr) {
-        let cr = c.add(i * ldc);
-        let (start0, start1) = if overwrite {
-            (bias0, bias1)
-        } else {
+pub(crate) unsafe fn store_tile<const R: usize>(acc: &[[__m512; 2]; R], t: Tile) {
+    unsafe {
+        let Tile {
+            c,
+            ldc,
+            mr,
+            nr,
+            overwrite,
+            bias,
+            gelu,
+        } = t;
+        let (m0, m1) = tail_masks(nr);
+        let (bias0, bias1) = if overwrite && !bias.is_null() {
             (
-                _mm512_maskz_loadu_ps(m0, cr),
-                _mm512_maskz_loadu_ps(m1, cr.add(16)),
+                _mm512_maskz_loadu_ps(m0, bias),
+                _mm512_maskz_loadu_ps(m1, bias.add(16)),
             )
+        } else {
+            (_mm512_setzero_ps(), _mm512_setzero_ps())
         };
-        _mm512_mask_storeu_ps(cr, m0, act(_mm512_add_ps(start0, row[0])));
-        _mm512_mask_storeu_ps(cr.add(16), m1, act(_mm512_add_ps(start1, row[1])));
+        let act = |v: __m512| {
+            if gelu {
+                crate::fast_math::gelu_avx512(v)
+            } else {
+                v
+            }
+        };
+        for (i, row) in acc.iter().enumerate().take(mr) {
+            let cr = c.add(i * ldc);
+            let (start0, start1) = if overwrite {
+                (bias0, bias1)
+            } else {
+                (
+                    _mm512_maskz_loadu_ps(m0, cr),
+                    _mm512_maskz_loadu_ps(m1, cr.add(16)),
+                )
+            };
+            _mm512_mask_storeu_ps(cr, m0, act(_mm512_add_ps(start0, row[0])));
+            _mm512_mask_storeu_ps(cr.add(16), m1, act(_mm512_add_ps(start1, row[1])));
+        }
     }
-}}
+}
 
 /// Helpers shared by the GEMM kernels' tests.
 #[cfg(test)]
@@ -963,80 +975,80 @@ mod tests {
     #[test]
     fn nested_parallel_gemms_are_safe_and_correct() {
         crate::cpu::for_each_isa(|| {
-        use rayon::prelude::*;
-        let (m, n, k) = (96, 256, 384);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i % 7) as f32 - 3.0) * 0.02).collect();
-        let am = MatRef::row_major(&a, k);
-        let bm = MatRef::row_major(&b, n);
-        let want = naive(m, n, k, am, bm);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            let outs: Vec<Vec<f32>> = (0..64)
-                .into_par_iter()
-                .map(|_| {
-                    let mut c = vec![0f32; m * n];
-                    unsafe { sgemm(m, n, k, am, bm, c.as_mut_ptr(), n, Start::Zero, true) };
-                    c
-                })
-                .collect();
-            for c in outs {
-                for (x, w) in c.iter().zip(&want) {
-                    assert!((x - w).abs() < 1e-4 * (1.0 + w.abs()), "{x} vs {w}");
+            use rayon::prelude::*;
+            let (m, n, k) = (96, 256, 384);
+            let a: Vec<f32> = (0..m * k).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i % 7) as f32 - 3.0) * 0.02).collect();
+            let am = MatRef::row_major(&a, k);
+            let bm = MatRef::row_major(&b, n);
+            let want = naive(m, n, k, am, bm);
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let outs: Vec<Vec<f32>> = (0..64)
+                    .into_par_iter()
+                    .map(|_| {
+                        let mut c = vec![0f32; m * n];
+                        unsafe { sgemm(m, n, k, am, bm, c.as_mut_ptr(), n, Start::Zero, true) };
+                        c
+                    })
+                    .collect();
+                for c in outs {
+                    for (x, w) in c.iter().zip(&want) {
+                        assert!((x - w).abs() < 1e-4 * (1.0 + w.abs()), "{x} vs {w}");
+                    }
                 }
-            }
-        });
+            });
         });
     }
 
     #[test]
     fn matches_naive_on_awkward_shapes_and_strides() {
         crate::cpu::for_each_isa(|| {
-        let mut rnd = uniform(1);
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (13, 33, 7),
-            (100, 50, 300),
-            (12, 32, 256),
-            (200, 70, 513),
-            (5, 2100, 3),
-            // Batch-1 shapes: 12 + 12 + 8 rows (the 8-row kernel), one row block shared by
-            // the column groups; and a 4-row tail.
-            (32, 96, 384),
-            (100, 64, 40),
-        ] {
-            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
-            let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
-            for (ta, tb, am, bm) in layouts(&a, &b, m, n, k) {
-                let want = naive(m, n, k, am, bm);
-                for acc in [false, true] {
-                    let mut c = vec![if acc { 1.0 } else { 7.0 }; m * n];
-                    unsafe {
-                        sgemm(
-                            m,
-                            n,
-                            k,
-                            am,
-                            bm,
-                            c.as_mut_ptr(),
-                            n,
-                            Start::from_accumulate(acc),
-                            true,
-                        )
-                    };
-                    for (x, w) in c.iter().zip(&want) {
-                        let w = if acc { w + 1.0 } else { *w };
-                        assert!(
-                            (x - w).abs() < 1e-4 * (1.0 + w.abs()),
-                            "{m}x{n}x{k} ta={ta} tb={tb} acc={acc}: {x} vs {w}"
-                        );
+            let mut rnd = uniform(1);
+            for &(m, n, k) in &[
+                (1, 1, 1),
+                (13, 33, 7),
+                (100, 50, 300),
+                (12, 32, 256),
+                (200, 70, 513),
+                (5, 2100, 3),
+                // Batch-1 shapes: 12 + 12 + 8 rows (the 8-row kernel), one row block shared by
+                // the column groups; and a 4-row tail.
+                (32, 96, 384),
+                (100, 64, 40),
+            ] {
+                let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+                let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+                for (ta, tb, am, bm) in layouts(&a, &b, m, n, k) {
+                    let want = naive(m, n, k, am, bm);
+                    for acc in [false, true] {
+                        let mut c = vec![if acc { 1.0 } else { 7.0 }; m * n];
+                        unsafe {
+                            sgemm(
+                                m,
+                                n,
+                                k,
+                                am,
+                                bm,
+                                c.as_mut_ptr(),
+                                n,
+                                Start::from_accumulate(acc),
+                                true,
+                            )
+                        };
+                        for (x, w) in c.iter().zip(&want) {
+                            let w = if acc { w + 1.0 } else { *w };
+                            assert!(
+                                (x - w).abs() < 1e-4 * (1.0 + w.abs()),
+                                "{m}x{n}x{k} ta={ta} tb={tb} acc={acc}: {x} vs {w}"
+                            );
+                        }
                     }
                 }
             }
-        }
         });
     }
 
@@ -1046,37 +1058,37 @@ mod tests {
     #[test]
     fn bias_start_adds_the_bias_once() {
         crate::cpu::for_each_isa(|| {
-        let mut rnd = uniform(3);
-        for &(m, n, k) in &[(1, 5, 3), (32, 70, 300), (97, 40, 513), (7, 33, 0)] {
-            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
-            let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
-            let bias: Vec<f32> = (0..n).map(|_| rnd()).collect();
-            let am = MatRef::row_major(&a, k);
-            let want = naive(m, n, k, am, MatRef::transposed(&w, k));
-            let mut c = vec![f32::NAN; m * n];
-            let wm = MatRef::transposed(&w, k);
-            unsafe { sgemm(m, n, k, am, wm, c.as_mut_ptr(), n, Start::Bias(&bias), true) };
-            let packed = PackedB::pack(&w, n, k);
-            let p = gemm_panels_bias(m, &a, packed.view(), &bias, false);
-            // The GELU applied in the kernel's store is the activation of the same values.
-            let mut act = p.clone();
-            crate::fast_math::gelu_in_place(&mut act);
-            let fused = gemm_panels_bias(m, &a, packed.view(), &bias, true);
-            assert!(
-                fused
-                    .iter()
-                    .zip(&act)
-                    .all(|(x, y)| x.to_bits() == y.to_bits()),
-                "{m}x{n}x{k}: fused GELU"
-            );
-            for (i, got) in c.iter().zip(&p).flat_map(|(x, y)| [x, y]).enumerate() {
-                let want = want[i / 2] + bias[(i / 2) % n];
+            let mut rnd = uniform(3);
+            for &(m, n, k) in &[(1, 5, 3), (32, 70, 300), (97, 40, 513), (7, 33, 0)] {
+                let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+                let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+                let bias: Vec<f32> = (0..n).map(|_| rnd()).collect();
+                let am = MatRef::row_major(&a, k);
+                let want = naive(m, n, k, am, MatRef::transposed(&w, k));
+                let mut c = vec![f32::NAN; m * n];
+                let wm = MatRef::transposed(&w, k);
+                unsafe { sgemm(m, n, k, am, wm, c.as_mut_ptr(), n, Start::Bias(&bias), true) };
+                let packed = PackedB::pack(&w, n, k);
+                let p = gemm_panels_bias(m, &a, packed.view(), &bias, false);
+                // The GELU applied in the kernel's store is the activation of the same values.
+                let mut act = p.clone();
+                crate::fast_math::gelu_in_place(&mut act);
+                let fused = gemm_panels_bias(m, &a, packed.view(), &bias, true);
                 assert!(
-                    (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                    "{m}x{n}x{k}: {got} vs {want}"
+                    fused
+                        .iter()
+                        .zip(&act)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{m}x{n}x{k}: fused GELU"
                 );
+                for (i, got) in c.iter().zip(&p).flat_map(|(x, y)| [x, y]).enumerate() {
+                    let want = want[i / 2] + bias[(i / 2) % n];
+                    assert!(
+                        (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "{m}x{n}x{k}: {got} vs {want}"
+                    );
+                }
             }
-        }
         });
     }
 
@@ -1085,37 +1097,37 @@ mod tests {
     #[test]
     fn prepacked_weights_match_naive_and_round_trip() {
         crate::cpu::for_each_isa(|| {
-        let mut rnd = uniform(7);
-        for &(m, n, k) in &[(1, 1, 1), (32, 384, 384), (13, 33, 7), (200, 2100, 513)] {
-            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
-            let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
-            let packed = PackedB::pack(&w, n, k);
-            assert_eq!(packed.unpack(), w, "{n}x{k}: unpack");
-            let am = MatRef::row_major(&a, k);
-            let want = naive(m, n, k, am, MatRef::transposed(&w, k));
-            for acc in [false, true] {
-                let mut c = vec![if acc { 1.0 } else { 7.0 }; m * n];
-                unsafe {
-                    sgemm_packed(
-                        m,
-                        am,
-                        packed.view(),
-                        c.as_mut_ptr(),
-                        n,
-                        Start::from_accumulate(acc),
-                        true,
-                        false,
-                    )
-                };
-                for (x, w) in c.iter().zip(&want) {
-                    let w = if acc { w + 1.0 } else { *w };
-                    assert!(
-                        (x - w).abs() < 1e-4 * (1.0 + w.abs()),
-                        "{m}x{n}x{k} acc={acc}: {x} vs {w}"
-                    );
+            let mut rnd = uniform(7);
+            for &(m, n, k) in &[(1, 1, 1), (32, 384, 384), (13, 33, 7), (200, 2100, 513)] {
+                let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+                let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+                let packed = PackedB::pack(&w, n, k);
+                assert_eq!(packed.unpack(), w, "{n}x{k}: unpack");
+                let am = MatRef::row_major(&a, k);
+                let want = naive(m, n, k, am, MatRef::transposed(&w, k));
+                for acc in [false, true] {
+                    let mut c = vec![if acc { 1.0 } else { 7.0 }; m * n];
+                    unsafe {
+                        sgemm_packed(
+                            m,
+                            am,
+                            packed.view(),
+                            c.as_mut_ptr(),
+                            n,
+                            Start::from_accumulate(acc),
+                            true,
+                            false,
+                        )
+                    };
+                    for (x, w) in c.iter().zip(&want) {
+                        let w = if acc { w + 1.0 } else { *w };
+                        assert!(
+                            (x - w).abs() < 1e-4 * (1.0 + w.abs()),
+                            "{m}x{n}x{k} acc={acc}: {x} vs {w}"
+                        );
+                    }
                 }
             }
-        }
         });
     }
 }

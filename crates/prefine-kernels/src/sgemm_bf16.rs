@@ -40,17 +40,19 @@ thread_local! {
 /// bf16 bits of 16 f32 lanes, rounded to nearest with ties to even (NaN stays a quiet NaN), in
 /// the low half of each 32-bit lane.
 #[inline(always)]
-unsafe fn round_lanes(v: __m512) -> __m512i { unsafe {
-    let bits = _mm512_castps_si512(v);
-    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
-    let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(
-        bits,
-        _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb),
-    ));
-    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-    let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(0x40));
-    _mm512_mask_mov_epi32(r, nan, quiet)
-}}
+unsafe fn round_lanes(v: __m512) -> __m512i {
+    unsafe {
+        let bits = _mm512_castps_si512(v);
+        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+        let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+            bits,
+            _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb),
+        ));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(0x40));
+        _mm512_mask_mov_epi32(r, nan, quiet)
+    }
+}
 
 /// Pairs the rows of an f32 panel (`rows` rows of `lanes` values, row-major, `lanes <= 32`):
 /// `dst[q * lanes + j] = bf16(src[2q][j]) | bf16(src[2q + 1][j]) << 16`, with a zero for the row
@@ -59,31 +61,33 @@ unsafe fn round_lanes(v: __m512) -> __m512i { unsafe {
 /// # Safety
 /// AVX-512F; `src` holds `rows * lanes` values, `dst` `rows.div_ceil(2) * lanes`.
 #[target_feature(enable = "avx512f")]
-unsafe fn pair_rows(src: &[f32], rows: usize, lanes: usize, dst: &mut [u32]) { unsafe {
-    debug_assert!(lanes <= 32 && src.len() >= rows * lanes);
-    let pairs = rows.div_ceil(2);
-    debug_assert!(dst.len() >= pairs * lanes);
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    for q in 0..pairs {
-        let lo = s.add(2 * q * lanes);
-        let odd_last = 2 * q + 1 == rows;
-        for j in (0..lanes).step_by(16) {
-            let m: __mmask16 = if lanes - j >= 16 {
-                0xFFFF
-            } else {
-                ((1u32 << (lanes - j)) - 1) as u16
-            };
-            let even = round_lanes(_mm512_maskz_loadu_ps(m, lo.add(j)));
-            let odd = if odd_last {
-                _mm512_setzero_si512()
-            } else {
-                round_lanes(_mm512_maskz_loadu_ps(m, lo.add(lanes + j)))
-            };
-            let pair = _mm512_or_si512(even, _mm512_slli_epi32::<16>(odd));
-            _mm512_mask_storeu_epi32(d.add(q * lanes + j) as *mut i32, m, pair);
+unsafe fn pair_rows(src: &[f32], rows: usize, lanes: usize, dst: &mut [u32]) {
+    unsafe {
+        debug_assert!(lanes <= 32 && src.len() >= rows * lanes);
+        let pairs = rows.div_ceil(2);
+        debug_assert!(dst.len() >= pairs * lanes);
+        let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+        for q in 0..pairs {
+            let lo = s.add(2 * q * lanes);
+            let odd_last = 2 * q + 1 == rows;
+            for j in (0..lanes).step_by(16) {
+                let m: __mmask16 = if lanes - j >= 16 {
+                    0xFFFF
+                } else {
+                    ((1u32 << (lanes - j)) - 1) as u16
+                };
+                let even = round_lanes(_mm512_maskz_loadu_ps(m, lo.add(j)));
+                let odd = if odd_last {
+                    _mm512_setzero_si512()
+                } else {
+                    round_lanes(_mm512_maskz_loadu_ps(m, lo.add(lanes + j)))
+                };
+                let pair = _mm512_or_si512(even, _mm512_slli_epi32::<16>(odd));
+                _mm512_mask_storeu_epi32(d.add(q * lanes + j) as *mut i32, m, pair);
+            }
         }
     }
-}}
+}
 
 /// A weight `W[n, k]` (the `B = Wᵀ` operand of `x · Wᵀ`) held as bf16 pairs in the kernel's
 /// panel layout: for each `NC` block of outputs and each `KC` block of inputs, that block's
@@ -194,104 +198,106 @@ pub(crate) unsafe fn gemm(
     start: Start,
     parallel: bool,
     gelu: bool,
-) { unsafe {
-    if let PairSource::Packed(p) = b {
-        assert_eq!((p.n, p.k), (n, k), "bf16 gemm: packed weight shape");
-    }
-    if empty_product(m, n, k, c, ldc, start) {
-        if gelu && k == 0 {
-            for i in 0..m {
-                crate::fast_math::gelu_in_place(std::slice::from_raw_parts_mut(c.add(i * ldc), n));
+) {
+    unsafe {
+        if let PairSource::Packed(p) = b {
+            assert_eq!((p.n, p.k), (n, k), "bf16 gemm: packed weight shape");
+        }
+        if empty_product(m, n, k, c, ldc, start) {
+            if gelu && k == 0 {
+                for i in 0..m {
+                    crate::fast_math::gelu_in_place(std::slice::from_raw_parts_mut(
+                        c.add(i * ldc),
+                        n,
+                    ));
+                }
+            }
+            return;
+        }
+        let out = OutPtr(c);
+        let accumulate = matches!(start, Start::Accumulate);
+        let bias = match start {
+            Start::Bias(b) => {
+                assert!(b.len() >= n, "bf16 gemm: bias shorter than n");
+                Some(b)
+            }
+            _ => None,
+        };
+        for j0 in (0..n).step_by(NC) {
+            let nc = NC.min(n - j0);
+            let npanels = nc.div_ceil(NR);
+            for p0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - p0);
+                let kq = kc.div_ceil(2);
+                let overwrite = p0 == 0 && !accumulate;
+                let gelu_now = gelu && p0 + kc == k;
+                let len = match b {
+                    PairSource::Strided(_) => npanels * kq * NR,
+                    PairSource::Packed(_) => 0,
+                };
+                with_buffer(&B_PAIRS, len, |scratch| {
+                    let bpairs: &[u32] = match b {
+                        PairSource::Strided(b) => {
+                            pack_b_pairs(b, p0, kc, j0, nc, scratch, parallel);
+                            scratch
+                        }
+                        PairSource::Packed(p) => p.block(j0, p0, nc, kc),
+                    };
+                    let mblocks = m.div_ceil(MC);
+                    let (groups, per_group) = column_groups(mblocks, npanels, parallel);
+                    let task = |t: usize| {
+                        let (ib, g) = (t % mblocks, t / mblocks);
+                        let i0 = ib * MC;
+                        let mc = MC.min(m - i0);
+                        let apanels = mc.div_ceil(MR);
+                        with_buffer(&A_PAIRS, apanels * kq * MR, |apairs| {
+                            pack_a_pairs(a, i0, mc, p0, kc, apairs);
+                            let (first, last) = (g * per_group, ((g + 1) * per_group).min(npanels));
+                            for jp in first..last {
+                                let jr = jp * NR;
+                                let nr = NR.min(nc - jr);
+                                let bp = bpairs.as_ptr().add(jp * kq * NR);
+                                for ir in (0..mc).step_by(MR) {
+                                    let mr = MR.min(mc - ir);
+                                    let ap = apairs.as_ptr().add((ir / MR) * kq * MR);
+                                    let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
+                                    let bias =
+                                        bias.map_or(std::ptr::null(), |b| b.as_ptr().add(j0 + jr));
+                                    let tile = Tile {
+                                        c: cptr,
+                                        ldc,
+                                        mr,
+                                        nr,
+                                        overwrite,
+                                        bias,
+                                        gelu: gelu_now,
+                                    };
+                                    pair_tile(kq, ap, bp, tile);
+                                }
+                            }
+                        });
+                    };
+                    let tasks = mblocks * groups;
+                    if parallel && rayon::current_num_threads() > 1 && tasks > 1 {
+                        (0..tasks).into_par_iter().for_each(task);
+                    } else {
+                        (0..tasks).for_each(task);
+                    }
+                });
             }
         }
-        return;
     }
-    let out = OutPtr(c);
-    let accumulate = matches!(start, Start::Accumulate);
-    let bias = match start {
-        Start::Bias(b) => {
-            assert!(b.len() >= n, "bf16 gemm: bias shorter than n");
-            Some(b)
-        }
-        _ => None,
-    };
-    for j0 in (0..n).step_by(NC) {
-        let nc = NC.min(n - j0);
-        let npanels = nc.div_ceil(NR);
-        for p0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - p0);
-            let kq = kc.div_ceil(2);
-            let overwrite = p0 == 0 && !accumulate;
-            let gelu_now = gelu && p0 + kc == k;
-            let len = match b {
-                PairSource::Strided(_) => npanels * kq * NR,
-                PairSource::Packed(_) => 0,
-            };
-            with_buffer(&B_PAIRS, len, |scratch| {
-                let bpairs: &[u32] = match b {
-                    PairSource::Strided(b) => {
-                        pack_b_pairs(b, p0, kc, j0, nc, scratch, parallel);
-                        scratch
-                    }
-                    PairSource::Packed(p) => p.block(j0, p0, nc, kc),
-                };
-                let mblocks = m.div_ceil(MC);
-                let (groups, per_group) = column_groups(mblocks, npanels, parallel);
-                let task = |t: usize| {
-                    let (ib, g) = (t % mblocks, t / mblocks);
-                    let i0 = ib * MC;
-                    let mc = MC.min(m - i0);
-                    let apanels = mc.div_ceil(MR);
-                    with_buffer(&A_PAIRS, apanels * kq * MR, |apairs| {
-                        pack_a_pairs(a, i0, mc, p0, kc, apairs);
-                        let (first, last) = (g * per_group, ((g + 1) * per_group).min(npanels));
-                        for jp in first..last {
-                            let jr = jp * NR;
-                            let nr = NR.min(nc - jr);
-                            let bp = bpairs.as_ptr().add(jp * kq * NR);
-                            for ir in (0..mc).step_by(MR) {
-                                let mr = MR.min(mc - ir);
-                                let ap = apairs.as_ptr().add((ir / MR) * kq * MR);
-                                let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
-                                let bias =
-                                    bias.map_or(std::ptr::null(), |b| b.as_ptr().add(j0 + jr));
-                                let tile = Tile {
-                                    c: cptr,
-                                    ldc,
-                                    mr,
-                                    nr,
-                                    overwrite,
-                                    bias,
-                                    gelu: gelu_now,
-                                };
-                                pair_tile(kq, ap, bp, tile);
-                            }
-                        }
-                    });
-                };
-                let tasks = mblocks * groups;
-                if parallel && rayon::current_num_threads() > 1 && tasks > 1 {
-                    (0..tasks).into_par_iter().for_each(task);
-                } else {
-                    (0..tasks).for_each(task);
-                }
-            });
-        }
-    }
-}}
+}
 
 /// `x[m, k] · Wᵀ + bias` for a paired weight (`x` row-major, rounded to bf16 as it is packed),
 /// as a new row-major `[m, n]` matrix, multi-threaded when the product is large enough; with
 /// `gelu`, the exact GELU of it (applied in the last store). The output is never zero-filled.
-pub fn linear_paired(
-    m: usize,
-    x: &[f32],
-    w: &PairedB,
-    bias: &[f32],
-    gelu: bool,
-) -> Vec<f32> {
+pub fn linear_paired(m: usize, x: &[f32], w: &PairedB, bias: &[f32], gelu: bool) -> Vec<f32> {
     let (n, k) = w.dims();
-    assert!(crate::cpu::isa().avx512_bf16(), "paired bf16 weights need AVX512_BF16");
+    assert!(
+        crate::cpu::isa().avx512_bf16(),
+        "paired bf16 weights need AVX512_BF16"
+    );
     assert!(x.len() >= m * k, "linear_paired: x is shorter than m x k");
     assert_eq!(bias.len(), n, "linear_paired: one bias per output column");
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
@@ -362,13 +368,15 @@ fn pack_a_pairs(a: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut
 /// # Safety
 /// As [`kernel_pairs`].
 #[inline(always)]
-unsafe fn pair_tile(kq: usize, ap: *const u32, bp: *const u32, t: Tile) { unsafe {
-    match t.mr {
-        0..=4 => kernel_pairs::<4>(kq, ap, bp, t),
-        5..=8 => kernel_pairs::<8>(kq, ap, bp, t),
-        _ => kernel_pairs::<MR>(kq, ap, bp, t),
+unsafe fn pair_tile(kq: usize, ap: *const u32, bp: *const u32, t: Tile) {
+    unsafe {
+        match t.mr {
+            0..=4 => kernel_pairs::<4>(kq, ap, bp, t),
+            5..=8 => kernel_pairs::<8>(kq, ap, bp, t),
+            _ => kernel_pairs::<MR>(kq, ap, bp, t),
+        }
     }
-}}
+}
 
 /// The micro-kernel for the first `R` rows of an MR-tall paired `A` panel against one NR-wide
 /// paired `B` panel: `kq` pair steps of one `vdpbf16ps` per 16 output lanes.
@@ -377,21 +385,24 @@ unsafe fn pair_tile(kq: usize, ap: *const u32, bp: *const u32, t: Tile) { unsafe
 /// AVX-512F and AVX512_BF16; `ap` holds `kq x MR` pairs, `bp` `kq x NR`; `t` as
 /// [`store_tile`] requires.
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn kernel_pairs<const R: usize>(kq: usize, ap: *const u32, bp: *const u32, t: Tile) { unsafe {
-    debug_assert!(t.mr <= R && R <= MR && t.mr > 0);
-    let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    for q in 0..kq {
-        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(q * NR) as *const _));
-        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(q * NR + 16) as *const _));
-        let arow = ap.add(q * MR);
-        for (i, row) in acc.iter_mut().enumerate() {
-            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*arow.add(i) as i32));
-            row[0] = _mm512_dpbf16_ps(row[0], av, b0);
-            row[1] = _mm512_dpbf16_ps(row[1], av, b1);
+unsafe fn kernel_pairs<const R: usize>(kq: usize, ap: *const u32, bp: *const u32, t: Tile) {
+    unsafe {
+        debug_assert!(t.mr <= R && R <= MR && t.mr > 0);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for q in 0..kq {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(q * NR) as *const _));
+            let b1: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(bp.add(q * NR + 16) as *const _));
+            let arow = ap.add(q * MR);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*arow.add(i) as i32));
+                row[0] = _mm512_dpbf16_ps(row[0], av, b0);
+                row[1] = _mm512_dpbf16_ps(row[1], av, b1);
+            }
         }
+        store_tile(&acc, t);
     }
-    store_tile(&acc, t);
-}}
+}
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {

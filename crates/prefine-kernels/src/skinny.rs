@@ -9,16 +9,20 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+#[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
 
 use crate::cpu::MatRef;
 use crate::gemm::gemm_new;
 
 /// Rows of `x` per task of [`rows_times_few`].
+#[cfg(target_arch = "x86_64")]
 const ROWS_PER_TASK: usize = 64;
 /// Columns of `v` per task of [`few_times_rows`] (two 16-lane vectors).
+#[cfg(target_arch = "x86_64")]
 const COLS_PER_TASK: usize = 32;
 /// Rows of the rank side per pass of the kernels (accumulators held in registers).
+#[cfg(target_arch = "x86_64")]
 const RANK_BLOCK: usize = 8;
 
 /// `x · wᵀ` (`[m, r]`) for `x: [m, k]` and `w: [r, k]`, both row-major.
@@ -108,51 +112,53 @@ unsafe fn rows_times_few_avx512(
     w: &[f32],
     r: usize,
     out: &mut [f32],
-) { unsafe {
-    debug_assert!(x.len() >= rows * k && w.len() == r * k && out.len() >= rows * r);
-    let full = k / 16 * 16;
-    let tail = lanes(k - full);
-    for i in (0..rows).step_by(2) {
-        let pair = i + 1 < rows;
-        let x0 = x.as_ptr().add(i * k);
-        // A lone last row is paired with itself (its second result is dropped).
-        let x1 = if pair { x0.add(k) } else { x0 };
-        for j0 in (0..r).step_by(RANK_BLOCK) {
-            let jn = RANK_BLOCK.min(r - j0);
-            // Rows past `jn` repeat the last one (computed, not stored).
-            let wr: [*const f32; RANK_BLOCK] =
-                std::array::from_fn(|j| w.as_ptr().add((j0 + j.min(jn - 1)) * k));
-            let mut acc0 = [_mm512_setzero_ps(); RANK_BLOCK];
-            let mut acc1 = [_mm512_setzero_ps(); RANK_BLOCK];
-            let mut p = 0;
-            while p < full {
-                let a = _mm512_loadu_ps(x0.add(p));
-                let b = _mm512_loadu_ps(x1.add(p));
-                for j in 0..RANK_BLOCK {
-                    let wv = _mm512_loadu_ps(wr[j].add(p));
-                    acc0[j] = _mm512_fmadd_ps(a, wv, acc0[j]);
-                    acc1[j] = _mm512_fmadd_ps(b, wv, acc1[j]);
+) {
+    unsafe {
+        debug_assert!(x.len() >= rows * k && w.len() == r * k && out.len() >= rows * r);
+        let full = k / 16 * 16;
+        let tail = lanes(k - full);
+        for i in (0..rows).step_by(2) {
+            let pair = i + 1 < rows;
+            let x0 = x.as_ptr().add(i * k);
+            // A lone last row is paired with itself (its second result is dropped).
+            let x1 = if pair { x0.add(k) } else { x0 };
+            for j0 in (0..r).step_by(RANK_BLOCK) {
+                let jn = RANK_BLOCK.min(r - j0);
+                // Rows past `jn` repeat the last one (computed, not stored).
+                let wr: [*const f32; RANK_BLOCK] =
+                    std::array::from_fn(|j| w.as_ptr().add((j0 + j.min(jn - 1)) * k));
+                let mut acc0 = [_mm512_setzero_ps(); RANK_BLOCK];
+                let mut acc1 = [_mm512_setzero_ps(); RANK_BLOCK];
+                let mut p = 0;
+                while p < full {
+                    let a = _mm512_loadu_ps(x0.add(p));
+                    let b = _mm512_loadu_ps(x1.add(p));
+                    for j in 0..RANK_BLOCK {
+                        let wv = _mm512_loadu_ps(wr[j].add(p));
+                        acc0[j] = _mm512_fmadd_ps(a, wv, acc0[j]);
+                        acc1[j] = _mm512_fmadd_ps(b, wv, acc1[j]);
+                    }
+                    p += 16;
                 }
-                p += 16;
-            }
-            if full < k {
-                let a = _mm512_maskz_loadu_ps(tail, x0.add(full));
-                let b = _mm512_maskz_loadu_ps(tail, x1.add(full));
-                for j in 0..RANK_BLOCK {
-                    let wv = _mm512_maskz_loadu_ps(tail, wr[j].add(full));
-                    acc0[j] = _mm512_fmadd_ps(a, wv, acc0[j]);
-                    acc1[j] = _mm512_fmadd_ps(b, wv, acc1[j]);
+                if full < k {
+                    let a = _mm512_maskz_loadu_ps(tail, x0.add(full));
+                    let b = _mm512_maskz_loadu_ps(tail, x1.add(full));
+                    for j in 0..RANK_BLOCK {
+                        let wv = _mm512_maskz_loadu_ps(tail, wr[j].add(full));
+                        acc0[j] = _mm512_fmadd_ps(a, wv, acc0[j]);
+                        acc1[j] = _mm512_fmadd_ps(b, wv, acc1[j]);
+                    }
                 }
-            }
-            for j in 0..jn {
-                out[i * r + j0 + j] = _mm512_reduce_add_ps(acc0[j]);
-                if pair {
-                    out[(i + 1) * r + j0 + j] = _mm512_reduce_add_ps(acc1[j]);
+                for j in 0..jn {
+                    out[i * r + j0 + j] = _mm512_reduce_add_ps(acc0[j]);
+                    if pair {
+                        out[(i + 1) * r + j0 + j] = _mm512_reduce_add_ps(acc1[j]);
+                    }
                 }
             }
         }
     }
-}}
+}
 
 /// Columns `c0..c0 + width` (`width <= 32`) of [`few_times_rows`], into `out[r, width]`: for
 /// each row of `v`, its two 16-lane vectors times up to [`RANK_BLOCK`] broadcast values of `u`.
@@ -171,32 +177,34 @@ unsafe fn few_times_rows_avx512(
     c0: usize,
     width: usize,
     out: &mut [f32],
-) { unsafe {
-    debug_assert!(width <= 32 && c0 + width <= n && out.len() >= r * width);
-    let (m0, m1) = (lanes(width), lanes(width.saturating_sub(16)));
-    for j0 in (0..r).step_by(RANK_BLOCK) {
-        let jn = RANK_BLOCK.min(r - j0);
-        let mut acc0 = [_mm512_setzero_ps(); RANK_BLOCK];
-        let mut acc1 = [_mm512_setzero_ps(); RANK_BLOCK];
-        for t in 0..m {
-            let row = v.as_ptr().add(t * n + c0);
-            let lo = _mm512_maskz_loadu_ps(m0, row);
-            let hi = _mm512_maskz_loadu_ps(m1, row.add(16));
-            let us = u.as_ptr().add(t * r + j0);
-            for j in 0..RANK_BLOCK {
-                // Ranks past `jn` repeat the last one (computed, not stored).
-                let s = _mm512_set1_ps(*us.add(j.min(jn - 1)));
-                acc0[j] = _mm512_fmadd_ps(s, lo, acc0[j]);
-                acc1[j] = _mm512_fmadd_ps(s, hi, acc1[j]);
+) {
+    unsafe {
+        debug_assert!(width <= 32 && c0 + width <= n && out.len() >= r * width);
+        let (m0, m1) = (lanes(width), lanes(width.saturating_sub(16)));
+        for j0 in (0..r).step_by(RANK_BLOCK) {
+            let jn = RANK_BLOCK.min(r - j0);
+            let mut acc0 = [_mm512_setzero_ps(); RANK_BLOCK];
+            let mut acc1 = [_mm512_setzero_ps(); RANK_BLOCK];
+            for t in 0..m {
+                let row = v.as_ptr().add(t * n + c0);
+                let lo = _mm512_maskz_loadu_ps(m0, row);
+                let hi = _mm512_maskz_loadu_ps(m1, row.add(16));
+                let us = u.as_ptr().add(t * r + j0);
+                for j in 0..RANK_BLOCK {
+                    // Ranks past `jn` repeat the last one (computed, not stored).
+                    let s = _mm512_set1_ps(*us.add(j.min(jn - 1)));
+                    acc0[j] = _mm512_fmadd_ps(s, lo, acc0[j]);
+                    acc1[j] = _mm512_fmadd_ps(s, hi, acc1[j]);
+                }
+            }
+            for j in 0..jn {
+                let o = out.as_mut_ptr().add((j0 + j) * width);
+                _mm512_mask_storeu_ps(o, m0, acc0[j]);
+                _mm512_mask_storeu_ps(o.add(16), m1, acc1[j]);
             }
         }
-        for j in 0..jn {
-            let o = out.as_mut_ptr().add((j0 + j) * width);
-            _mm512_mask_storeu_ps(o, m0, acc0[j]);
-            _mm512_mask_storeu_ps(o.add(16), m1, acc1[j]);
-        }
     }
-}}
+}
 
 #[cfg(test)]
 mod tests {

@@ -9,9 +9,11 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rand::Rng;
 use rayon::prelude::*;
 
-use super::autocast::{matmul_precision, MatmulPrecision};
-use super::fast_math::{dot as fdot, masked_exp_sum, masked_max};
-use super::kernels::{gemm_into_strided, with_buffer, MatRef, SharedMut};
+use prefine_kernels::cpu::{with_buffer, MatRef};
+use prefine_kernels::fast_math::{dot as fdot, masked_exp_sum, masked_max};
+use prefine_kernels::gemm::{gemm_into_strided, SharedMut};
+
+use super::autocast::{matmul_precision, AtPrecision, MatmulPrecision};
 use super::{f32_slice, with_f32};
 
 struct Attention {
