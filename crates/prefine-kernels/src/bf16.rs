@@ -113,6 +113,8 @@ impl Bf16Matrix {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn widen_avx512(src: &[u16], dst: &mut [f32]) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         let n = src.len().min(dst.len());
         let mut i = 0;

@@ -39,6 +39,8 @@ unsafe fn gelu_interval_avx512(
 #[target_feature(enable = "avx512f")]
 #[inline]
 pub(crate) unsafe fn gelu_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         use std::arch::x86_64::*;
         let a = _mm512_abs_ps(x);
@@ -66,6 +68,8 @@ pub(crate) unsafe fn gelu_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn gelu_grad_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         use std::arch::x86_64::*;
         let a = _mm512_abs_ps(x);
@@ -129,6 +133,8 @@ unsafe fn gelu_backward_avx2(dst: &mut [std::mem::MaybeUninit<f32>], x: &[f32], 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gelu_backward_avx512(dst: &mut [std::mem::MaybeUninit<f32>], x: &[f32], dy: &[f32]) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         use std::arch::x86_64::*;
         let n = dst.len();
@@ -198,6 +204,8 @@ unsafe fn gelu_row(isa: Isa, dst: *mut f32, src: *const f32, n: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gelu_row_avx512(dst: *mut f32, src: *const f32, n: usize) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         use std::arch::x86_64::*;
         let mut j = 0;
@@ -222,6 +230,8 @@ unsafe fn gelu_row_avx512(dst: *mut f32, src: *const f32, n: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn gelu_tile_avx512(c: *mut f32, ldc: usize, mr: usize, nr: usize) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         for i in 0..mr {
             let row = c.add(i * ldc);
@@ -346,7 +356,8 @@ pub fn masked_exp_sum(row: &mut [f32], mask: &[f32], scale: f32, max: f32) -> f3
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512F selected; both slices have `row.len()` elements.
         Isa::Avx512 | Isa::Avx512Bf16 => {
-            return unsafe { masked_exp_sum_avx512(row, mask, scale, max) }
+            // SAFETY: the selected family runs on this CPU (`cpu::isa`), and the operands meet the callee's contract (this function's).
+            return unsafe { masked_exp_sum_avx512(row, mask, scale, max) };
         }
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA selected; both slices have `row.len()` elements.
@@ -354,7 +365,8 @@ pub fn masked_exp_sum(row: &mut [f32], mask: &[f32], scale: f32, max: f32) -> f3
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON selected; both slices have `row.len()` elements.
         Isa::Neon { .. } => {
-            return unsafe { crate::arch::neon::masked_exp_sum(row, mask, scale, max) }
+            // SAFETY: the selected family runs on this CPU (`cpu::isa`), and the operands meet the callee's contract (this function's).
+            return unsafe { crate::arch::neon::masked_exp_sum(row, mask, scale, max) };
         }
         _ => {}
     }
@@ -405,6 +417,8 @@ unsafe fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn masked_exp_sum_avx512(row: &mut [f32], mask: &[f32], scale: f32, max: f32) -> f32 {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         use std::arch::x86_64::*;
         let (vscale, vmax, half) = (

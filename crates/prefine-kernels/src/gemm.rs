@@ -175,6 +175,8 @@ pub unsafe fn gemm_into_strided(
     a: MatRef,
     b: MatRef,
 ) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         gemm_ptr(m, n, k, dst, dst_rs as usize, accumulate, a, b, false);
     }

@@ -119,6 +119,7 @@ mod tests {
                 layer_norm_row(&row, &g, &b, 1e-12, &mut out);
                 // SAFETY: `layer_norm_row` writes every element.
                 out.iter()
+                    // SAFETY: the function under test writes every element.
                     .map(|v| unsafe { v.assume_init() })
                     .collect::<Vec<f32>>()
             };

@@ -187,6 +187,8 @@ fn quantize_row_scalar(x: &[f32], out: &mut [u8]) -> (f32, i32) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, i32) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         let k = x.len();
         let mut vlo = _mm512_set1_ps(f32::INFINITY);
@@ -319,6 +321,8 @@ unsafe fn tile_vnni(
     panel: *const i8,
     tile: &mut [[i32; NR]; MR],
 ) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         // The smallest row count that covers `mr` (a 32-row batch-1 input is 12 + 12 + 8 rows).
         match mr {
@@ -343,6 +347,8 @@ unsafe fn tile_vnni_rows<const R: usize>(
     panel: *const i8,
     tile: &mut [[i32; NR]; MR],
 ) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         let mut rows = [a; R];
         for (i, r) in rows.iter_mut().enumerate().take(mr) {
@@ -392,6 +398,8 @@ unsafe fn epilogue_scalar(
     c: *mut f32,
     ldc: usize,
 ) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         for i in 0..mr {
             let cr = c.add(i * ldc);
@@ -421,6 +429,8 @@ unsafe fn epilogue_avx512(
     c: *mut f32,
     ldc: usize,
 ) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         let (m0, m1) = crate::sgemm::tail_masks(nr);
         let sw = [

@@ -73,6 +73,8 @@ pub(crate) unsafe fn empty_product(
     ldc: usize,
     start: Start,
 ) -> bool {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         if !nothing_to_multiply(m, n, k, c, ldc, matches!(start, Start::Accumulate)) {
             return false;
@@ -415,6 +417,8 @@ unsafe fn copy_rows_avx512(
     lanes: usize,
     out: &mut [f32],
 ) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         debug_assert!(width <= lanes && lanes <= 32 && out.len() >= rows * lanes);
         let (lo_load, hi_load) = tail_masks(width);
@@ -504,6 +508,8 @@ pub unsafe fn sgemm(
     start: Start,
     parallel: bool,
 ) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         if empty_product(m, n, k, c, ldc, start) {
             return;
@@ -557,6 +563,8 @@ pub unsafe fn sgemm_packed(
     parallel: bool,
     gelu: bool,
 ) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         let (n, k) = b.dims();
         if empty_product(m, n, k, c, ldc, start) {
@@ -638,6 +646,8 @@ unsafe fn sgemm_blocks(
     gelu: bool,
     bpack: &mut Vec<f32>,
 ) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         let accumulate = matches!(start, Start::Accumulate);
         // The family is read once here: the tasks below may run on other threads.
@@ -794,6 +804,7 @@ unsafe fn kernel_tile(isa: Isa, kc: usize, a: ASource, bp: *const f32, t: Tile) 
     // function's.
     match isa {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: the selected family runs on this CPU (`cpu::isa`), and the operands meet the callee's contract (this function's).
         Isa::Avx512 | Isa::Avx512Bf16 => unsafe {
             match (a, t.mr) {
                 (ASource::Panel(ap), 0..=4) => kernel_rows::<4, false>(kc, ap, MR, bp, t),
@@ -805,9 +816,12 @@ unsafe fn kernel_tile(isa: Isa, kc: usize, a: ASource, bp: *const f32, t: Tile) 
             }
         },
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: the selected family runs on this CPU (`cpu::isa`), and the operands meet the callee's contract (this function's).
         Isa::Avx2Fma => unsafe { crate::arch::avx2::sgemm_tile(kc, a, bp, t) },
         #[cfg(target_arch = "aarch64")]
+        // SAFETY: the selected family runs on this CPU (`cpu::isa`), and the operands meet the callee's contract (this function's).
         Isa::Neon { .. } => unsafe { crate::arch::neon::sgemm_tile(kc, a, bp, t) },
+        // SAFETY: the selected family runs on this CPU (`cpu::isa`), and the operands meet the callee's contract (this function's).
         _ => unsafe { crate::arch::scalar::sgemm_tile(kc, a, bp, t) },
     }
 }
@@ -828,6 +842,8 @@ unsafe fn kernel_rows<const R: usize, const ROWS: bool>(
     bp: *const f32,
     t: Tile,
 ) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         debug_assert!(t.mr <= R && R <= MR && t.mr > 0);
         let rows: [*const f32; R] = std::array::from_fn(|i| ap.add(i.min(t.mr - 1) * step));
@@ -869,6 +885,8 @@ unsafe fn kernel_rows<const R: usize, const ROWS: bool>(
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) unsafe fn store_tile<const R: usize>(acc: &[[__m512; 2]; R], t: Tile) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         let Tile {
             c,
@@ -991,6 +1009,7 @@ mod tests {
                     .into_par_iter()
                     .map(|_| {
                         let mut c = vec![0f32; m * n];
+                        // SAFETY: `c` holds the m x n outputs the call writes, not aliased by the operands.
                         unsafe { sgemm(m, n, k, am, bm, c.as_mut_ptr(), n, Start::Zero, true) };
                         c
                     })
@@ -1026,6 +1045,7 @@ mod tests {
                     let want = naive(m, n, k, am, bm);
                     for acc in [false, true] {
                         let mut c = vec![if acc { 1.0 } else { 7.0 }; m * n];
+                        // SAFETY: `c` holds the m x n outputs the call writes, not aliased by the operands.
                         unsafe {
                             sgemm(
                                 m,
@@ -1067,6 +1087,7 @@ mod tests {
                 let want = naive(m, n, k, am, MatRef::transposed(&w, k));
                 let mut c = vec![f32::NAN; m * n];
                 let wm = MatRef::transposed(&w, k);
+                // SAFETY: `c` holds the m x n outputs the call writes, not aliased by the operands.
                 unsafe { sgemm(m, n, k, am, wm, c.as_mut_ptr(), n, Start::Bias(&bias), true) };
                 let packed = PackedB::pack(&w, n, k);
                 let p = gemm_panels_bias(m, &a, packed.view(), &bias, false);
@@ -1107,6 +1128,7 @@ mod tests {
                 let want = naive(m, n, k, am, MatRef::transposed(&w, k));
                 for acc in [false, true] {
                     let mut c = vec![if acc { 1.0 } else { 7.0 }; m * n];
+                    // SAFETY: `c` holds the m x n outputs the call writes, not aliased by the operands.
                     unsafe {
                         sgemm_packed(
                             m,

@@ -41,6 +41,8 @@ thread_local! {
 /// the low half of each 32-bit lane.
 #[inline(always)]
 unsafe fn round_lanes(v: __m512) -> __m512i {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         let bits = _mm512_castps_si512(v);
         let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
@@ -62,6 +64,8 @@ unsafe fn round_lanes(v: __m512) -> __m512i {
 /// AVX-512F; `src` holds `rows * lanes` values, `dst` `rows.div_ceil(2) * lanes`.
 #[target_feature(enable = "avx512f")]
 unsafe fn pair_rows(src: &[f32], rows: usize, lanes: usize, dst: &mut [u32]) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         debug_assert!(lanes <= 32 && src.len() >= rows * lanes);
         let pairs = rows.div_ceil(2);
@@ -199,6 +203,8 @@ pub(crate) unsafe fn gemm(
     parallel: bool,
     gelu: bool,
 ) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         if let PairSource::Packed(p) = b {
             assert_eq!((p.n, p.k), (n, k), "bf16 gemm: packed weight shape");
@@ -369,6 +375,8 @@ fn pack_a_pairs(a: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut
 /// As [`kernel_pairs`].
 #[inline(always)]
 unsafe fn pair_tile(kq: usize, ap: *const u32, bp: *const u32, t: Tile) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         match t.mr {
             0..=4 => kernel_pairs::<4>(kq, ap, bp, t),
@@ -386,6 +394,8 @@ unsafe fn pair_tile(kq: usize, ap: *const u32, bp: *const u32, t: Tile) {
 /// [`store_tile`] requires.
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn kernel_pairs<const R: usize>(kq: usize, ap: *const u32, bp: *const u32, t: Tile) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         debug_assert!(t.mr <= R && R <= MR && t.mr > 0);
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
@@ -452,6 +462,7 @@ mod tests {
                 let run = |start: Start, fill: f32, gelu: bool| {
                     let mut c = vec![fill; m * n];
                     let b = PairSource::Strided(bm);
+                    // SAFETY: `c` holds the m x n outputs the call writes, not aliased by the operands.
                     unsafe { gemm(m, n, k, am, b, c.as_mut_ptr(), n, start, true, gelu) };
                     c
                 };
@@ -499,6 +510,7 @@ mod tests {
         src[3] = f32::NAN;
         src[4] = f32::from_bits(0x3F80_8000); // a tie: rounds to the even 1.0
         let mut dst = vec![0u32; rows.div_ceil(2) * lanes];
+        // SAFETY: the test runs only where AVX-512F is present; `src` and `dst` have the sizes `pair_rows` needs.
         unsafe { pair_rows(&src, rows, lanes, &mut dst) };
         let bits = |v: f32| crate::cpu::f32_to_bf16(v) as u32;
         for q in 0..rows.div_ceil(2) {

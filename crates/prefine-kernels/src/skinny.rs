@@ -113,6 +113,8 @@ unsafe fn rows_times_few_avx512(
     r: usize,
     out: &mut [f32],
 ) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         debug_assert!(x.len() >= rows * k && w.len() == r * k && out.len() >= rows * r);
         let full = k / 16 * 16;
@@ -178,6 +180,8 @@ unsafe fn few_times_rows_avx512(
     width: usize,
     out: &mut [f32],
 ) {
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
     unsafe {
         debug_assert!(width <= 32 && c0 + width <= n && out.len() >= r * width);
         let (m0, m1) = (lanes(width), lanes(width.saturating_sub(16)));
