@@ -187,6 +187,7 @@ pub unsafe fn gemm_into_strided(
 pub struct SharedMut(pub *mut f32);
 // SAFETY: users guarantee that concurrent tasks write disjoint elements.
 unsafe impl Send for SharedMut {}
+// SAFETY: as for `Send`: the tasks sharing it write disjoint elements.
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {

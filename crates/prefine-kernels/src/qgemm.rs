@@ -463,6 +463,7 @@ unsafe fn epilogue_avx512(
 struct OutPtr<T>(*mut T);
 // SAFETY: tasks write disjoint tiles of the output.
 unsafe impl<T> Send for OutPtr<T> {}
+// SAFETY: as for `Send`: the tasks sharing it write disjoint elements.
 unsafe impl<T> Sync for OutPtr<T> {}
 impl<T> OutPtr<T> {
     #[inline(always)]

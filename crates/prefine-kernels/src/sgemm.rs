@@ -125,6 +125,7 @@ pub fn worth_parallel(m: usize, n: usize, k: usize) -> bool {
 pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: tasks write disjoint row blocks of C.
 unsafe impl Send for OutPtr {}
+// SAFETY: as for `Send`: the tasks sharing it write disjoint elements.
 unsafe impl Sync for OutPtr {}
 impl OutPtr {
     #[inline(always)]

@@ -164,6 +164,7 @@ impl CustomOp3 for Attention {
         // when kept, all b * nh * s * s elements of `probs`).
         unsafe { ctx.set_len(n) };
         if self.keep_probs {
+            // SAFETY: the (batch, head) tasks above wrote every [s, s] block of `probs`.
             unsafe { probs.set_len(b * nh * s * s) };
             *self.probs.lock().expect("not poisoned") = Some(probs);
         }
@@ -263,6 +264,7 @@ impl CustomOp3 for Attention {
                                 }
                                 let km = MatRef::strided(&kv[base..], h as isize, 1).at(prec);
                                 let qm = MatRef::strided(&qv[base..], h as isize, 1).at(prec);
+                                // SAFETY: each task writes its own column block of dq and dk.
                                 unsafe {
                                     // dQ = dS · K ; dK = dSᵀ · Q
                                     head_block_gemm(
