@@ -7,7 +7,7 @@
 #
 # Kernels: prefine-kernels' tests run on every family the emulated CPU supports (scalar, NEON,
 # and NEON with SDOT on qemu's default `max` CPU), then once more on a Cortex-A53 model
-# (ARMv8.0: NEON without `dotprod`), so both int8 paths run.
+# (ARMv8.0: NEON without `dotprod`) for the int8 tests, so both int8 paths run.
 # (The runtime / FFI part of this script is the lead's: add it below the kernels section.)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +23,6 @@ done
 echo "== prefine-kernels on aarch64 (qemu default CPU: NEON + dotprod)" >&2
 cargo test -q -p prefine-kernels --target "$TARGET"
 echo "== prefine-kernels on aarch64 without dotprod (QEMU_CPU=cortex-a53)" >&2
-QEMU_CPU=cortex-a53 cargo test -q -p prefine-kernels --target "$TARGET" --lib
+QEMU_CPU=cortex-a53 cargo test -q -p prefine-kernels --target "$TARGET" --lib -- qgemm cpu::
 echo "== prefine-kernels for wasm32 (build only)" >&2
 cargo build -q -p prefine-kernels --target wasm32-unknown-unknown

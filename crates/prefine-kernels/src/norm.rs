@@ -5,6 +5,7 @@
 
 use std::mem::MaybeUninit;
 
+#[cfg(target_arch = "x86_64")]
 use crate::cpu::Isa;
 use crate::fast_math::sum as fsum;
 
@@ -105,6 +106,7 @@ unsafe fn row_avx2(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::Isa;
 
     /// Every family gives the same bits, equal to a plain f64 layer norm within 1e-5, on rows
     /// shorter than, equal to and longer than the 16 lanes (with a tail).

@@ -22,7 +22,10 @@ fn portable_kernels_match_the_reference() {
     )
     .unwrap();
     let h = enc.forward(&input, Forward::eval(None)).unwrap();
-    assert_eq!(prefine_kernels::cpu::isa(), prefine_kernels::cpu::Isa::Scalar);
+    assert_eq!(
+        prefine_kernels::cpu::isa(),
+        prefine_kernels::cpu::Isa::Scalar
+    );
     let d = max_abs_diff(
         &h.flatten_all().unwrap().to_vec1().unwrap(),
         &flat(&r["last_hidden_state"]),
@@ -58,6 +61,12 @@ fn portable_kernels_match_the_reference() {
             off_f32 = off_f32.max((y[i * n + j] as f64 - full).abs());
         }
     }
-    assert!(worst < 1e-5, "bf16 on the portable kernels: max abs diff {worst}");
-    assert!(off_f32 > 1e-3, "bf16 on the portable kernels: operands were not rounded");
+    assert!(
+        worst < 1e-5,
+        "bf16 on the portable kernels: max abs diff {worst}"
+    );
+    assert!(
+        off_f32 > 1e-3,
+        "bf16 on the portable kernels: operands were not rounded"
+    );
 }
