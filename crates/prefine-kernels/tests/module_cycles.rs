@@ -18,7 +18,7 @@ const STRICT: &[&str] = &[
     "prefine-data",
     "prefine-eval",
     "prefine-train",
-    "prefine-infer",
+    "prefine-ffi",
     "prefine-serve",
     "prefine-cli",
 ];
