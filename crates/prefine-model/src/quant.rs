@@ -7,11 +7,11 @@
 //!
 //! - [`Precision::Int8`]: per-output-channel symmetric int8 weights, activations quantised per
 //!   row at run time (u8 with a zero point), i32 accumulation with AVX512_VNNI where the CPU has
-//!   it, f32 output (see [`crate::ops::qgemm`]).
+//!   it, f32 output (see `prefine_kernels::qgemm`).
 //! - [`Precision::Bf16`]: weights rounded to bf16 (nearest, ties to even). On a CPU with
 //!   AVX512_BF16 the activations are rounded too and the products run on its bf16 dot products
 //!   with f32 accumulation; elsewhere the weights are widened to f32 for the f32 GEMM (half the
-//!   memory, no faster arithmetic). See [`crate::ops::bf16`].
+//!   memory, no faster arithmetic). See `prefine_kernels::bf16`.
 //!
 //! A quantised encoder is inference-only: a training forward (dropout on), a trainable
 //! parameter, a backward pass through a quantised layer, merging LoRA groups and writing a
@@ -38,14 +38,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::bert::Encoder;
 use crate::error::{Error, Result};
-use crate::ops::bf16::{bf16_linear, bf16_to_f32, Bf16Matrix};
 use crate::ops::f32_slice;
-use crate::ops::packed_f32::{packed_linear, PackedF32Matrix};
-use crate::ops::qgemm::{
+use crate::weights::write_atomic;
+use prefine_kernels::bf16::{bf16_linear, bf16_to_f32, Bf16Matrix};
+use prefine_kernels::packed_f32::{packed_linear, PackedF32Matrix};
+use prefine_kernels::qgemm::{
     int8_linear, int8_linear_quantized, quantize_rows, quantize_weight_rows, PackedI8,
     QuantizedRows,
 };
-use crate::weights::write_atomic;
 
 /// The safetensors metadata key that records a quantised checkpoint's precision.
 pub const PRECISION_METADATA_KEY: &str = "prefine_precision";
@@ -384,8 +384,8 @@ impl CustomOp2 for QuantizedLinearOp {
         let m = x.len() / q.inp.max(1);
         let y = match &q.weight {
             QuantizedWeight::Int8(p) => match &self.input {
-                Some(xq) => int8_linear_quantized(xq, m, p, b, gelu, false),
-                None => int8_linear(x, m, p, b, gelu, false),
+                Some(xq) => int8_linear_quantized(xq, m, p, b, gelu),
+                None => int8_linear(x, m, p, b, gelu),
             },
             QuantizedWeight::Bf16(w) => bf16_linear(x, m, w, b, gelu),
             QuantizedWeight::F32(w) => packed_linear(x, m, w, b, gelu),

@@ -9,9 +9,11 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rand::Rng;
 use rayon::prelude::*;
 
-use super::autocast::{matmul_precision, MatmulPrecision};
-use super::fast_math::{dot as fdot, masked_exp_sum, masked_max};
-use super::kernels::{gemm_into_strided, with_buffer, MatRef, SharedMut};
+use prefine_kernels::cpu::{with_buffer, MatRef};
+use prefine_kernels::fast_math::{dot as fdot, masked_exp_sum, masked_max};
+use prefine_kernels::gemm::{gemm_into_strided, SharedMut};
+
+use super::autocast::{matmul_precision, AtPrecision, MatmulPrecision};
 use super::{f32_slice, with_f32};
 
 struct Attention {
@@ -162,6 +164,7 @@ impl CustomOp3 for Attention {
         // when kept, all b * nh * s * s elements of `probs`).
         unsafe { ctx.set_len(n) };
         if self.keep_probs {
+            // SAFETY: the (batch, head) tasks above wrote every [s, s] block of `probs`.
             unsafe { probs.set_len(b * nh * s * s) };
             *self.probs.lock().expect("not poisoned") = Some(probs);
         }
@@ -261,6 +264,7 @@ impl CustomOp3 for Attention {
                                 }
                                 let km = MatRef::strided(&kv[base..], h as isize, 1).at(prec);
                                 let qm = MatRef::strided(&qv[base..], h as isize, 1).at(prec);
+                                // SAFETY: each task writes its own column block of dq and dk.
                                 unsafe {
                                     // dQ = dS · K ; dK = dSᵀ · Q
                                     head_block_gemm(

@@ -9,7 +9,7 @@
 //! the forward pass) and kept in the op, so its backward pass multiplies in the same
 //! precision. Other threads (concurrent tests, a server) are unaffected.
 //!
-//! On a CPU with AVX512_BF16 the GEMMs run on its bf16 dot products ([`super::sgemm_bf16`]:
+//! On a CPU with AVX512_BF16 the GEMMs run on its bf16 dot products (`prefine_kernels::sgemm_bf16`:
 //! twice the multiply-adds per instruction); without it, the rounded operands are multiplied
 //! on the f32 FMA units (the same numerics up to f32 rounding, no speed-up).
 
@@ -17,7 +17,7 @@ use std::cell::Cell;
 
 use serde::{Deserialize, Serialize};
 
-use super::bf16::{bf16_to_f32, f32_to_bf16};
+use prefine_kernels::cpu::MatRef;
 
 /// The precision of the operands of the training GEMMs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -77,52 +77,18 @@ pub fn with_matmul_precision<R>(precision: MatmulPrecision, f: impl FnOnce() -> 
     f()
 }
 
-/// `x` rounded to the nearest bf16 value (ties to even), as f32; NaN stays NaN.
-pub fn round_bf16(x: f32) -> f32 {
-    bf16_to_f32(f32_to_bf16(x))
+/// bf16 rounding, from the kernel crate (re-exported for the ops' users and tests).
+pub use prefine_kernels::cpu::{round_bf16, round_bf16_in_place};
+
+/// A GEMM operand multiplied in a [`MatmulPrecision`]: rounded to bf16 in `Bf16`.
+pub(crate) trait AtPrecision {
+    /// The same operand, multiplied in `precision`.
+    fn at(self, precision: MatmulPrecision) -> Self;
 }
 
-/// Rounds every value of `x` to bf16 in place ([`round_bf16`], vectorised).
-pub fn round_bf16_in_place(x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if super::sgemm::available() {
-        // SAFETY: AVX-512F is present.
-        unsafe { round_bf16_avx512(x) };
-        return;
-    }
-    x.iter_mut().for_each(|v| *v = round_bf16(*v));
-}
-
-/// [`round_bf16_in_place`] with AVX-512: add `0x7fff` plus the lowest kept bit, clear the low
-/// half; NaN lanes are kept as they are (the add could carry them into another value).
-///
-/// # Safety
-/// AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn round_bf16_avx512(x: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let half = _mm512_set1_epi32(0x7fff);
-    let one = _mm512_set1_epi32(1);
-    let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
-    let round = |v: __m512| {
-        let bits = _mm512_castps_si512(v);
-        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), one);
-        let r = _mm512_and_si512(_mm512_add_epi32(bits, _mm512_add_epi32(half, lsb)), high);
-        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-        _mm512_mask_mov_ps(_mm512_castsi512_ps(r), nan, v)
-    };
-    let n = x.len();
-    let p = x.as_mut_ptr();
-    let mut i = 0;
-    while i + 16 <= n {
-        _mm512_storeu_ps(p.add(i), round(_mm512_loadu_ps(p.add(i))));
-        i += 16;
-    }
-    if i < n {
-        let mask: __mmask16 = (1u16 << (n - i)) - 1;
-        let v = _mm512_maskz_loadu_ps(mask, p.add(i));
-        _mm512_mask_storeu_ps(p.add(i), mask, round(v));
+impl AtPrecision for MatRef<'_> {
+    fn at(self, precision: MatmulPrecision) -> Self {
+        self.rounded_to_bf16(precision == MatmulPrecision::Bf16)
     }
 }
 
@@ -160,6 +126,14 @@ mod tests {
         // 1017 values: the vector loop and a masked tail.
         let mut vector = values.clone();
         round_bf16_in_place(&mut vector);
+        prefine_kernels::cpu::for_each_isa(|| {
+            let mut v = values.clone();
+            round_bf16_in_place(&mut v);
+            assert!(v
+                .iter()
+                .zip(&vector)
+                .all(|(a, b)| a.to_bits() == b.to_bits() || a.is_nan()));
+        });
         for (i, (&x, &r)) in values.iter().zip(&vector).enumerate() {
             let s = round_bf16(x);
             if x.is_nan() {

@@ -3,8 +3,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fast_math::{gelu_backward_into, gelu_into_uninit};
 use super::{f32_slice, with_f32};
+use prefine_kernels::fast_math::{gelu_backward_into, gelu_into_uninit};
 
 struct Gelu;
 

@@ -5,30 +5,12 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fast_math::sum as fsum;
 use super::{f32_slice, with_f32};
+use prefine_kernels::cpu::Isa;
+use prefine_kernels::norm::{layer_norm_row, row_stats};
 
 /// Rows per parallel task.
 const ROWS: usize = 16;
-
-/// Mean and reciprocal standard deviation of one row.
-#[inline]
-fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
-    let n = row.len() as f32;
-    let mean = fsum(row) / n;
-    let mut acc = [0f32; 16];
-    let chunks = row.chunks_exact(16);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for i in 0..16 {
-            let d = c[i] - mean;
-            acc[i] += d * d;
-        }
-    }
-    let var =
-        (acc.iter().sum::<f32>() + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()) / n;
-    (mean, 1.0 / (var + eps).sqrt())
-}
 
 /// `y = (x - mean) * rstd * g + b` row by row.
 fn forward_rows(x: &[f32], g: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
@@ -71,10 +53,7 @@ fn forward_rows_sum(
                     }
                     None => xr,
                 };
-                let (mean, rstd) = row_stats(row, eps);
-                for i in 0..d {
-                    yr[i].write((row[i] - mean) * rstd * g[i] + b[i]);
-                }
+                layer_norm_row(row, g, b, eps, yr);
             }
         });
     // SAFETY: the chunks cover the first n elements exactly (n is a multiple of d), and every
@@ -118,13 +97,15 @@ fn backward_rows(
                 gy: &gy[rows],
                 eps,
             };
-            #[cfg(target_arch = "x86_64")]
-            if super::sgemm::available() {
-                // SAFETY: AVX-512F is present.
-                unsafe { chunk.run_avx512(dxc, params.as_mut()) };
-                return params.unwrap_or_default();
+            match prefine_kernels::cpu::isa() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the selected kernel family has AVX-512F.
+                Isa::Avx512 | Isa::Avx512Bf16 => unsafe { chunk.run_avx512(dxc, params.as_mut()) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the selected kernel family has AVX2 and FMA.
+                Isa::Avx2Fma => unsafe { chunk.run_avx2(dxc, params.as_mut()) },
+                _ => chunk.run(dxc, params.as_mut()),
             }
-            chunk.run(dxc, params.as_mut());
             params.unwrap_or_default()
         })
         .collect();
@@ -162,6 +143,20 @@ impl BackwardChunk<'_> {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn run_avx512(
+        &self,
+        dx: &mut [std::mem::MaybeUninit<f32>],
+        params: Option<&mut (Vec<f32>, Vec<f32>)>,
+    ) {
+        self.run(dx, params)
+    }
+
+    /// [`Self::run`] compiled for AVX2+FMA (the same operations: the same bits).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(
         &self,
         dx: &mut [std::mem::MaybeUninit<f32>],
         params: Option<&mut (Vec<f32>, Vec<f32>)>,

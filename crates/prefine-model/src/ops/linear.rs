@@ -4,9 +4,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::autocast::{matmul_precision, MatmulPrecision};
-use super::kernels::{column_sums, gemm_new, linear_new, transpose, MatRef};
-use super::packed_f32::{packed_linear, PackedF32Matrix};
+use prefine_kernels::cpu::MatRef;
+use prefine_kernels::gemm::{column_sums, gemm_new, linear_new, transpose};
+use prefine_kernels::packed_f32::{packed_linear, PackedF32Matrix};
+
+use super::autocast::{matmul_precision, AtPrecision, MatmulPrecision};
 use super::{f32_slice, with_f32};
 
 static WEIGHT_GRADS: AtomicUsize = AtomicUsize::new(0);

@@ -15,9 +15,11 @@ use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::autocast::{matmul_precision, MatmulPrecision};
-use super::kernels::{gemm, gemm_new, linear_new, transpose, MatRef};
-use super::skinny::{few_times_rows, rows_times_few};
+use prefine_kernels::cpu::MatRef;
+use prefine_kernels::gemm::{gemm, gemm_new, linear_new, transpose};
+use prefine_kernels::skinny::{few_times_rows, rows_times_few};
+
+use super::autocast::{matmul_precision, AtPrecision, MatmulPrecision};
 use super::{f32_slice, with_f32};
 
 struct FrozenLoraLinear {

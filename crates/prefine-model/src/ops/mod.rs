@@ -9,22 +9,17 @@
 //!
 //! Every op is checked against finite differences in `tests`.
 
+//! The candle-free kernels they run on (GEMMs, vector math, packing, the choice of the CPU's
+//! kernel family) are in the `prefine-kernels` crate.
+
 mod attention;
 pub mod autocast;
-pub mod bf16;
 mod dropout;
 mod embedding;
-pub mod fast_math;
 mod gelu;
-mod kernels;
 mod layer_norm;
 mod linear;
 mod lora_linear;
-pub(crate) mod packed_f32;
-pub mod qgemm;
-pub mod sgemm;
-pub mod sgemm_bf16;
-mod skinny;
 mod softmax;
 
 pub use attention::attention;

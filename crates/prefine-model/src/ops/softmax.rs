@@ -3,8 +3,8 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fast_math::{exp, zip_map_into};
 use super::{f32_slice, with_f32};
+use prefine_kernels::fast_math::{exp, zip_map_into};
 
 struct MaskedSoftmax {
     scale: f32,

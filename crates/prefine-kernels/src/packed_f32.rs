@@ -1,25 +1,15 @@
 //! f32 linear weights packed once for inference: the frozen weight is stored directly in the
-//! GEMM kernel's panel layout, so a forward pass no longer repacks every weight on every call.
-//! Without the AVX-512 kernel the weight stays row-major and the portable GEMM is used.
+//! GEMM kernel's panel layout (the same on every kernel family), so a forward pass no longer
+//! repacks every weight on every call.
 
-use super::kernels::{linear_new, use_own_kernel, MatRef};
-use super::sgemm::PackedB;
-
-/// How the weight is held.
-#[derive(Clone)]
-enum Layout {
-    /// The AVX-512 kernel's panels.
-    Panels(PackedB),
-    /// Row-major `[out, in]` (CPUs without AVX-512, or `PREFINE_GEMM_CRATE=1`).
-    RowMajor(Vec<f32>),
-}
+use crate::sgemm::PackedB;
 
 /// A linear layer's f32 weight `[out, in]`, packed for inference.
 #[derive(Clone)]
 pub struct PackedF32Matrix {
     out: usize,
     inp: usize,
-    layout: Layout,
+    panels: PackedB,
 }
 
 impl PackedF32Matrix {
@@ -30,20 +20,13 @@ impl PackedF32Matrix {
             out * inp,
             "PackedF32Matrix: weight is not out x in"
         );
-        let layout = if use_own_kernel() {
-            Layout::Panels(PackedB::pack(w, out, inp))
-        } else {
-            Layout::RowMajor(w.to_vec())
-        };
-        Self { out, inp, layout }
+        let panels = PackedB::pack(w, out, inp);
+        Self { out, inp, panels }
     }
 
     /// The weight back as row-major `[out, in]`.
     pub fn to_f32(&self) -> Vec<f32> {
-        match &self.layout {
-            Layout::Panels(p) => p.unpack(),
-            Layout::RowMajor(w) => w.clone(),
-        }
+        self.panels.unpack()
     }
 
     /// `(out, in)`.
@@ -53,10 +36,7 @@ impl PackedF32Matrix {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        match &self.layout {
-            Layout::Panels(p) => p.bytes(),
-            Layout::RowMajor(w) => 4 * w.len(),
-        }
+        self.panels.bytes()
     }
 }
 
@@ -72,21 +52,7 @@ pub fn packed_linear(
     let (n, k) = (w.out, w.inp);
     assert!(x.len() >= m * k, "packed_linear: x is shorter than m x in");
     assert_eq!(bias.len(), n, "packed_linear: one bias per output");
-    match &w.layout {
-        #[cfg(target_arch = "x86_64")]
-        Layout::Panels(p) => super::sgemm::gemm_panels_bias(m, x, p.view(), bias, gelu),
-        #[cfg(not(target_arch = "x86_64"))]
-        Layout::Panels(_) => unreachable!("panels are only built on x86_64"),
-        Layout::RowMajor(wt) => linear_new(
-            m,
-            n,
-            k,
-            MatRef::row_major(&x[..m * k], k),
-            MatRef::transposed(wt, k),
-            bias,
-            gelu,
-        ),
-    }
+    crate::sgemm::gemm_panels_bias(m, x, w.panels.view(), bias, gelu)
 }
 
 #[cfg(test)]
@@ -126,22 +92,17 @@ mod tests {
             let w: Vec<f32> = (0..out * inp)
                 .map(|i| ((i % 19) as f32 - 9.0) * 0.01)
                 .collect();
-            for packed in [
-                PackedF32Matrix::from_f32(&w, out, inp),
-                PackedF32Matrix {
-                    out,
-                    inp,
-                    layout: Layout::RowMajor(w.clone()),
-                },
-            ] {
+            let packed = PackedF32Matrix::from_f32(&w, out, inp);
+            crate::cpu::for_each_isa(|| {
                 let mut want = packed_linear(&x, m, &packed, &bias, false);
-                super::super::fast_math::gelu_in_place(&mut want);
+                crate::fast_math::gelu_in_place(&mut want);
                 assert_eq!(
                     packed_linear(&x, m, &packed, &bias, true),
                     want,
-                    "{m}x{inp}"
+                    "{m}x{inp} on {}",
+                    crate::cpu::isa()
                 );
-            }
+            });
         }
     }
 }

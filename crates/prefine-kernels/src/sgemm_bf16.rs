@@ -1,11 +1,11 @@
 //! bf16 GEMM on AVX512_BF16 dot products (`vdpbf16ps`): `C (+)= A · B` with both operands
-//! rounded to bf16 (nearest, ties to even, as [`super::autocast::round_bf16`]) while they are
+//! rounded to bf16 (nearest, ties to even, as [`crate::cpu::round_bf16`]) while they are
 //! packed, and products accumulated in f32.
 //!
 //! One `vdpbf16ps` multiplies 32 bf16 pairs and adds them into 16 f32 lanes: twice the
 //! multiply-adds of an f32 FMA of the same width, so on a CPU with AVX512_BF16 (AMD Zen 4/5,
 //! Intel Sapphire Rapids) the bf16 mixed-precision GEMMs run on the bf16 units instead of
-//! multiplying rounded values on the f32 ones. The blocking is [`super::sgemm`]'s (a 12 x 32
+//! multiplying rounded values on the f32 ones. The blocking is [`crate::sgemm`]'s (a 12 x 32
 //! register tile, the same `KC`, `MC`, `NC`); the packed panels hold pairs of consecutive `k`
 //! values as one 32-bit lane: `A` panels `[k / 2][MR]`, `B` panels `[k / 2][NR]` (an odd `k`
 //! pairs its last value with a zero).
@@ -15,39 +15,19 @@
 //! so results differ from the f32-FMA path on the same rounded operands by f32 rounding only.
 //! `PREFINE_BF16_NATIVE=0` keeps the f32-FMA path (for comparisons).
 
-#[cfg(target_arch = "x86_64")]
+//! x86-64 only (the module is compiled there alone); runs where [`crate::cpu::isa`] is
+//! [`crate::cpu::Isa::Avx512Bf16`].
+
 use std::arch::x86_64::*;
 
-#[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
 
-#[cfg(target_arch = "x86_64")]
-use super::kernels::{with_buffer, MatRef};
-#[cfg(target_arch = "x86_64")]
-use super::sgemm::{
+use crate::cpu::{with_buffer, MatRef};
+use crate::sgemm::{
     column_groups, empty_product, pack_a_panels, pack_b_panel, store_tile, OutPtr, Start, Tile, KC,
     MC, MR, NC, NR,
 };
 
-/// Whether the bf16 dot-product kernel runs here: AVX-512F and AVX512_BF16, and not turned off
-/// with `PREFINE_BF16_NATIVE=0`.
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            super::sgemm::available()
-                && std::arch::is_x86_feature_detected!("avx512bf16")
-                && std::env::var_os("PREFINE_BF16_NATIVE").is_none_or(|v| v != "0")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
 thread_local! {
     /// f32 staging of one panel (`A` row block or `B` panel) before it is paired.
     static STAGE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -59,18 +39,21 @@ thread_local! {
 
 /// bf16 bits of 16 f32 lanes, rounded to nearest with ties to even (NaN stays a quiet NaN), in
 /// the low half of each 32-bit lane.
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn round_lanes(v: __m512) -> __m512i {
-    let bits = _mm512_castps_si512(v);
-    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
-    let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(
-        bits,
-        _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb),
-    ));
-    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-    let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(0x40));
-    _mm512_mask_mov_epi32(r, nan, quiet)
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
+    unsafe {
+        let bits = _mm512_castps_si512(v);
+        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+        let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+            bits,
+            _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb),
+        ));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(0x40));
+        _mm512_mask_mov_epi32(r, nan, quiet)
+    }
 }
 
 /// Pairs the rows of an f32 panel (`rows` rows of `lanes` values, row-major, `lanes <= 32`):
@@ -79,30 +62,33 @@ unsafe fn round_lanes(v: __m512) -> __m512i {
 ///
 /// # Safety
 /// AVX-512F; `src` holds `rows * lanes` values, `dst` `rows.div_ceil(2) * lanes`.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn pair_rows(src: &[f32], rows: usize, lanes: usize, dst: &mut [u32]) {
-    debug_assert!(lanes <= 32 && src.len() >= rows * lanes);
-    let pairs = rows.div_ceil(2);
-    debug_assert!(dst.len() >= pairs * lanes);
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    for q in 0..pairs {
-        let lo = s.add(2 * q * lanes);
-        let odd_last = 2 * q + 1 == rows;
-        for j in (0..lanes).step_by(16) {
-            let m: __mmask16 = if lanes - j >= 16 {
-                0xFFFF
-            } else {
-                ((1u32 << (lanes - j)) - 1) as u16
-            };
-            let even = round_lanes(_mm512_maskz_loadu_ps(m, lo.add(j)));
-            let odd = if odd_last {
-                _mm512_setzero_si512()
-            } else {
-                round_lanes(_mm512_maskz_loadu_ps(m, lo.add(lanes + j)))
-            };
-            let pair = _mm512_or_si512(even, _mm512_slli_epi32::<16>(odd));
-            _mm512_mask_storeu_epi32(d.add(q * lanes + j) as *mut i32, m, pair);
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
+    unsafe {
+        debug_assert!(lanes <= 32 && src.len() >= rows * lanes);
+        let pairs = rows.div_ceil(2);
+        debug_assert!(dst.len() >= pairs * lanes);
+        let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+        for q in 0..pairs {
+            let lo = s.add(2 * q * lanes);
+            let odd_last = 2 * q + 1 == rows;
+            for j in (0..lanes).step_by(16) {
+                let m: __mmask16 = if lanes - j >= 16 {
+                    0xFFFF
+                } else {
+                    ((1u32 << (lanes - j)) - 1) as u16
+                };
+                let even = round_lanes(_mm512_maskz_loadu_ps(m, lo.add(j)));
+                let odd = if odd_last {
+                    _mm512_setzero_si512()
+                } else {
+                    round_lanes(_mm512_maskz_loadu_ps(m, lo.add(lanes + j)))
+                };
+                let pair = _mm512_or_si512(even, _mm512_slli_epi32::<16>(odd));
+                _mm512_mask_storeu_epi32(d.add(q * lanes + j) as *mut i32, m, pair);
+            }
         }
     }
 }
@@ -111,20 +97,18 @@ unsafe fn pair_rows(src: &[f32], rows: usize, lanes: usize, dst: &mut [u32]) {
 /// panel layout: for each `NC` block of outputs and each `KC` block of inputs, that block's
 /// NR-wide panels of `kc.div_ceil(2)` pair rows. bf16 inference weights use it: no packing, no
 /// widening per call, and 2 bytes per value (plus the padding of a last partial panel).
-#[cfg(target_arch = "x86_64")]
 #[derive(Clone)]
-pub(crate) struct PairedB {
+pub struct PairedB {
     n: usize,
     k: usize,
     data: Vec<u32>,
 }
 
-#[cfg(target_arch = "x86_64")]
 impl PairedB {
     /// Packs `w[n, k]` (row-major), rounding to bf16. Needs AVX-512F.
-    pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> Self {
+    pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "PairedB::pack: weight is not n x k");
-        assert!(super::sgemm::available(), "PairedB needs AVX-512F");
+        assert!(crate::cpu::isa().avx512(), "PairedB needs AVX-512F");
         let b = MatRef::transposed(w, k);
         let mut data = Vec::new();
         for j0 in (0..n).step_by(NC) {
@@ -140,12 +124,12 @@ impl PairedB {
     }
 
     /// `(n, k)`: outputs and inputs of the weight.
-    pub(crate) fn dims(&self) -> (usize, usize) {
+    pub fn dims(&self) -> (usize, usize) {
         (self.n, self.k)
     }
 
     /// Bytes held.
-    pub(crate) fn bytes(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         4 * self.data.len()
     }
 
@@ -159,7 +143,7 @@ impl PairedB {
     }
 
     /// The row-major `[n, k]` bf16 bits.
-    pub(crate) fn to_bits(&self) -> Vec<u16> {
+    pub fn to_bits(&self) -> Vec<u16> {
         let (n, k) = (self.n, self.k);
         let mut w = vec![0u16; n * k];
         for j0 in (0..n).step_by(NC) {
@@ -182,7 +166,6 @@ impl PairedB {
 }
 
 /// Where the bf16 kernel's `B` panels come from.
-#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(crate) enum PairSource<'a> {
     /// Any strided matrix, rounded and paired block by block on every call.
@@ -192,12 +175,10 @@ pub(crate) enum PairSource<'a> {
 }
 
 // Depth blocks pair on their own: every block but the last must have an even length.
-#[cfg(target_arch = "x86_64")]
 const _: () = assert!(KC.is_multiple_of(2));
 
 /// Pair rows per column of a depth-`k` operand split into `KC` blocks (each block pairs on its
 /// own; every block but the last has the even length `KC`).
-#[cfg(target_arch = "x86_64")]
 fn pair_rows_for(k: usize) -> usize {
     (k / KC) * (KC / 2) + (k % KC).div_ceil(2)
 }
@@ -207,9 +188,8 @@ fn pair_rows_for(k: usize) -> usize {
 /// the exact GELU is applied to each tile after its last product.
 ///
 /// # Safety
-/// [`available`] must hold; `c` must be valid for `m` rows of `n` elements at stride `ldc`, not
+/// AVX512_BF16 (`crate::cpu::Isa::Avx512Bf16`) must hold; `c` must be valid for `m` rows of `n` elements at stride `ldc`, not
 /// aliased by `a` or `b`.
-#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm(
     m: usize,
@@ -223,87 +203,94 @@ pub(crate) unsafe fn gemm(
     parallel: bool,
     gelu: bool,
 ) {
-    if let PairSource::Packed(p) = b {
-        assert_eq!((p.n, p.k), (n, k), "bf16 gemm: packed weight shape");
-    }
-    if empty_product(m, n, k, c, ldc, start) {
-        if gelu && k == 0 {
-            for i in 0..m {
-                super::fast_math::gelu_in_place(std::slice::from_raw_parts_mut(c.add(i * ldc), n));
-            }
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
+    unsafe {
+        if let PairSource::Packed(p) = b {
+            assert_eq!((p.n, p.k), (n, k), "bf16 gemm: packed weight shape");
         }
-        return;
-    }
-    let out = OutPtr(c);
-    let accumulate = matches!(start, Start::Accumulate);
-    let bias = match start {
-        Start::Bias(b) => {
-            assert!(b.len() >= n, "bf16 gemm: bias shorter than n");
-            Some(b)
-        }
-        _ => None,
-    };
-    for j0 in (0..n).step_by(NC) {
-        let nc = NC.min(n - j0);
-        let npanels = nc.div_ceil(NR);
-        for p0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - p0);
-            let kq = kc.div_ceil(2);
-            let overwrite = p0 == 0 && !accumulate;
-            let gelu_now = gelu && p0 + kc == k;
-            let len = match b {
-                PairSource::Strided(_) => npanels * kq * NR,
-                PairSource::Packed(_) => 0,
-            };
-            with_buffer(&B_PAIRS, len, |scratch| {
-                let bpairs: &[u32] = match b {
-                    PairSource::Strided(b) => {
-                        pack_b_pairs(b, p0, kc, j0, nc, scratch, parallel);
-                        scratch
-                    }
-                    PairSource::Packed(p) => p.block(j0, p0, nc, kc),
-                };
-                let mblocks = m.div_ceil(MC);
-                let (groups, per_group) = column_groups(mblocks, npanels, parallel);
-                let task = |t: usize| {
-                    let (ib, g) = (t % mblocks, t / mblocks);
-                    let i0 = ib * MC;
-                    let mc = MC.min(m - i0);
-                    let apanels = mc.div_ceil(MR);
-                    with_buffer(&A_PAIRS, apanels * kq * MR, |apairs| {
-                        pack_a_pairs(a, i0, mc, p0, kc, apairs);
-                        let (first, last) = (g * per_group, ((g + 1) * per_group).min(npanels));
-                        for jp in first..last {
-                            let jr = jp * NR;
-                            let nr = NR.min(nc - jr);
-                            let bp = bpairs.as_ptr().add(jp * kq * NR);
-                            for ir in (0..mc).step_by(MR) {
-                                let mr = MR.min(mc - ir);
-                                let ap = apairs.as_ptr().add((ir / MR) * kq * MR);
-                                let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
-                                let bias =
-                                    bias.map_or(std::ptr::null(), |b| b.as_ptr().add(j0 + jr));
-                                let tile = Tile {
-                                    c: cptr,
-                                    ldc,
-                                    mr,
-                                    nr,
-                                    overwrite,
-                                    bias,
-                                    gelu: gelu_now,
-                                };
-                                pair_tile(kq, ap, bp, tile);
-                            }
-                        }
-                    });
-                };
-                let tasks = mblocks * groups;
-                if parallel && rayon::current_num_threads() > 1 && tasks > 1 {
-                    (0..tasks).into_par_iter().for_each(task);
-                } else {
-                    (0..tasks).for_each(task);
+        if empty_product(m, n, k, c, ldc, start) {
+            if gelu && k == 0 {
+                for i in 0..m {
+                    crate::fast_math::gelu_in_place(std::slice::from_raw_parts_mut(
+                        c.add(i * ldc),
+                        n,
+                    ));
                 }
-            });
+            }
+            return;
+        }
+        let out = OutPtr(c);
+        let accumulate = matches!(start, Start::Accumulate);
+        let bias = match start {
+            Start::Bias(b) => {
+                assert!(b.len() >= n, "bf16 gemm: bias shorter than n");
+                Some(b)
+            }
+            _ => None,
+        };
+        for j0 in (0..n).step_by(NC) {
+            let nc = NC.min(n - j0);
+            let npanels = nc.div_ceil(NR);
+            for p0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - p0);
+                let kq = kc.div_ceil(2);
+                let overwrite = p0 == 0 && !accumulate;
+                let gelu_now = gelu && p0 + kc == k;
+                let len = match b {
+                    PairSource::Strided(_) => npanels * kq * NR,
+                    PairSource::Packed(_) => 0,
+                };
+                with_buffer(&B_PAIRS, len, |scratch| {
+                    let bpairs: &[u32] = match b {
+                        PairSource::Strided(b) => {
+                            pack_b_pairs(b, p0, kc, j0, nc, scratch, parallel);
+                            scratch
+                        }
+                        PairSource::Packed(p) => p.block(j0, p0, nc, kc),
+                    };
+                    let mblocks = m.div_ceil(MC);
+                    let (groups, per_group) = column_groups(mblocks, npanels, parallel);
+                    let task = |t: usize| {
+                        let (ib, g) = (t % mblocks, t / mblocks);
+                        let i0 = ib * MC;
+                        let mc = MC.min(m - i0);
+                        let apanels = mc.div_ceil(MR);
+                        with_buffer(&A_PAIRS, apanels * kq * MR, |apairs| {
+                            pack_a_pairs(a, i0, mc, p0, kc, apairs);
+                            let (first, last) = (g * per_group, ((g + 1) * per_group).min(npanels));
+                            for jp in first..last {
+                                let jr = jp * NR;
+                                let nr = NR.min(nc - jr);
+                                let bp = bpairs.as_ptr().add(jp * kq * NR);
+                                for ir in (0..mc).step_by(MR) {
+                                    let mr = MR.min(mc - ir);
+                                    let ap = apairs.as_ptr().add((ir / MR) * kq * MR);
+                                    let cptr = out.get().add((i0 + ir) * ldc + j0 + jr);
+                                    let bias =
+                                        bias.map_or(std::ptr::null(), |b| b.as_ptr().add(j0 + jr));
+                                    let tile = Tile {
+                                        c: cptr,
+                                        ldc,
+                                        mr,
+                                        nr,
+                                        overwrite,
+                                        bias,
+                                        gelu: gelu_now,
+                                    };
+                                    pair_tile(kq, ap, bp, tile);
+                                }
+                            }
+                        });
+                    };
+                    let tasks = mblocks * groups;
+                    if parallel && rayon::current_num_threads() > 1 && tasks > 1 {
+                        (0..tasks).into_par_iter().for_each(task);
+                    } else {
+                        (0..tasks).for_each(task);
+                    }
+                });
+            }
         }
     }
 }
@@ -311,16 +298,12 @@ pub(crate) unsafe fn gemm(
 /// `x[m, k] · Wᵀ + bias` for a paired weight (`x` row-major, rounded to bf16 as it is packed),
 /// as a new row-major `[m, n]` matrix, multi-threaded when the product is large enough; with
 /// `gelu`, the exact GELU of it (applied in the last store). The output is never zero-filled.
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn linear_paired(
-    m: usize,
-    x: &[f32],
-    w: &PairedB,
-    bias: &[f32],
-    gelu: bool,
-) -> Vec<f32> {
+pub fn linear_paired(m: usize, x: &[f32], w: &PairedB, bias: &[f32], gelu: bool) -> Vec<f32> {
     let (n, k) = w.dims();
-    assert!(available(), "paired bf16 weights need AVX512_BF16");
+    assert!(
+        crate::cpu::isa().avx512_bf16(),
+        "paired bf16 weights need AVX512_BF16"
+    );
     assert!(x.len() >= m * k, "linear_paired: x is shorter than m x k");
     assert_eq!(bias.len(), n, "linear_paired: one bias per output column");
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
@@ -336,7 +319,7 @@ pub(crate) fn linear_paired(
             y.as_mut_ptr(),
             n,
             Start::Bias(bias),
-            super::kernels::worth_parallel(m, n, k),
+            crate::sgemm::worth_parallel(m, n, k),
             gelu,
         );
         y.set_len(m * n);
@@ -345,7 +328,6 @@ pub(crate) fn linear_paired(
 }
 
 /// Packs and pairs `B[p0..p0+kc, j0..j0+nc]` into NR-wide panels of `kc.div_ceil(2)` pair rows.
-#[cfg(target_arch = "x86_64")]
 fn pack_b_pairs(
     b: MatRef,
     p0: usize,
@@ -359,7 +341,7 @@ fn pack_b_pairs(
     let one = |(jp, panel): (usize, &mut [u32])| {
         with_buffer(&STAGE, kc * NR, |stage| {
             pack_b_panel(b, p0, kc, j0 + jp * NR, j0 + nc, stage);
-            // SAFETY: AVX-512F (callers check `available`); `stage` holds kc x NR values and
+            // SAFETY: AVX-512F (the caller selected it); `stage` holds kc x NR values and
             // `panel` kq x NR.
             unsafe { pair_rows(stage, kc, NR, panel) };
         })
@@ -376,13 +358,12 @@ fn pack_b_pairs(
 }
 
 /// Packs and pairs `A[i0..i0+mc, p0..p0+kc]` into MR-tall panels of `kc.div_ceil(2)` pair rows.
-#[cfg(target_arch = "x86_64")]
 fn pack_a_pairs(a: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [u32]) {
     let kq = kc.div_ceil(2);
     with_buffer(&STAGE, mc.div_ceil(MR) * kc * MR, |stage| {
         pack_a_panels(a, i0, mc, p0, kc, stage);
         for (ip, panel) in stage.chunks_exact(kc * MR).enumerate() {
-            // SAFETY: AVX-512F (callers check `available`); sizes as `pair_rows` requires.
+            // SAFETY: AVX-512F (the caller selected it); sizes as `pair_rows` requires.
             unsafe { pair_rows(panel, kc, MR, &mut out[ip * kq * MR..(ip + 1) * kq * MR]) };
         }
     })
@@ -392,13 +373,16 @@ fn pack_a_pairs(a: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut
 ///
 /// # Safety
 /// As [`kernel_pairs`].
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn pair_tile(kq: usize, ap: *const u32, bp: *const u32, t: Tile) {
-    match t.mr {
-        0..=4 => kernel_pairs::<4>(kq, ap, bp, t),
-        5..=8 => kernel_pairs::<8>(kq, ap, bp, t),
-        _ => kernel_pairs::<MR>(kq, ap, bp, t),
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
+    unsafe {
+        match t.mr {
+            0..=4 => kernel_pairs::<4>(kq, ap, bp, t),
+            5..=8 => kernel_pairs::<8>(kq, ap, bp, t),
+            _ => kernel_pairs::<MR>(kq, ap, bp, t),
+        }
     }
 }
 
@@ -408,29 +392,33 @@ unsafe fn pair_tile(kq: usize, ap: *const u32, bp: *const u32, t: Tile) {
 /// # Safety
 /// AVX-512F and AVX512_BF16; `ap` holds `kq x MR` pairs, `bp` `kq x NR`; `t` as
 /// [`store_tile`] requires.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn kernel_pairs<const R: usize>(kq: usize, ap: *const u32, bp: *const u32, t: Tile) {
-    debug_assert!(t.mr <= R && R <= MR && t.mr > 0);
-    let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    for q in 0..kq {
-        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(q * NR) as *const _));
-        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(q * NR + 16) as *const _));
-        let arow = ap.add(q * MR);
-        for (i, row) in acc.iter_mut().enumerate() {
-            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*arow.add(i) as i32));
-            row[0] = _mm512_dpbf16_ps(row[0], av, b0);
-            row[1] = _mm512_dpbf16_ps(row[1], av, b1);
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
+    unsafe {
+        debug_assert!(t.mr <= R && R <= MR && t.mr > 0);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for q in 0..kq {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(q * NR) as *const _));
+            let b1: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(bp.add(q * NR + 16) as *const _));
+            let arow = ap.add(q * MR);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*arow.add(i) as i32));
+                row[0] = _mm512_dpbf16_ps(row[0], av, b0);
+                row[1] = _mm512_dpbf16_ps(row[1], av, b1);
+            }
         }
+        store_tile(&acc, t);
     }
-    store_tile(&acc, t);
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
-    use crate::ops::autocast::round_bf16;
-    use crate::ops::sgemm::test_support::{layouts, uniform};
+    use crate::cpu::round_bf16;
+    use crate::sgemm::test_support::{layouts, uniform};
 
     fn naive_rounded(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) -> Vec<f64> {
         let mut c = vec![0f64; m * n];
@@ -452,7 +440,7 @@ mod tests {
     /// and column tails, odd and multi-block `k`, every operand layout, each start and GELU.
     #[test]
     fn matches_the_rounded_product_on_awkward_shapes() {
-        if !available() {
+        if !crate::cpu::isa().avx512_bf16() {
             eprintln!("no AVX512_BF16 on this CPU: the bf16 dot-product kernel is not used here");
             return;
         }
@@ -474,6 +462,7 @@ mod tests {
                 let run = |start: Start, fill: f32, gelu: bool| {
                     let mut c = vec![fill; m * n];
                     let b = PairSource::Strided(bm);
+                    // SAFETY: `c` holds the m x n outputs the call writes, not aliased by the operands.
                     unsafe { gemm(m, n, k, am, b, c.as_mut_ptr(), n, start, true, gelu) };
                     c
                 };
@@ -500,7 +489,7 @@ mod tests {
                 }
                 // GELU in the last store: the activation of the biased product.
                 let c = run(Start::Bias(&bias), f32::NAN, true);
-                crate::ops::fast_math::gelu_in_place(&mut with_bias);
+                crate::fast_math::gelu_in_place(&mut with_bias);
                 for (x, w) in c.iter().zip(&with_bias) {
                     assert!((x - w).abs() <= 1e-6 * (1.0 + w.abs()), "gelu: {x} vs {w}");
                 }
@@ -511,7 +500,7 @@ mod tests {
     /// Pairing rounds like the scalar rounding, NaN included, and pads an odd row with zero.
     #[test]
     fn pairs_round_to_nearest_even() {
-        if !crate::ops::sgemm::available() {
+        if !crate::cpu::isa().avx512() {
             eprintln!("no AVX-512F on this CPU: the bf16 packing is not used here");
             return;
         }
@@ -521,8 +510,9 @@ mod tests {
         src[3] = f32::NAN;
         src[4] = f32::from_bits(0x3F80_8000); // a tie: rounds to the even 1.0
         let mut dst = vec![0u32; rows.div_ceil(2) * lanes];
+        // SAFETY: the test runs only where AVX-512F is present; `src` and `dst` have the sizes `pair_rows` needs.
         unsafe { pair_rows(&src, rows, lanes, &mut dst) };
-        let bits = |v: f32| crate::ops::bf16::f32_to_bf16(v) as u32;
+        let bits = |v: f32| crate::cpu::f32_to_bf16(v) as u32;
         for q in 0..rows.div_ceil(2) {
             for j in 0..lanes {
                 let lo = bits(src[2 * q * lanes + j]);

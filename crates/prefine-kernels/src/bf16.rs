@@ -1,7 +1,7 @@
 //! bf16 weights for inference, stored as bfloat16 (round to nearest, ties to even).
 //!
 //! On a CPU with AVX512_BF16 the weight is kept as bf16 pairs in the dot-product kernel's panel
-//! layout ([`super::sgemm_bf16::PairedB`]) and the activations are rounded to bf16 as they are
+//! layout ([`crate::sgemm_bf16::PairedB`]) and the activations are rounded to bf16 as they are
 //! packed (what PyTorch's bf16 autocast multiplies): the products run on the bf16 units with
 //! f32 accumulation. Without it, the bits are kept in the f32 kernel's panel layout and widened
 //! (one vector pass into a per-thread scratch, reused across calls) to multiply f32 activations
@@ -13,36 +13,19 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::kernels::{linear_new, use_own_kernel, with_buffer, MatRef};
-use super::sgemm::{PackedB, PanelsRef};
-
-/// `f32` -> bf16 bits, rounding to nearest with ties to even (as PyTorch's `to(bfloat16)`);
-/// NaN stays NaN (quiet), infinities stay infinite, overflow rounds to infinity.
-pub fn f32_to_bf16(x: f32) -> u16 {
-    let bits = x.to_bits();
-    if x.is_nan() {
-        return ((bits >> 16) as u16) | 0x0040;
-    }
-    let lsb = (bits >> 16) & 1;
-    (bits.wrapping_add(0x7FFF + lsb) >> 16) as u16
-}
-
-/// bf16 bits -> `f32` (exact).
-pub fn bf16_to_f32(b: u16) -> f32 {
-    f32::from_bits((b as u32) << 16)
-}
+use crate::cpu::with_buffer;
+pub use crate::cpu::{bf16_to_f32, f32_to_bf16};
+use crate::sgemm::{PackedB, PanelsRef};
 
 /// How a [`Bf16Matrix`] holds its bits.
 #[derive(Clone)]
 enum Bf16Layout {
     /// bf16 pairs for the AVX512_BF16 dot-product kernel.
     #[cfg(target_arch = "x86_64")]
-    Pairs(super::sgemm_bf16::PairedB),
-    /// The AVX-512 GEMM's panel layout ([`PackedB`]): widening gives the kernel's operand
+    Pairs(crate::sgemm_bf16::PairedB),
+    /// The f32 GEMM's panel layout ([`PackedB`]): widening gives the kernel's operand
     /// directly, with no packing per call.
     Panels,
-    /// `Wᵀ`, `[in, out]` row-major (the portable GEMM's path).
-    Transposed,
 }
 
 /// A weight `W: [out, in]` stored as bf16.
@@ -72,40 +55,26 @@ impl Bf16Matrix {
     pub fn from_bits(w: &[u16], out: usize, inp: usize) -> Self {
         assert_eq!(w.len(), out * inp, "Bf16Matrix::from_bits: not out x in");
         #[cfg(target_arch = "x86_64")]
-        if super::sgemm_bf16::available() {
+        if crate::cpu::isa().avx512_bf16() {
             // The widened values are exact, so pairing (which rounds) keeps every bit.
             let wide: Vec<f32> = w.iter().map(|&b| bf16_to_f32(b)).collect();
             return Self {
                 out,
                 inp,
-                layout: Bf16Layout::Pairs(super::sgemm_bf16::PairedB::pack(&wide, out, inp)),
+                layout: Bf16Layout::Pairs(crate::sgemm_bf16::PairedB::pack(&wide, out, inp)),
                 bits: Vec::new(),
             };
         }
-        if use_own_kernel() {
-            // Every value (and the zero padding) is exactly representable in bf16, so packing
-            // the widened weight and narrowing it again loses nothing.
-            let wide: Vec<f32> = w.iter().map(|&b| bf16_to_f32(b)).collect();
-            let packed = PackedB::pack(&wide, out, inp);
-            let bits = packed.data().iter().map(|&v| f32_to_bf16(v)).collect();
-            return Self {
-                out,
-                inp,
-                layout: Bf16Layout::Panels,
-                bits,
-            };
-        }
-        let mut t = vec![0u16; out * inp];
-        for j in 0..out {
-            for p in 0..inp {
-                t[p * out + j] = w[j * inp + p];
-            }
-        }
+        // Every value (and the zero padding) is exactly representable in bf16, so packing the
+        // widened weight and narrowing it again loses nothing.
+        let wide: Vec<f32> = w.iter().map(|&b| bf16_to_f32(b)).collect();
+        let packed = PackedB::pack(&wide, out, inp);
+        let bits = packed.data().iter().map(|&v| f32_to_bf16(v)).collect();
         Self {
             out,
             inp,
-            layout: Bf16Layout::Transposed,
-            bits: t,
+            layout: Bf16Layout::Panels,
+            bits,
         }
     }
 
@@ -122,15 +91,6 @@ impl Bf16Matrix {
                     .into_iter()
                     .map(f32_to_bf16)
                     .collect()
-            }
-            Bf16Layout::Transposed => {
-                let mut w = vec![0u16; out * inp];
-                for p in 0..inp {
-                    for j in 0..out {
-                        w[j * inp + p] = self.bits[p * out + j];
-                    }
-                }
-                w
             }
         }
     }
@@ -153,23 +113,27 @@ impl Bf16Matrix {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn widen_avx512(src: &[u16], dst: &mut [f32]) {
-    let n = src.len().min(dst.len());
-    let mut i = 0;
-    while i + 16 <= n {
-        let h = _mm256_loadu_si256(src.as_ptr().add(i) as *const __m256i);
-        let w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
-        _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_castsi512_ps(w));
-        i += 16;
-    }
-    for j in i..n {
-        dst[j] = bf16_to_f32(src[j]);
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
+    unsafe {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 16 <= n {
+            let h = _mm256_loadu_si256(src.as_ptr().add(i) as *const __m256i);
+            let w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_castsi512_ps(w));
+            i += 16;
+        }
+        for j in i..n {
+            dst[j] = bf16_to_f32(src[j]);
+        }
     }
 }
 
 fn widen_chunk(src: &[u16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if super::sgemm::available() {
-        // SAFETY: AVX-512F detected.
+    if crate::cpu::isa().avx512() {
+        // SAFETY: AVX-512F selected.
         unsafe { widen_avx512(src, dst) };
         return;
     }
@@ -205,31 +169,13 @@ pub fn bf16_linear(x: &[f32], m: usize, w: &Bf16Matrix, bias: &[f32], gelu: bool
     assert_eq!(bias.len(), n, "bf16_linear: one bias per output");
     #[cfg(target_arch = "x86_64")]
     if let Bf16Layout::Pairs(p) = &w.layout {
-        return super::sgemm_bf16::linear_paired(m, x, p, bias, gelu);
+        return crate::sgemm_bf16::linear_paired(m, x, p, bias, gelu);
     }
     // A thread waiting inside the GEMM's parallel loop may run another layer's call (rayon
     // work stealing): `with_buffer` then gives that call a buffer of its own.
     with_buffer(&SCRATCH, w.bits.len(), |wide| {
         widen(&w.bits, wide);
-        match w.layout {
-            #[cfg(target_arch = "x86_64")]
-            Bf16Layout::Pairs(_) => unreachable!("handled above"),
-            #[cfg(target_arch = "x86_64")]
-            Bf16Layout::Panels => {
-                super::sgemm::gemm_panels_bias(m, x, PanelsRef::new(n, k, wide), bias, gelu)
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            Bf16Layout::Panels => unreachable!("panels are only built on x86_64"),
-            Bf16Layout::Transposed => linear_new(
-                m,
-                n,
-                k,
-                MatRef::row_major(&x[..m * k], k),
-                MatRef::row_major(wide, n),
-                bias,
-                gelu,
-            ),
-        }
+        crate::sgemm::gemm_panels_bias(m, x, PanelsRef::new(n, k, wide), bias, gelu)
     })
 }
 
@@ -286,7 +232,7 @@ mod tests {
     /// and `NC` blocks; the bits round-trip.
     #[test]
     fn linear_equals_f32_product_of_rounded_weights() {
-        let native = super::super::sgemm_bf16::available();
+        let native = crate::cpu::isa().avx512_bf16();
         for (m, n, k) in [(5, 37, 19), (3, 2100, 801)] {
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)

@@ -9,23 +9,28 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+#[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
 
-use super::kernels::{gemm_new, MatRef};
+use crate::cpu::MatRef;
+use crate::gemm::gemm_new;
 
 /// Rows of `x` per task of [`rows_times_few`].
+#[cfg(target_arch = "x86_64")]
 const ROWS_PER_TASK: usize = 64;
 /// Columns of `v` per task of [`few_times_rows`] (two 16-lane vectors).
+#[cfg(target_arch = "x86_64")]
 const COLS_PER_TASK: usize = 32;
 /// Rows of the rank side per pass of the kernels (accumulators held in registers).
+#[cfg(target_arch = "x86_64")]
 const RANK_BLOCK: usize = 8;
 
 /// `x · wᵀ` (`[m, r]`) for `x: [m, k]` and `w: [r, k]`, both row-major.
-pub(crate) fn rows_times_few(x: &[f32], m: usize, k: usize, w: &[f32], r: usize) -> Vec<f32> {
+pub fn rows_times_few(x: &[f32], m: usize, k: usize, w: &[f32], r: usize) -> Vec<f32> {
     assert!(x.len() >= m * k, "rows_times_few: x is shorter than m x k");
     assert_eq!(w.len(), r * k, "rows_times_few: w is not r x k");
     #[cfg(target_arch = "x86_64")]
-    if super::sgemm::available() && m > 0 && r > 0 && k > 0 {
+    if crate::cpu::isa().avx512() && m > 0 && r > 0 && k > 0 {
         let mut out = vec![0f32; m * r];
         out.par_chunks_mut(ROWS_PER_TASK * r)
             .enumerate()
@@ -43,11 +48,11 @@ pub(crate) fn rows_times_few(x: &[f32], m: usize, k: usize, w: &[f32], r: usize)
 
 /// `uᵀ · v` (`[r, n]`) for `u: [m, r]` and `v: [m, n]`, both row-major: a sum over the `m`
 /// rows of outer products.
-pub(crate) fn few_times_rows(u: &[f32], r: usize, v: &[f32], m: usize, n: usize) -> Vec<f32> {
+pub fn few_times_rows(u: &[f32], r: usize, v: &[f32], m: usize, n: usize) -> Vec<f32> {
     assert_eq!(u.len(), m * r, "few_times_rows: u is not m x r");
     assert!(v.len() >= m * n, "few_times_rows: v is shorter than m x n");
     #[cfg(target_arch = "x86_64")]
-    if super::sgemm::available() && m > 0 && r > 0 && n > 0 {
+    if crate::cpu::isa().avx512() && m > 0 && r > 0 && n > 0 {
         // Column blocks in parallel; each task writes its own columns of every output row.
         let blocks = n.div_ceil(COLS_PER_TASK);
         let parts: Vec<Vec<f32>> = (0..blocks)
@@ -108,45 +113,49 @@ unsafe fn rows_times_few_avx512(
     r: usize,
     out: &mut [f32],
 ) {
-    debug_assert!(x.len() >= rows * k && w.len() == r * k && out.len() >= rows * r);
-    let full = k / 16 * 16;
-    let tail = lanes(k - full);
-    for i in (0..rows).step_by(2) {
-        let pair = i + 1 < rows;
-        let x0 = x.as_ptr().add(i * k);
-        // A lone last row is paired with itself (its second result is dropped).
-        let x1 = if pair { x0.add(k) } else { x0 };
-        for j0 in (0..r).step_by(RANK_BLOCK) {
-            let jn = RANK_BLOCK.min(r - j0);
-            // Rows past `jn` repeat the last one (computed, not stored).
-            let wr: [*const f32; RANK_BLOCK] =
-                std::array::from_fn(|j| w.as_ptr().add((j0 + j.min(jn - 1)) * k));
-            let mut acc0 = [_mm512_setzero_ps(); RANK_BLOCK];
-            let mut acc1 = [_mm512_setzero_ps(); RANK_BLOCK];
-            let mut p = 0;
-            while p < full {
-                let a = _mm512_loadu_ps(x0.add(p));
-                let b = _mm512_loadu_ps(x1.add(p));
-                for j in 0..RANK_BLOCK {
-                    let wv = _mm512_loadu_ps(wr[j].add(p));
-                    acc0[j] = _mm512_fmadd_ps(a, wv, acc0[j]);
-                    acc1[j] = _mm512_fmadd_ps(b, wv, acc1[j]);
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
+    unsafe {
+        debug_assert!(x.len() >= rows * k && w.len() == r * k && out.len() >= rows * r);
+        let full = k / 16 * 16;
+        let tail = lanes(k - full);
+        for i in (0..rows).step_by(2) {
+            let pair = i + 1 < rows;
+            let x0 = x.as_ptr().add(i * k);
+            // A lone last row is paired with itself (its second result is dropped).
+            let x1 = if pair { x0.add(k) } else { x0 };
+            for j0 in (0..r).step_by(RANK_BLOCK) {
+                let jn = RANK_BLOCK.min(r - j0);
+                // Rows past `jn` repeat the last one (computed, not stored).
+                let wr: [*const f32; RANK_BLOCK] =
+                    std::array::from_fn(|j| w.as_ptr().add((j0 + j.min(jn - 1)) * k));
+                let mut acc0 = [_mm512_setzero_ps(); RANK_BLOCK];
+                let mut acc1 = [_mm512_setzero_ps(); RANK_BLOCK];
+                let mut p = 0;
+                while p < full {
+                    let a = _mm512_loadu_ps(x0.add(p));
+                    let b = _mm512_loadu_ps(x1.add(p));
+                    for j in 0..RANK_BLOCK {
+                        let wv = _mm512_loadu_ps(wr[j].add(p));
+                        acc0[j] = _mm512_fmadd_ps(a, wv, acc0[j]);
+                        acc1[j] = _mm512_fmadd_ps(b, wv, acc1[j]);
+                    }
+                    p += 16;
                 }
-                p += 16;
-            }
-            if full < k {
-                let a = _mm512_maskz_loadu_ps(tail, x0.add(full));
-                let b = _mm512_maskz_loadu_ps(tail, x1.add(full));
-                for j in 0..RANK_BLOCK {
-                    let wv = _mm512_maskz_loadu_ps(tail, wr[j].add(full));
-                    acc0[j] = _mm512_fmadd_ps(a, wv, acc0[j]);
-                    acc1[j] = _mm512_fmadd_ps(b, wv, acc1[j]);
+                if full < k {
+                    let a = _mm512_maskz_loadu_ps(tail, x0.add(full));
+                    let b = _mm512_maskz_loadu_ps(tail, x1.add(full));
+                    for j in 0..RANK_BLOCK {
+                        let wv = _mm512_maskz_loadu_ps(tail, wr[j].add(full));
+                        acc0[j] = _mm512_fmadd_ps(a, wv, acc0[j]);
+                        acc1[j] = _mm512_fmadd_ps(b, wv, acc1[j]);
+                    }
                 }
-            }
-            for j in 0..jn {
-                out[i * r + j0 + j] = _mm512_reduce_add_ps(acc0[j]);
-                if pair {
-                    out[(i + 1) * r + j0 + j] = _mm512_reduce_add_ps(acc1[j]);
+                for j in 0..jn {
+                    out[i * r + j0 + j] = _mm512_reduce_add_ps(acc0[j]);
+                    if pair {
+                        out[(i + 1) * r + j0 + j] = _mm512_reduce_add_ps(acc1[j]);
+                    }
                 }
             }
         }
@@ -171,28 +180,32 @@ unsafe fn few_times_rows_avx512(
     width: usize,
     out: &mut [f32],
 ) {
-    debug_assert!(width <= 32 && c0 + width <= n && out.len() >= r * width);
-    let (m0, m1) = (lanes(width), lanes(width.saturating_sub(16)));
-    for j0 in (0..r).step_by(RANK_BLOCK) {
-        let jn = RANK_BLOCK.min(r - j0);
-        let mut acc0 = [_mm512_setzero_ps(); RANK_BLOCK];
-        let mut acc1 = [_mm512_setzero_ps(); RANK_BLOCK];
-        for t in 0..m {
-            let row = v.as_ptr().add(t * n + c0);
-            let lo = _mm512_maskz_loadu_ps(m0, row);
-            let hi = _mm512_maskz_loadu_ps(m1, row.add(16));
-            let us = u.as_ptr().add(t * r + j0);
-            for j in 0..RANK_BLOCK {
-                // Ranks past `jn` repeat the last one (computed, not stored).
-                let s = _mm512_set1_ps(*us.add(j.min(jn - 1)));
-                acc0[j] = _mm512_fmadd_ps(s, lo, acc0[j]);
-                acc1[j] = _mm512_fmadd_ps(s, hi, acc1[j]);
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
+    unsafe {
+        debug_assert!(width <= 32 && c0 + width <= n && out.len() >= r * width);
+        let (m0, m1) = (lanes(width), lanes(width.saturating_sub(16)));
+        for j0 in (0..r).step_by(RANK_BLOCK) {
+            let jn = RANK_BLOCK.min(r - j0);
+            let mut acc0 = [_mm512_setzero_ps(); RANK_BLOCK];
+            let mut acc1 = [_mm512_setzero_ps(); RANK_BLOCK];
+            for t in 0..m {
+                let row = v.as_ptr().add(t * n + c0);
+                let lo = _mm512_maskz_loadu_ps(m0, row);
+                let hi = _mm512_maskz_loadu_ps(m1, row.add(16));
+                let us = u.as_ptr().add(t * r + j0);
+                for j in 0..RANK_BLOCK {
+                    // Ranks past `jn` repeat the last one (computed, not stored).
+                    let s = _mm512_set1_ps(*us.add(j.min(jn - 1)));
+                    acc0[j] = _mm512_fmadd_ps(s, lo, acc0[j]);
+                    acc1[j] = _mm512_fmadd_ps(s, hi, acc1[j]);
+                }
             }
-        }
-        for j in 0..jn {
-            let o = out.as_mut_ptr().add((j0 + j) * width);
-            _mm512_mask_storeu_ps(o, m0, acc0[j]);
-            _mm512_mask_storeu_ps(o.add(16), m1, acc1[j]);
+            for j in 0..jn {
+                let o = out.as_mut_ptr().add((j0 + j) * width);
+                _mm512_mask_storeu_ps(o, m0, acc0[j]);
+                _mm512_mask_storeu_ps(o.add(16), m1, acc1[j]);
+            }
         }
     }
 }

@@ -13,11 +13,14 @@
 //! weight row at packing time, `Σ_p (q_ip - z_i) w_jp = acc_ij - z_i Σ_p w_jp`, and
 //! `y_ij = (s_x,i · s_w,j) · (acc_ij - z_i Σ_p w_jp) + b_j` (one fused multiply-add).
 //!
-//! Accumulation is exact in i32: `vpdpbusd` adds four u8·s8 products (each |·| <= 255·127)
-//! to a 32-bit lane without saturation, so even `k = 65536` stays below 2³¹. (AVX-512BW's
-//! `vpmaddubsw` would saturate pairs to i16 and is therefore not used: with it the SIMD and
-//! scalar paths would not agree.) The portable scalar path computes the same integers and
-//! the same fused epilogue, so both paths give bit-identical outputs (tested).
+//! Accumulation is exact in i32 on every kernel family, so all of them give bit-identical
+//! outputs (tested): AVX-512 VNNI's `vpdpbusd` adds four u8·s8 products (each |·| <= 255·127)
+//! to a 32-bit lane without saturation, so even `k = 65536` stays below 2³¹; AVX2 widens both
+//! operands to i16 and multiplies pairs with `vpmaddwd` (exact; `vpmaddubsw` would saturate
+//! pairs to i16 and is therefore not used); NEON runs `SDOT` where the core has it, widening
+//! `vmull_s8` / `vpadalq_s16` otherwise, on activations shifted to s8 (`a - 128`) and corrected
+//! with `128 Σ_p w_jp`; the portable scalar path computes the same integers. The f32 epilogue is
+//! the same fused multiply-add everywhere.
 //!
 //! Weights are packed once ([`PackedI8::pack`]) into 32-column panels of 4-byte groups: for
 //! each group of four `k` values, the 32 columns' four bytes lie next to each other, which is
@@ -28,51 +31,14 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-/// Rows of `x` per register tile.
-const MR: usize = 12;
+use crate::cpu::Isa;
+pub(crate) use crate::tile::{MR, NR};
+
 /// How many 4-byte groups of a panel the VNNI kernel prefetches ahead (64 x 128 bytes).
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_Q: usize = 64;
-/// Columns of `W` (outputs) per register tile and packed panel.
-const NR: usize = 32;
 /// Rows per parallel task (a multiple of `MR`).
 const MC: usize = 96;
-
-/// Whether the AVX512_VNNI kernel can run here (`PREFINE_INT8_SCALAR=1` forces the portable
-/// path, for comparisons).
-pub(crate) fn vnni_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-                && std::env::var_os("PREFINE_INT8_SCALAR").is_none()
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Whether the AVX-512 activation quantiser and epilogue can run here.
-fn avx512_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::env::var_os("PREFINE_INT8_SCALAR").is_none()
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
 
 /// Per-output-channel symmetric int8 quantisation of a row-major `[n, k]` weight matrix:
 /// `(q, scales)` with `w_jp ≈ scales[j] · q[j * k + p]`, `q` in `[-127, 127]` (round half to
@@ -221,47 +187,51 @@ fn quantize_row_scalar(x: &[f32], out: &mut [u8]) -> (f32, i32) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, i32) {
-    let k = x.len();
-    let mut vlo = _mm512_set1_ps(f32::INFINITY);
-    let mut vhi = _mm512_set1_ps(f32::NEG_INFINITY);
-    let mut p = 0;
-    while p + 16 <= k {
-        let v = _mm512_loadu_ps(x.as_ptr().add(p));
-        vlo = _mm512_min_ps(vlo, v);
-        vhi = _mm512_max_ps(vhi, v);
-        p += 16;
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
+    unsafe {
+        let k = x.len();
+        let mut vlo = _mm512_set1_ps(f32::INFINITY);
+        let mut vhi = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut p = 0;
+        while p + 16 <= k {
+            let v = _mm512_loadu_ps(x.as_ptr().add(p));
+            vlo = _mm512_min_ps(vlo, v);
+            vhi = _mm512_max_ps(vhi, v);
+            p += 16;
+        }
+        let mut lo = _mm512_reduce_min_ps(vlo);
+        let mut hi = _mm512_reduce_max_ps(vhi);
+        for &v in &x[p..] {
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+        let (scale, inv, zero) = row_params(lo, hi);
+        let vinv = _mm512_set1_ps(inv);
+        let vzero = _mm512_set1_epi32(zero);
+        let v0 = _mm512_setzero_si512();
+        let v255 = _mm512_set1_epi32(255);
+        let mut p = 0;
+        while p < k {
+            let n = (k - p).min(16);
+            let mask: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
+            let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(p));
+            let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, vinv)), vzero);
+            let q = _mm512_min_epi32(_mm512_max_epi32(q, v0), v255);
+            _mm_mask_storeu_epi8(
+                out.as_mut_ptr().add(p) as *mut i8,
+                mask,
+                _mm512_cvtepi32_epi8(q),
+            );
+            p += 16;
+        }
+        (scale, zero)
     }
-    let mut lo = _mm512_reduce_min_ps(vlo);
-    let mut hi = _mm512_reduce_max_ps(vhi);
-    for &v in &x[p..] {
-        lo = lo.min(v);
-        hi = hi.max(v);
-    }
-    let (scale, inv, zero) = row_params(lo, hi);
-    let vinv = _mm512_set1_ps(inv);
-    let vzero = _mm512_set1_epi32(zero);
-    let v0 = _mm512_setzero_si512();
-    let v255 = _mm512_set1_epi32(255);
-    let mut p = 0;
-    while p < k {
-        let n = (k - p).min(16);
-        let mask: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
-        let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(p));
-        let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, vinv)), vzero);
-        let q = _mm512_min_epi32(_mm512_max_epi32(q, v0), v255);
-        _mm_mask_storeu_epi8(
-            out.as_mut_ptr().add(p) as *mut i8,
-            mask,
-            _mm512_cvtepi32_epi8(q),
-        );
-        p += 16;
-    }
-    (scale, zero)
 }
 
 /// Quantises the rows of a row-major `[m, k]` matrix to u8 (see [`QuantizedRows`]).
 pub fn quantize_rows(x: &[f32], m: usize, k: usize) -> QuantizedRows {
-    quantize_rows_with(x, m, k, avx512_available())
+    quantize_rows_with(x, m, k, crate::cpu::isa().avx512())
 }
 
 fn quantize_rows_with(x: &[f32], m: usize, k: usize, simd: bool) -> QuantizedRows {
@@ -307,7 +277,7 @@ fn quantize_rows_with(x: &[f32], m: usize, k: usize, simd: bool) -> QuantizedRow
 
 /// The i32 accumulators of one `MR x NR` tile: `tile[i][j] = Σ_p a[i][p] · w[j][p]` over the
 /// whole (padded) `k`. Rows `>= mr` repeat row 0 (their results are not used).
-fn tile_scalar(
+pub(crate) fn tile_scalar(
     kq: usize,
     a: &[u8],
     lda: usize,
@@ -351,11 +321,15 @@ unsafe fn tile_vnni(
     panel: *const i8,
     tile: &mut [[i32; NR]; MR],
 ) {
-    // The smallest row count that covers `mr` (a 32-row batch-1 input is 12 + 12 + 8 rows).
-    match mr {
-        0..=4 => tile_vnni_rows::<4>(kq, a, lda, mr, panel, tile),
-        5..=8 => tile_vnni_rows::<8>(kq, a, lda, mr, panel, tile),
-        _ => tile_vnni_rows::<MR>(kq, a, lda, mr, panel, tile),
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
+    unsafe {
+        // The smallest row count that covers `mr` (a 32-row batch-1 input is 12 + 12 + 8 rows).
+        match mr {
+            0..=4 => tile_vnni_rows::<4>(kq, a, lda, mr, panel, tile),
+            5..=8 => tile_vnni_rows::<8>(kq, a, lda, mr, panel, tile),
+            _ => tile_vnni_rows::<MR>(kq, a, lda, mr, panel, tile),
+        }
     }
 }
 
@@ -373,28 +347,32 @@ unsafe fn tile_vnni_rows<const R: usize>(
     panel: *const i8,
     tile: &mut [[i32; NR]; MR],
 ) {
-    let mut rows = [a; R];
-    for (i, r) in rows.iter_mut().enumerate().take(mr) {
-        *r = a.add(i * lda);
-    }
-    let mut acc = [[_mm512_setzero_si512(); 2]; R];
-    for q in 0..kq {
-        // Weights stream from memory at small batch: fetch the panel a few KiB ahead (past
-        // its end this touches the next panel, which comes next; a prefetch never faults).
-        let ahead = panel.add((q + PREFETCH_Q) * NR * 4);
-        _mm_prefetch::<_MM_HINT_T0>(ahead);
-        _mm_prefetch::<_MM_HINT_T0>(ahead.add(64));
-        let b0 = _mm512_loadu_si512(panel.add(q * NR * 4) as *const _);
-        let b1 = _mm512_loadu_si512(panel.add(q * NR * 4 + 64) as *const _);
-        for (i, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_epi32((rows[i].add(4 * q) as *const i32).read_unaligned());
-            row[0] = _mm512_dpbusd_epi32(row[0], av, b0);
-            row[1] = _mm512_dpbusd_epi32(row[1], av, b1);
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
+    unsafe {
+        let mut rows = [a; R];
+        for (i, r) in rows.iter_mut().enumerate().take(mr) {
+            *r = a.add(i * lda);
         }
-    }
-    for (t, row) in tile.iter_mut().zip(&acc) {
-        _mm512_storeu_si512(t.as_mut_ptr() as *mut _, row[0]);
-        _mm512_storeu_si512(t.as_mut_ptr().add(16) as *mut _, row[1]);
+        let mut acc = [[_mm512_setzero_si512(); 2]; R];
+        for q in 0..kq {
+            // Weights stream from memory at small batch: fetch the panel a few KiB ahead (past
+            // its end this touches the next panel, which comes next; a prefetch never faults).
+            let ahead = panel.add((q + PREFETCH_Q) * NR * 4);
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.add(64));
+            let b0 = _mm512_loadu_si512(panel.add(q * NR * 4) as *const _);
+            let b1 = _mm512_loadu_si512(panel.add(q * NR * 4 + 64) as *const _);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_epi32((rows[i].add(4 * q) as *const i32).read_unaligned());
+                row[0] = _mm512_dpbusd_epi32(row[0], av, b0);
+                row[1] = _mm512_dpbusd_epi32(row[1], av, b1);
+            }
+        }
+        for (t, row) in tile.iter_mut().zip(&acc) {
+            _mm512_storeu_si512(t.as_mut_ptr() as *mut _, row[0]);
+            _mm512_storeu_si512(t.as_mut_ptr().add(16) as *mut _, row[1]);
+        }
     }
 }
 
@@ -420,11 +398,15 @@ unsafe fn epilogue_scalar(
     c: *mut f32,
     ldc: usize,
 ) {
-    for i in 0..mr {
-        let cr = c.add(i * ldc);
-        for j in 0..nr {
-            let v = tile[i][j] - zero[i] * cols.sum[j];
-            *cr.add(j) = (v as f32).mul_add(sx[i] * cols.scale[j], cols.bias[j]);
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
+    unsafe {
+        for i in 0..mr {
+            let cr = c.add(i * ldc);
+            for j in 0..nr {
+                let v = tile[i][j] - zero[i] * cols.sum[j];
+                *cr.add(j) = (v as f32).mul_add(sx[i] * cols.scale[j], cols.bias[j]);
+            }
         }
     }
 }
@@ -447,28 +429,32 @@ unsafe fn epilogue_avx512(
     c: *mut f32,
     ldc: usize,
 ) {
-    let (m0, m1) = super::sgemm::tail_masks(nr);
-    let sw = [
-        _mm512_loadu_ps(cols.scale.as_ptr()),
-        _mm512_loadu_ps(cols.scale.as_ptr().add(16)),
-    ];
-    let sums = [
-        _mm512_loadu_si512(cols.sum.as_ptr() as *const _),
-        _mm512_loadu_si512(cols.sum.as_ptr().add(16) as *const _),
-    ];
-    let bias = [
-        _mm512_maskz_loadu_ps(m0, cols.bias.as_ptr()),
-        _mm512_maskz_loadu_ps(m1, cols.bias.as_ptr().add(16)),
-    ];
-    for i in 0..mr {
-        let zi = _mm512_set1_epi32(zero[i]);
-        let si = _mm512_set1_ps(sx[i]);
-        let cr = c.add(i * ldc);
-        for h in 0..2 {
-            let acc = _mm512_loadu_si512(tile[i].as_ptr().add(16 * h) as *const _);
-            let v = _mm512_sub_epi32(acc, _mm512_mullo_epi32(zi, sums[h]));
-            let y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(si, sw[h]), bias[h]);
-            _mm512_mask_storeu_ps(cr.add(16 * h), if h == 0 { m0 } else { m1 }, y);
+    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
+    // caller upholds.
+    unsafe {
+        let (m0, m1) = crate::sgemm::tail_masks(nr);
+        let sw = [
+            _mm512_loadu_ps(cols.scale.as_ptr()),
+            _mm512_loadu_ps(cols.scale.as_ptr().add(16)),
+        ];
+        let sums = [
+            _mm512_loadu_si512(cols.sum.as_ptr() as *const _),
+            _mm512_loadu_si512(cols.sum.as_ptr().add(16) as *const _),
+        ];
+        let bias = [
+            _mm512_maskz_loadu_ps(m0, cols.bias.as_ptr()),
+            _mm512_maskz_loadu_ps(m1, cols.bias.as_ptr().add(16)),
+        ];
+        for i in 0..mr {
+            let zi = _mm512_set1_epi32(zero[i]);
+            let si = _mm512_set1_ps(sx[i]);
+            let cr = c.add(i * ldc);
+            for h in 0..2 {
+                let acc = _mm512_loadu_si512(tile[i].as_ptr().add(16 * h) as *const _);
+                let v = _mm512_sub_epi32(acc, _mm512_mullo_epi32(zi, sums[h]));
+                let y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(si, sw[h]), bias[h]);
+                _mm512_mask_storeu_ps(cr.add(16 * h), if h == 0 { m0 } else { m1 }, y);
+            }
         }
     }
 }
@@ -477,6 +463,7 @@ unsafe fn epilogue_avx512(
 struct OutPtr<T>(*mut T);
 // SAFETY: tasks write disjoint tiles of the output.
 unsafe impl<T> Send for OutPtr<T> {}
+// SAFETY: as for `Send`: the tasks sharing it write disjoint elements.
 unsafe impl<T> Sync for OutPtr<T> {}
 impl<T> OutPtr<T> {
     #[inline(always)]
@@ -500,14 +487,14 @@ enum Sink<'a> {
 }
 
 /// Runs every tile of `a · Wᵀ`, in parallel tasks of row blocks x panel groups.
-fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, vnni: bool, sink: &Sink) {
+fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, isa: Isa, sink: &Sink) {
     let n = w.n;
     let npanels = n.div_ceil(NR);
     let stride = w.kq * NR * 4;
     let mblocks = m.div_ceil(MC);
     let threads = rayon::current_num_threads();
     let parallel = threads > 1 && m * n * w.k >= 32 * 32 * 64;
-    let (groups, per_group) = super::sgemm::column_groups(mblocks, npanels, parallel);
+    let (groups, per_group) = crate::sgemm::column_groups(mblocks, npanels, parallel);
     let task = |t: usize| {
         // Group-major order: rayon halves the task range, and each half then holds every row
         // block (a short last block no longer lands beside its twin on one thread).
@@ -515,7 +502,7 @@ fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, vnni: bool, sink: &Sink) {
         let i0 = ib * MC;
         let mc = MC.min(m - i0);
         let (first, last) = (g * per_group, ((g + 1) * per_group).min(npanels));
-        let mut tile = [[0i32; NR]; MR];
+        let mut tile_acc = [[0i32; NR]; MR];
         for jp in first..last {
             let j0 = jp * NR;
             let nr = NR.min(n - j0);
@@ -523,27 +510,8 @@ fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, vnni: bool, sink: &Sink) {
             for ir in (0..mc).step_by(MR) {
                 let row0 = i0 + ir;
                 let mr = MR.min(mc - ir);
-                #[cfg(target_arch = "x86_64")]
-                if vnni {
-                    // SAFETY: VNNI detected; rows row0..row0+mr exist in `a` (lda bytes each).
-                    unsafe {
-                        tile_vnni(
-                            w.kq,
-                            x.a.as_ptr().add(row0 * x.lda),
-                            x.lda,
-                            mr,
-                            panel.as_ptr(),
-                            &mut tile,
-                        )
-                    };
-                } else {
-                    tile_scalar(w.kq, &x.a, x.lda, row0, mr, panel, &mut tile);
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                {
-                    let _ = vnni;
-                    tile_scalar(w.kq, &x.a, x.lda, row0, mr, panel, &mut tile);
-                }
+                let sums = &w.row_sums[j0..j0 + NR];
+                tile(isa, w.kq, &x.a, x.lda, row0, mr, panel, sums, &mut tile_acc);
                 match sink {
                     Sink::F32 {
                         c,
@@ -564,24 +532,24 @@ fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, vnni: bool, sink: &Sink) {
                             let dst = cp.add(row0 * n + j0);
                             #[cfg(target_arch = "x86_64")]
                             if *simd {
-                                epilogue_avx512(&tile, mr, nr, sx, zr, &cols, dst, n);
+                                epilogue_avx512(&tile_acc, mr, nr, sx, zr, &cols, dst, n);
                                 if *gelu {
-                                    super::fast_math::gelu_tile_avx512(dst, n, mr, nr);
+                                    crate::fast_math::gelu_tile_avx512(dst, n, mr, nr);
                                 }
                                 continue;
                             }
                             let _ = simd;
-                            epilogue_scalar(&tile, mr, nr, sx, zr, &cols, dst, n);
+                            epilogue_scalar(&tile_acc, mr, nr, sx, zr, &cols, dst, n);
                             if *gelu {
                                 for i in 0..mr {
                                     let row = std::slice::from_raw_parts_mut(dst.add(i * n), nr);
-                                    row.iter_mut().for_each(|v| *v = super::fast_math::gelu(*v));
+                                    crate::fast_math::gelu_in_place_on(isa, row);
                                 }
                             }
                         }
                     }
                     Sink::I32 { c } => {
-                        for (i, trow) in tile.iter().enumerate().take(mr) {
+                        for (i, trow) in tile_acc.iter().enumerate().take(mr) {
                             for (j, &v) in trow.iter().enumerate().take(nr) {
                                 // SAFETY: inside the m x n output, this task's tile.
                                 unsafe { *c.get().add((row0 + i) * n + j0 + j) = v };
@@ -601,19 +569,11 @@ fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, vnni: bool, sink: &Sink) {
 }
 
 /// `y[m, n] = x[m, k] · Wᵀ + bias` with `x` quantised per row to u8 and `W` the packed int8
-/// weight; f32 output. `force_scalar` selects the portable path (tests).
-pub fn int8_linear(
-    x: &[f32],
-    m: usize,
-    w: &PackedI8,
-    bias: &[f32],
-    gelu: bool,
-    force_scalar: bool,
-) -> Vec<f32> {
+/// weight; f32 output, on the selected kernel family.
+pub fn int8_linear(x: &[f32], m: usize, w: &PackedI8, bias: &[f32], gelu: bool) -> Vec<f32> {
     assert!(x.len() >= m * w.k, "int8_linear: x is shorter than m x k");
-    let simd = avx512_available() && !force_scalar;
-    let xq = quantize_rows_with(x, m, w.k, simd);
-    int8_linear_quantized(&xq, m, w, bias, gelu, force_scalar)
+    let xq = quantize_rows_with(x, m, w.k, crate::cpu::isa().avx512());
+    int8_linear_quantized(&xq, m, w, bias, gelu)
 }
 
 /// [`int8_linear`] from activations already quantised by [`quantize_rows`] (several layers
@@ -624,7 +584,6 @@ pub fn int8_linear_quantized(
     w: &PackedI8,
     bias: &[f32],
     gelu: bool,
-    force_scalar: bool,
 ) -> Vec<f32> {
     let n = w.n;
     assert!(
@@ -632,30 +591,69 @@ pub fn int8_linear_quantized(
         "int8_linear: quantised input does not match m x k"
     );
     assert_eq!(bias.len(), n, "int8_linear: one bias per output");
-    let simd = avx512_available() && !force_scalar;
+    let isa = crate::cpu::isa();
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
     let sink = Sink::F32 {
         c: OutPtr(y.as_mut_ptr()),
         bias,
-        simd,
+        simd: isa.avx512(),
         gelu,
     };
-    drive(xq, m, w, vnni_available() && !force_scalar, &sink);
+    drive(xq, m, w, isa, &sink);
     // SAFETY: every tile of the m x n output was written by `drive` (the tiles cover it).
     unsafe { y.set_len(m * n) };
     y
 }
 
-/// The integer products `a[m, k] · Wᵀ` (u8 x s8 -> i32) of quantised rows, through the VNNI
-/// kernel or, with `force_scalar` (or without VNNI), the portable one.
-pub fn int8_gemm_i32(x: &QuantizedRows, m: usize, w: &PackedI8, force_scalar: bool) -> Vec<i32> {
+/// The integer products `a[m, k] · Wᵀ` (u8 x s8 -> i32) of quantised rows, on the selected
+/// kernel family.
+pub fn int8_gemm_i32(x: &QuantizedRows, m: usize, w: &PackedI8) -> Vec<i32> {
     assert!(x.a.len() >= m * x.lda && x.lda == w.kq * 4);
     let mut c = vec![0i32; m * w.n];
     let sink = Sink::I32 {
         c: OutPtr(c.as_mut_ptr()),
     };
-    drive(x, m, w, vnni_available() && !force_scalar, &sink);
+    drive(x, m, w, crate::cpu::isa(), &sink);
     c
+}
+
+/// The i32 accumulators of one `MR x NR` tile (rows `row0..row0 + mr` of `a`, one panel) on
+/// `isa`'s kernel; `sums` are the panel's `Σ_p w_jp` (the NEON kernels' correction).
+#[allow(clippy::too_many_arguments)]
+fn tile(
+    isa: Isa,
+    kq: usize,
+    a: &[u8],
+    lda: usize,
+    row0: usize,
+    mr: usize,
+    panel: &[i8],
+    sums: &[i32],
+    acc: &mut [[i32; NR]; MR],
+) {
+    assert!(a.len() >= (row0 + mr) * lda && panel.len() >= kq * NR * 4 && sums.len() >= NR);
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    let rows = a[row0 * lda..].as_ptr();
+    let _ = sums;
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: VNNI selected; rows row0..row0+mr of `lda` bytes and the panel's
+        // `kq * NR * 4` bytes exist (asserted above).
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe {
+            tile_vnni(kq, rows, lda, mr, panel.as_ptr(), acc)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 selected; operands as above.
+        Isa::Avx2Fma => unsafe {
+            crate::arch::avx2::qgemm_tile(kq, rows, lda, mr, panel.as_ptr(), acc)
+        },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON (and SDOT when `dotprod`) selected; operands as above.
+        Isa::Neon { dotprod } => unsafe {
+            crate::arch::neon::qgemm_tile(dotprod, kq, rows, lda, mr, panel.as_ptr(), sums, acc)
+        },
+        _ => tile_scalar(kq, a, lda, row0, mr, panel, acc),
+    }
 }
 
 #[cfg(test)]
@@ -716,14 +714,12 @@ mod tests {
             let w = PackedI8::pack(&q, &sc, n, k);
             let a = quantize_rows(&x, m, k);
             let want = naive(&a, &q, m, n, k);
-            for force_scalar in [false, true] {
-                let got = int8_gemm_i32(&a, m, &w, force_scalar);
-                assert_eq!(got, want, "{m}x{n}x{k} scalar={force_scalar}");
+            for isa in crate::cpu::supported() {
+                let got = crate::cpu::with_isa(isa, || int8_gemm_i32(&a, m, &w));
+                assert_eq!(got, want, "{m}x{n}x{k} on {isa}");
             }
         }
-        if !vnni_available() {
-            eprintln!("no AVX512_VNNI here: only the portable kernel was checked");
-        }
+        eprintln!("int8 kernels checked on {:?}", crate::cpu::supported());
     }
 
     #[test]
@@ -732,25 +728,21 @@ mod tests {
             let (x, q, sc) = case(m, n, k, 100 + t as u64);
             let w = PackedI8::pack(&q, &sc, n, k);
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 0.3).collect();
-            let fast = int8_linear(&x, m, &w, &bias, false, false);
-            let slow = int8_linear(&x, m, &w, &bias, false, true);
+            let slow = crate::cpu::with_isa(Isa::Scalar, || int8_linear(&x, m, &w, &bias, false));
+            let fast = int8_linear(&x, m, &w, &bias, false);
             assert_eq!(fast, slow, "{m}x{n}x{k}");
             // The fused GELU is GELU of the same output, on both paths.
             let mut want = fast.clone();
             want.iter_mut()
-                .for_each(|v| *v = super::super::fast_math::gelu(*v));
-            assert_eq!(
-                int8_linear(&x, m, &w, &bias, true, false),
-                want,
-                "{m}x{n}x{k}"
-            );
-            assert_eq!(
-                int8_linear(&x, m, &w, &bias, true, true),
-                want,
-                "{m}x{n}x{k}"
-            );
+                .for_each(|v| *v = crate::fast_math::gelu(*v));
+            for isa in crate::cpu::supported() {
+                let got = crate::cpu::with_isa(isa, || int8_linear(&x, m, &w, &bias, true));
+                assert_eq!(got, want, "{m}x{n}x{k} GELU on {isa}");
+                let plain = crate::cpu::with_isa(isa, || int8_linear(&x, m, &w, &bias, false));
+                assert_eq!(plain, slow, "{m}x{n}x{k} on {isa}");
+            }
             // And the quantisers agree code for code.
-            let qa = quantize_rows_with(&x, m, k, avx512_available());
+            let qa = quantize_rows_with(&x, m, k, crate::cpu::isa().avx512());
             let qb = quantize_rows_with(&x, m, k, false);
             assert_eq!(qa.a, qb.a);
             assert_eq!(qa.zero, qb.zero);
@@ -769,7 +761,7 @@ mod tests {
         let (q, sc) = quantize_weight_rows(&w, n, k);
         let packed = PackedI8::pack(&q, &sc, n, k);
         let bias = vec![0.5f32; n];
-        let y = int8_linear(&x, m, &packed, &bias, false, false);
+        let y = int8_linear(&x, m, &packed, &bias, false);
         let mut max_err = 0f64;
         let mut max_ref = 0f64;
         for i in 0..m {

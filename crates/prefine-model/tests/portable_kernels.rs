@@ -1,5 +1,6 @@
-//! The `gemm`-crate fallback (used on CPUs without AVX-512) gives the same encoder outputs as
-//! the PyTorch reference. A test binary of its own: the kernel choice is made once per process.
+//! The portable (scalar) kernels, forced with `PREFINE_ISA=scalar` (what wasm32 runs), give the
+//! same encoder outputs as the PyTorch reference. A test binary of its own: the kernel family
+//! is chosen once per process.
 
 mod common;
 
@@ -9,9 +10,9 @@ use prefine_model::ops::{linear_no_bias, with_matmul_precision, MatmulPrecision}
 use prefine_model::{Encoder, EncoderInput, Forward};
 
 #[test]
-fn fallback_gemm_matches_the_reference() {
+fn portable_kernels_match_the_reference() {
     // SAFETY: set before any thread of this test binary uses the environment.
-    unsafe { std::env::set_var("PREFINE_GEMM_CRATE", "1") };
+    unsafe { std::env::set_var("PREFINE_ISA", "scalar") };
     let r = reference("minilm_l6_hello_world.json");
     let (enc, _) = Encoder::from_model_dir(model_dir()).unwrap();
     let input = EncoderInput::from_vecs(
@@ -21,13 +22,17 @@ fn fallback_gemm_matches_the_reference() {
     )
     .unwrap();
     let h = enc.forward(&input, Forward::eval(None)).unwrap();
+    assert_eq!(
+        prefine_kernels::cpu::isa(),
+        prefine_kernels::cpu::Isa::Scalar
+    );
     let d = max_abs_diff(
         &h.flatten_all().unwrap().to_vec1().unwrap(),
         &flat(&r["last_hidden_state"]),
     );
     assert!(d <= 1e-4, "max abs diff {d}");
 
-    // bf16 mixed precision on this path: the crate is handed rounded copies of both operands.
+    // bf16 mixed precision on this path: the kernel multiplies rounded copies of both operands.
     let (m, n, k) = (19, 23, 37);
     let vals = |len: usize, seed: u32| -> Vec<f32> {
         (0..len)
@@ -56,6 +61,12 @@ fn fallback_gemm_matches_the_reference() {
             off_f32 = off_f32.max((y[i * n + j] as f64 - full).abs());
         }
     }
-    assert!(worst < 1e-5, "bf16 fallback: max abs diff {worst}");
-    assert!(off_f32 > 1e-3, "bf16 fallback: operands were not rounded");
+    assert!(
+        worst < 1e-5,
+        "bf16 on the portable kernels: max abs diff {worst}"
+    );
+    assert!(
+        off_f32 > 1e-3,
+        "bf16 on the portable kernels: operands were not rounded"
+    );
 }
