@@ -322,11 +322,11 @@ impl Encoder {
         if training {
             return self.require_f32("a training forward pass (dropout on)");
         }
-        let lora_trainable = self.body.linears().iter().any(|(_, l)| {
-            l.loras
-                .values()
-                .any(|p| p.a.trainable() || p.b.trainable())
-        });
+        let lora_trainable = self
+            .body
+            .linears()
+            .iter()
+            .any(|(_, l)| l.loras.values().any(|p| p.a.trainable() || p.b.trainable()));
         if lora_trainable || self.base_params().iter().any(|(_, p)| p.trainable()) {
             return self.require_f32("a forward pass with trainable parameters");
         }
@@ -445,7 +445,10 @@ impl Encoder {
         if let Some(t) = cfg.targets.iter().find(|t| !available.contains(t)) {
             return Err(Error::config(
                 "lora.targets",
-                format!("{t:?} is not a linear layer of a {:?} model", self.config.model_type),
+                format!(
+                    "{t:?} is not a linear layer of a {:?} model",
+                    self.config.model_type
+                ),
             ));
         }
         // Layer by layer, targets in the config's order (the RNG draw order of PEFT).
@@ -701,4 +704,3 @@ impl Encoder {
         Ok(())
     }
 }
-

@@ -29,8 +29,8 @@ pub mod bert {
     pub use crate::encoder::{Encoder, EncoderInput, Forward, LoadReport, Pooler};
 }
 
-pub use encoder::{Encoder, EncoderInput, Forward, LoadReport, Pooler};
 pub use config::{EncoderConfig, ModelType};
+pub use encoder::{Encoder, EncoderInput, Forward, LoadReport, Pooler};
 pub use error::{Error, Result};
 pub use heads::{Classifier, Pooling, SequenceClassificationHead, TokenClassificationHead};
 pub use lora::{LoraConfig, LoraTarget};

@@ -10,8 +10,8 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde_json::{json, Value};
 
-use crate::encoder::Encoder;
 use crate::config::ModelType;
+use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::lora::{LoraConfig, LoraPair, LoraTarget};
 use crate::params::Param;

@@ -53,7 +53,10 @@ fn check(family: &str) {
     let mask = ids(&r["attention_mask"]);
     let types: Vec<Vec<u32>> = input_ids.iter().map(|r| vec![0; r.len()]).collect();
     let input = EncoderInput::from_vecs(&input_ids, &types, &mask).unwrap();
-    let lens: Vec<usize> = mask.iter().map(|m| m.iter().filter(|&&x| x == 1).count()).collect();
+    let lens: Vec<usize> = mask
+        .iter()
+        .map(|m| m.iter().filter(|&&x| x == 1).count())
+        .collect();
 
     // Hidden states of the unpadded positions.
     let h = enc.forward(&input, Forward::eval(None)).unwrap();
@@ -136,4 +139,87 @@ fn distilbert_matches_pytorch() {
 #[test]
 fn electra_matches_pytorch() {
     check("electra");
+}
+
+/// Runs `enc` on the reference batch and returns the hidden states.
+fn run(enc: &Encoder, family: &str, group: Option<&str>) -> Vec<f32> {
+    let r = expected(family);
+    let input_ids = ids(&r["input_ids"]);
+    let mask = ids(&r["attention_mask"]);
+    let types: Vec<Vec<u32>> = input_ids.iter().map(|r| vec![0; r.len()]).collect();
+    let input = EncoderInput::from_vecs(&input_ids, &types, &mask).unwrap();
+    enc.forward(&input, Forward::eval(group))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// LoRA groups on every linear layer, `save_pretrained` and the PEFT adapter round trip, int8
+/// and bf16 inference, on each family's tiny checkpoint.
+fn round_trips(family: &str) {
+    use prefine_model::peft::{load_adapter, save_adapter, PeftTaskType};
+    use prefine_model::{seed_rng, LoraConfig, LoraTarget, Precision};
+    let (mut enc, _) = Encoder::from_model_dir(family_dir(family)).unwrap();
+    let base = run(&enc, family, None);
+    let cfg = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: LoraTarget::ALL.to_vec(),
+        ..Default::default()
+    };
+    let mut rng = seed_rng(3);
+    enc.add_lora_group("g", &cfg, &mut rng).unwrap();
+    for (_, lin) in enc.linears_mut() {
+        for pair in lin.loras.values_mut() {
+            let (o, r) = pair.b.var().dims2().unwrap();
+            pair.b
+                .set(&prefine_model::params::normal(o, r, 0.1, &mut rng).unwrap())
+                .unwrap();
+        }
+    }
+    let adapted = run(&enc, family, Some("g"));
+    assert!(
+        max_abs_diff(&base, &adapted) > 1e-3,
+        "{family}: LoRA has no effect"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let (model_dir, adapter_dir) = (tmp.path().join("model"), tmp.path().join("adapter"));
+    enc.save_pretrained(&model_dir, Some(&family_dir(family)))
+        .unwrap();
+    save_adapter(
+        &enc,
+        "g",
+        PeftTaskType::FeatureExtraction,
+        &std::collections::BTreeMap::new(),
+        "tiny",
+        &adapter_dir,
+    )
+    .unwrap();
+    let (mut back, report) = Encoder::from_model_dir(&model_dir).unwrap();
+    assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
+    assert_eq!(run(&back, family, None), base, "{family}: save_pretrained");
+    load_adapter(&mut back, &adapter_dir, "g").unwrap();
+    let d = max_abs_diff(&run(&back, family, Some("g")), &adapted);
+    assert!(
+        d <= 1e-5,
+        "{family}: PEFT adapter round trip differs by {d}"
+    );
+    for p in [Precision::Int8, Precision::Bf16] {
+        let mut q = back.clone();
+        q.quantize(p).unwrap();
+        let d = max_abs_diff(&run(&q, family, Some("g")), &adapted);
+        assert!(d < 0.1, "{family} {p}: max |diff| {d}");
+    }
+}
+
+#[test]
+fn distilbert_round_trips() {
+    round_trips("distilbert");
+}
+
+#[test]
+fn electra_round_trips() {
+    round_trips("electra");
 }
