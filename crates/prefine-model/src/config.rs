@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// The model types this crate can load.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "distilbert"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "distilbert", "electra"];
 
 /// The checkpoint family, which fixes tensor names and a few architectural details.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +18,9 @@ pub enum ModelType {
     Bert,
     /// DistilBERT (no token types, no pooler, different names).
     Distilbert,
+    /// ELECTRA discriminator body (BERT blocks; embeddings of `embedding_size` projected to
+    /// `hidden_size` by `embeddings_project` when the two differ; no pooler).
+    Electra,
 }
 
 /// Feed-forward activation. BERT's `"gelu"` is the exact erf form (not the tanh approximation).
@@ -43,6 +46,8 @@ pub struct EncoderConfig {
     pub vocab_size: usize,
     /// Hidden size (d_model).
     pub hidden_size: usize,
+    /// Width of the embedding tables (ELECTRA's `embedding_size`; `hidden_size` elsewhere).
+    pub embedding_size: usize,
     /// Number of transformer layers.
     pub num_hidden_layers: usize,
     /// Number of attention heads.
@@ -91,6 +96,9 @@ struct BertJson {
     pad_token_id: Option<u32>,
     #[serde(default = "default_pos_type")]
     position_embedding_type: String,
+    /// ELECTRA only.
+    #[serde(default)]
+    embedding_size: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -219,7 +227,7 @@ impl EncoderConfig {
             .unwrap_or("")
             .to_string();
         let cfg = match model_type.as_str() {
-            "bert" => {
+            "bert" | "electra" => {
                 let j: BertJson = from_fields(&raw, BERT_REQUIRED, path)?;
                 if j.position_embedding_type != "absolute" {
                     return Err(Error::Parse {
@@ -230,10 +238,19 @@ impl EncoderConfig {
                         ),
                     });
                 }
+                let electra = model_type == "electra";
                 Self {
-                    model_type: ModelType::Bert,
+                    model_type: if electra {
+                        ModelType::Electra
+                    } else {
+                        ModelType::Bert
+                    },
                     vocab_size: j.vocab_size,
                     hidden_size: j.hidden_size,
+                    embedding_size: match j.embedding_size {
+                        Some(e) if electra => e,
+                        _ => j.hidden_size,
+                    },
                     num_hidden_layers: j.num_hidden_layers,
                     num_attention_heads: j.num_attention_heads,
                     intermediate_size: j.intermediate_size,
@@ -259,6 +276,7 @@ impl EncoderConfig {
                     model_type: ModelType::Distilbert,
                     vocab_size: j.vocab_size,
                     hidden_size: j.dim,
+                    embedding_size: j.dim,
                     num_hidden_layers: j.n_layers,
                     num_attention_heads: j.n_heads,
                     intermediate_size: j.hidden_dim,
@@ -297,6 +315,7 @@ impl EncoderConfig {
         let positive = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
+            ("embedding_size", self.embedding_size),
             ("num_hidden_layers", self.num_hidden_layers),
             ("num_attention_heads", self.num_attention_heads),
             ("intermediate_size", self.intermediate_size),

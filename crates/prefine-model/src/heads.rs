@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::bert::Pooler;
+use crate::encoder::Pooler;
 use crate::error::{Error, Result};
 use crate::ops;
 use crate::params::{normal, Param, SeedRng};

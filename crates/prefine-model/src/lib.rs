@@ -1,4 +1,4 @@
-//! `prefine-model`: a trainable BERT-family encoder on candle with PyTorch-exact outputs,
+//! `prefine-model`: a trainable encoder (BERT, MiniLM, DistilBERT, ELECTRA) on candle with PyTorch-exact outputs,
 //! fused ops with correct gradients, named LoRA groups, task heads and Hugging Face / PEFT I/O.
 //!
 //! ```no_run
@@ -11,19 +11,26 @@
 //! assert_eq!(hidden.dims(), &[1, 4, 384]);
 //! ```
 
-pub mod bert;
 pub mod config;
+pub mod encoder;
 pub mod error;
 pub mod heads;
 pub mod lora;
+pub mod models;
 pub mod ops;
 pub mod params;
 pub mod peft;
 pub mod quant;
+pub mod reader;
 pub mod weights;
 
-pub use bert::{Encoder, EncoderInput, Forward, LoadReport, Pooler};
+/// The encoder under its former module path (`prefine_model::bert::Pooler`).
+pub mod bert {
+    pub use crate::encoder::{Encoder, EncoderInput, Forward, LoadReport, Pooler};
+}
+
 pub use config::{EncoderConfig, ModelType};
+pub use encoder::{Encoder, EncoderInput, Forward, LoadReport, Pooler};
 pub use error::{Error, Result};
 pub use heads::{Classifier, Pooling, SequenceClassificationHead, TokenClassificationHead};
 pub use lora::{LoraConfig, LoraTarget};

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::ops;
 use crate::params::{uniform, Param, SeedRng};
 use crate::quant::{Precision, QuantizedLinear};
+use crate::reader::{LinearWeight, WeightReader};
 
 /// A linear layer of a transformer block that LoRA can adapt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -221,6 +222,16 @@ impl LoraLinear {
             loras: BTreeMap::new(),
             merged: None,
             quantized: None,
+        }
+    }
+
+    /// Reads `{base}.weight` (`[out, in]`, f32 or quantised) and `{base}.bias` (`[out]`).
+    pub(crate) fn load(r: &mut WeightReader, base: &str, out: usize, inp: usize) -> Result<Self> {
+        let weight = r.linear_weight(&format!("{base}.weight"), out, inp)?;
+        let bias = r.param(&format!("{base}.bias"), &[out])?;
+        match weight {
+            LinearWeight::F32(w) => Ok(Self::new(w, bias)),
+            LinearWeight::Quantized(q) => Self::new_quantized(q, bias),
         }
     }
 

@@ -10,8 +10,8 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde_json::{json, Value};
 
-use crate::bert::Encoder;
 use crate::config::ModelType;
+use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::lora::{LoraConfig, LoraPair, LoraTarget};
 use crate::params::Param;
@@ -66,22 +66,10 @@ pub struct LoadedAdapter {
 }
 
 fn peft_module_names(model_type: ModelType, targets: &BTreeSet<LoraTarget>) -> Vec<&'static str> {
+    let naming = Naming(model_type);
     targets
         .iter()
-        .map(|t| match (model_type, t) {
-            (ModelType::Bert, LoraTarget::Query) => "query",
-            (ModelType::Bert, LoraTarget::Key) => "key",
-            (ModelType::Bert, LoraTarget::Value) => "value",
-            (ModelType::Bert, LoraTarget::AttentionOutput) => "attention.output.dense",
-            (ModelType::Bert, LoraTarget::Intermediate) => "intermediate.dense",
-            (ModelType::Bert, LoraTarget::Output) => "output.dense",
-            (ModelType::Distilbert, LoraTarget::Query) => "q_lin",
-            (ModelType::Distilbert, LoraTarget::Key) => "k_lin",
-            (ModelType::Distilbert, LoraTarget::Value) => "v_lin",
-            (ModelType::Distilbert, LoraTarget::AttentionOutput) => "out_lin",
-            (ModelType::Distilbert, LoraTarget::Intermediate) => "lin1",
-            (ModelType::Distilbert, LoraTarget::Output) => "lin2",
-        })
+        .filter_map(|&t| naming.peft_name(t))
         .collect()
 }
 
@@ -100,8 +88,10 @@ fn target_modules(
         json!(layers.iter().collect::<Vec<_>>())
     };
     // BERT's "output.dense" is also a suffix of "attention.output.dense".
-    let ambiguous = enc.config().model_type == ModelType::Bert
-        && targets.contains(&LoraTarget::Output)
+    let ambiguous = matches!(
+        enc.config().model_type,
+        ModelType::Bert | ModelType::Electra
+    ) && targets.contains(&LoraTarget::Output)
         && !targets.contains(&LoraTarget::AttentionOutput);
     if !ambiguous {
         return (json!(names), layers_json);
@@ -212,9 +202,10 @@ fn check_target_modules(model_type: ModelType, v: &Value) -> std::result::Result
         }
     };
     let naming = Naming(model_type);
-    let paths: Vec<String> = LoraTarget::ALL
-        .iter()
-        .map(|&t| naming.linear(0, t))
+    let paths: Vec<String> = naming
+        .targets()
+        .into_iter()
+        .map(|t| naming.linear(0, t))
         .collect();
     let mut unknown = Vec::new();
     for e in entries {
@@ -235,7 +226,7 @@ fn check_target_modules(model_type: ModelType, v: &Value) -> std::result::Result
         "field target_modules: {} match no linear layer of this {:?} model (its layers: {})",
         unknown.join(", "),
         model_type,
-        peft_module_names(model_type, &LoraTarget::ALL.iter().copied().collect()).join(", ")
+        peft_module_names(model_type, &naming.targets().into_iter().collect()).join(", ")
     ))
 }
 
@@ -447,7 +438,16 @@ pub fn load_adapter_bytes(
                 ))
             }
         };
-        let (out, inp) = enc.blocks[layer].linears[&target].dims();
+        let Some((out, inp)) = enc
+            .linears()
+            .into_iter()
+            .find_map(|(id, l)| (id == (layer, target)).then(|| l.dims()))
+        else {
+            return Err(bad(
+                &w_path,
+                format!("{path}: this model has no such layer"),
+            ));
+        };
         if a.dims() != [rank, inp] || b.dims() != [out, rank] {
             return Err(bad(
                 &w_path,

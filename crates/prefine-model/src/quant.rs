@@ -36,7 +36,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::bert::Encoder;
+use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::ops::f32_slice;
 use crate::weights::write_atomic;
@@ -586,10 +586,9 @@ impl Encoder {
     /// Replaces every block's f32 linear weight by its [`QuantizedLinear`] at `precision`.
     fn convert_linears(&mut self, precision: Precision) -> Result<()> {
         if let Some(m) = self
-            .blocks
-            .iter()
-            .flat_map(|b| b.linears.values())
-            .find_map(|l| l.merged.clone())
+            .linears()
+            .into_iter()
+            .find_map(|(_, l)| l.merged.clone())
         {
             return Err(Error::Input(format!(
                 "LoRA group {m:?} is merged into the base weights; unmerge it (or bake it) before \
@@ -597,11 +596,8 @@ impl Encoder {
             )));
         }
         use rayon::prelude::*;
-        let mut layers: Vec<&mut crate::lora::LoraLinear> = self
-            .blocks
-            .iter_mut()
-            .flat_map(|b| b.linears.values_mut())
-            .collect();
+        let mut layers: Vec<&mut crate::lora::LoraLinear> =
+            self.linears_mut().into_iter().map(|(_, l)| l).collect();
         layers
             .par_iter_mut()
             .map(|lin| lin.quantize(precision))
@@ -618,10 +614,9 @@ impl Encoder {
             .map(|(_, p)| 4 * p.elem_count())
             .sum();
         let q: usize = self
-            .blocks
-            .iter()
-            .flat_map(|b| b.linears.values())
-            .filter_map(|l| l.quantized.as_ref().map(|q| q.bytes()))
+            .linears()
+            .into_iter()
+            .filter_map(|(_, l)| l.quantized.as_ref().map(|q| q.bytes()))
             .sum();
         f32_bytes + q
     }
@@ -657,15 +652,13 @@ impl Encoder {
             ));
         }
         let naming = self.naming();
-        for (i, block) in self.blocks.iter().enumerate() {
-            for (t, lin) in &block.linears {
-                let q = lin.quantized.as_ref().ok_or_else(|| {
-                    Error::Input(format!(
-                        "layer {i} {t:?} is not quantised in a quantised encoder"
-                    ))
-                })?;
-                entries.extend(q.checkpoint_entries(&format!("{}.weight", naming.linear(i, *t))));
-            }
+        for ((i, t), lin) in self.linears() {
+            let q = lin.quantized.as_ref().ok_or_else(|| {
+                Error::Input(format!(
+                    "layer {i} {t:?} is not quantised in a quantised encoder"
+                ))
+            })?;
+            entries.extend(q.checkpoint_entries(&format!("{}.weight", naming.linear(i, t))));
         }
         let mut views = Vec::with_capacity(entries.len());
         for (name, dtype, shape, bytes) in &entries {

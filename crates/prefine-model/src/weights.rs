@@ -10,6 +10,7 @@ use candle_core::{Device, Tensor};
 use crate::config::ModelType;
 use crate::error::{Error, Result};
 use crate::lora::LoraTarget;
+use crate::models::FamilyNames;
 
 /// Loads every tensor of a safetensors file (f32/f16/bf16 converted to f32).
 pub fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
@@ -108,79 +109,62 @@ pub fn save_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Resu
     write_atomic(path, &bytes)
 }
 
-/// Checkpoint names of one model type.
+/// Checkpoint names of one model type (the family's naming map, [`crate::models::names`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Naming(pub ModelType);
 
-/// A layer-norm position inside a block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlockNorm {
-    /// After attention.
-    Attention,
-    /// After the feed-forward.
-    Output,
-}
-
 impl Naming {
+    fn names(&self) -> &'static FamilyNames {
+        crate::models::names(self.0)
+    }
+
     /// The prefix the task-head classes add (`bert.` / `distilbert.`).
     pub fn model_prefix(&self) -> &'static str {
-        match self.0 {
-            ModelType::Bert => "bert.",
-            ModelType::Distilbert => "distilbert.",
-        }
+        self.names().prefix
     }
 
     /// Module path of layer `i` (e.g. `encoder.layer.3`).
     pub fn layer(&self, i: usize) -> String {
-        match self.0 {
-            ModelType::Bert => format!("encoder.layer.{i}"),
-            ModelType::Distilbert => format!("transformer.layer.{i}"),
-        }
+        format!("{}{i}", self.names().layers)
     }
 
-    /// Module path of a linear layer (without `.weight`).
+    /// Module path of a linear layer (without `.weight`); `None` when the family has no such
+    /// layer.
+    pub fn try_linear(&self, i: usize, t: LoraTarget) -> Option<String> {
+        let (_, suffix, _) = self.names().linears.iter().find(|(tt, _, _)| *tt == t)?;
+        Some(format!("{}.{suffix}", self.layer(i)))
+    }
+
+    /// Module path of a linear layer (without `.weight`); a target the family lacks is named
+    /// `<layer>.<target>`.
     pub fn linear(&self, i: usize, t: LoraTarget) -> String {
-        let suffix = match (self.0, t) {
-            (ModelType::Bert, LoraTarget::Query) => "attention.self.query",
-            (ModelType::Bert, LoraTarget::Key) => "attention.self.key",
-            (ModelType::Bert, LoraTarget::Value) => "attention.self.value",
-            (ModelType::Bert, LoraTarget::AttentionOutput) => "attention.output.dense",
-            (ModelType::Bert, LoraTarget::Intermediate) => "intermediate.dense",
-            (ModelType::Bert, LoraTarget::Output) => "output.dense",
-            (ModelType::Distilbert, LoraTarget::Query) => "attention.q_lin",
-            (ModelType::Distilbert, LoraTarget::Key) => "attention.k_lin",
-            (ModelType::Distilbert, LoraTarget::Value) => "attention.v_lin",
-            (ModelType::Distilbert, LoraTarget::AttentionOutput) => "attention.out_lin",
-            (ModelType::Distilbert, LoraTarget::Intermediate) => "ffn.lin1",
-            (ModelType::Distilbert, LoraTarget::Output) => "ffn.lin2",
-        };
-        format!("{}.{suffix}", self.layer(i))
+        self.try_linear(i, t)
+            .unwrap_or_else(|| format!("{}.{t:?}", self.layer(i)))
     }
 
-    /// Module path of a block layer norm.
-    pub fn norm(&self, i: usize, n: BlockNorm) -> String {
-        let suffix = match (self.0, n) {
-            (ModelType::Bert, BlockNorm::Attention) => "attention.output.LayerNorm",
-            (ModelType::Bert, BlockNorm::Output) => "output.LayerNorm",
-            (ModelType::Distilbert, BlockNorm::Attention) => "sa_layer_norm",
-            (ModelType::Distilbert, BlockNorm::Output) => "output_layer_norm",
-        };
-        format!("{}.{suffix}", self.layer(i))
+    /// PEFT's `target_modules` name of a linear layer.
+    pub fn peft_name(&self, t: LoraTarget) -> Option<&'static str> {
+        self.names()
+            .linears
+            .iter()
+            .find_map(|(tt, _, p)| (*tt == t).then_some(*p))
+    }
+
+    /// The LoRA targets the family has, in block order.
+    pub fn targets(&self) -> Vec<LoraTarget> {
+        self.names().linears.iter().map(|(t, _, _)| *t).collect()
     }
 
     /// Parses the module path of a linear layer back into `(layer, target)`.
     pub fn parse_linear(&self, path: &str) -> Option<(usize, LoraTarget)> {
-        let layer_prefix = match self.0 {
-            ModelType::Bert => "encoder.layer.",
-            ModelType::Distilbert => "transformer.layer.",
-        };
-        let rest = path.strip_prefix(layer_prefix)?;
+        let rest = path.strip_prefix(self.names().layers)?;
         let (idx, _) = rest.split_once('.')?;
         let i: usize = idx.parse().ok()?;
-        LoraTarget::ALL
-            .into_iter()
-            .find(|&t| self.linear(i, t) == path)
-            .map(|t| (i, t))
+        self.names()
+            .linears
+            .iter()
+            .find(|&&(t, _, _)| self.linear(i, t) == path)
+            .map(|&(t, _, _)| (i, t))
     }
 }
 

@@ -26,8 +26,8 @@ fn encoder() -> Encoder {
     };
     enc.add_lora_group("a", &a, &mut rng).unwrap();
     enc.add_lora_group("b", &b, &mut rng).unwrap();
-    for block in &mut enc.blocks {
-        for lin in block.linears.values_mut() {
+    {
+        for (_, lin) in enc.linears_mut() {
             for pair in lin.loras.values_mut() {
                 let (o, r) = pair.b.var().dims2().unwrap();
                 pair.b.set(&normal(o, r, 0.5, &mut rng).unwrap()).unwrap();

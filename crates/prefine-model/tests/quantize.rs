@@ -118,10 +118,9 @@ fn packed_f32_forward_equals_unpacked_on_minilm() {
     let got = packed.forward(&input, Forward::eval(None)).unwrap();
     let d = max_abs_diff(&want, &got);
     assert!(d <= 1e-6, "packed vs unpacked: max |diff| {d}");
-    let (b0, p0) = (&enc.blocks[0], &packed.blocks[0]);
-    for (t, lin) in &p0.linears {
+    for ((_, lin), (t, b0)) in packed.linears().into_iter().zip(enc.linears()) {
         let w = lin.quantized.as_ref().unwrap().dequantize().unwrap();
-        let orig = b0.linears[t].weight.t().detach();
+        let orig = b0.weight.t().detach();
         assert_eq!(max_abs_diff(&w, &orig), 0.0, "{t:?}");
     }
 }
@@ -145,17 +144,10 @@ fn quantized_checkpoint_round_trips_bit_exactly() {
         let a = q.forward(&input, Forward::eval(None)).unwrap();
         let b = back.forward(&input, Forward::eval(None)).unwrap();
         assert_eq!(max_abs_diff(&a, &b), 0.0, "{p}");
-        for (layer, (qb, bb)) in q.blocks.iter().zip(&back.blocks).enumerate() {
-            for (t, lin) in &qb.linears {
-                let x = lin.quantized.as_ref().unwrap().dequantize().unwrap();
-                let y = bb.linears[t]
-                    .quantized
-                    .as_ref()
-                    .unwrap()
-                    .dequantize()
-                    .unwrap();
-                assert_eq!(max_abs_diff(&x, &y), 0.0, "layer {layer} {t:?}");
-            }
+        for (((layer, t), lin), (_, bl)) in q.linears().into_iter().zip(back.linears()) {
+            let x = lin.quantized.as_ref().unwrap().dequantize().unwrap();
+            let y = bl.quantized.as_ref().unwrap().dequantize().unwrap();
+            assert_eq!(max_abs_diff(&x, &y), 0.0, "layer {layer} {t:?}");
         }
         eprintln!("{p}: model.safetensors {size} bytes");
     }
@@ -175,8 +167,8 @@ fn tiny_with_groups() -> Encoder {
         enc.add_lora_group(g, &cfg, &mut rng).unwrap();
         enc.set_group_trainable(g, false).unwrap();
     }
-    for block in &mut enc.blocks {
-        for lin in block.linears.values_mut() {
+    {
+        for (_, lin) in enc.linears_mut() {
             for pair in lin.loras.values_mut() {
                 let (o, r) = pair.b.var().dims2().unwrap();
                 pair.b.set(&normal(o, r, 0.5, &mut rng).unwrap()).unwrap();
@@ -279,7 +271,11 @@ fn training_a_quantized_encoder_fails_clearly() {
         "same precision is a no-op"
     );
     // A backward pass through a quantised layer names the problem.
-    let q = enc.blocks[0].linears[&LoraTarget::Query]
+    let q = enc
+        .linears()
+        .into_iter()
+        .find_map(|(id, l)| (id == (0, LoraTarget::Query)).then_some(l))
+        .unwrap()
         .quantized
         .clone()
         .unwrap();

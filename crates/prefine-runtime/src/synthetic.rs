@@ -114,8 +114,8 @@ pub fn write_synthetic_adapter(
             ..Default::default()
         };
         enc.add_lora_group("app", &cfg, &mut rng)?;
-        for block in &mut enc.blocks {
-            for lin in block.linears.values_mut() {
+        {
+            for (_, lin) in enc.linears_mut() {
                 if let Some(pair) = lin.loras.get_mut("app") {
                     let (o, r) = pair.b.t().dims2()?;
                     pair.b.set(&normal(o, r, 0.3, &mut rng)?)?;
