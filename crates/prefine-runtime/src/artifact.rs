@@ -17,7 +17,6 @@ use candle_core::Tensor;
 use prefine_data::LabelSet;
 use prefine_model::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use prefine_model::weights::load_safetensors_bytes;
-use prefine_model::Pooling;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -30,50 +29,7 @@ pub const LABELS_FILE: &str = "labels.json";
 /// The head tensors of a `prefine finetune` output.
 pub const HEAD_FILE: &str = "head.safetensors";
 
-/// The task family of a downstream application.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TaskKind {
-    /// Named-entity recognition (token classification, CoNLL files).
-    Ner,
-    /// Text classification (sequence classification, JSONL/CSV/TSV files).
-    Tc,
-}
-
-/// What is trained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Only the head (backbone and adapters frozen): a linear probe.
-    Head,
-    /// A new LoRA group plus the head.
-    Lora,
-    /// Every weight.
-    Full,
-}
-
-/// Sentence pooling of the TC head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum TcPooling {
-    /// Mean over real tokens (sentence-transformers' pooling).
-    #[default]
-    Mean,
-    /// The `[CLS]` state.
-    Cls,
-    /// The checkpoint's BERT pooler (`tanh(W h_cls + b)`), as `BertForSequenceClassification`.
-    Pooler,
-}
-
-impl TcPooling {
-    /// The plain pooling used when no pooler is involved.
-    pub fn pooling(self) -> Pooling {
-        match self {
-            TcPooling::Mean => Pooling::Mean,
-            _ => Pooling::Cls,
-        }
-    }
-}
+pub use crate::task::{Mode, TaskKind, TcPooling};
 
 /// `adapter.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

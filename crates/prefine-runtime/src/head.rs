@@ -7,8 +7,8 @@ use candle_core::Tensor;
 use prefine_model::bert::Pooler;
 use prefine_model::{Classifier, Param, SequenceClassificationHead, TokenClassificationHead};
 
-use crate::artifact::{TaskKind, TcPooling};
 use crate::error::{Error, Result};
+use crate::task::{TaskKind, TcPooling};
 
 /// A task head.
 #[derive(Debug, Clone)]

@@ -29,6 +29,7 @@ pub mod error;
 pub mod head;
 pub mod predict;
 pub mod synthetic;
+pub mod task;
 
 pub use artifact::{AdapterFiles, ArtifactManifest, Mode, TaskKind, TcPooling};
 pub use backbone::BackboneFiles;
