@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use prefine_model::weights::write_atomic;
 
 use crate::error::{Error, Result};
-use crate::report::Aggregate;
+use crate::aggregate::Aggregate;
 
 const WIDTH: u32 = 960;
 const HEIGHT: u32 = 540;

@@ -10,6 +10,7 @@
 //! Data flow: [`config`] → [`runner`] (pre-finetuning, cells) → [`results`] → [`report`] →
 //! [`chart`].
 
+pub mod aggregate;
 pub mod chart;
 pub mod config;
 pub mod error;
