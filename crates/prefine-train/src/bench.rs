@@ -7,7 +7,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use prefine_model::heads::Classifier;
 use prefine_model::ops::{with_matmul_precision, MatmulPrecision};
-use prefine_model::{seed_rng, Encoder, EncoderInput, Forward, LoraConfig, LoraTarget, Precision};
+use prefine_model::{seed_rng, Encoder, EncoderInput, Forward, LoraConfig, Precision};
 use rand::Rng;
 use serde::Serialize;
 
@@ -199,13 +199,10 @@ pub fn run(workload: Workload, mut encoder: Encoder, opts: &BenchOptions) -> Res
         }
         Workload::TrainFull | Workload::TrainLora => {
             let group = if workload == Workload::TrainLora {
+                // WORKLOAD.md's group: fine-tuning's default LoRA group, without dropout.
                 let cfg = LoraConfig {
-                    rank: 8,
-                    alpha: 16.0,
                     dropout: 0.0,
-                    targets: vec![LoraTarget::Query, LoraTarget::Value],
-                    layers: None,
-                    use_rslora: false,
+                    ..crate::finetune::FinetuneConfig::default_lora()
                 };
                 encoder.add_lora_group("bench", &cfg, &mut seed_rng(1))?;
                 Some("bench")

@@ -11,6 +11,7 @@ pub mod loss;
 pub mod optim;
 pub mod pretrain;
 pub mod toml_config;
+pub mod trainer;
 
 pub use error::{Error, Result};
 pub use optim::{AdamW, AdamWConfig, LinearSchedule};

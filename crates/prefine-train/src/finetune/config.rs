@@ -59,15 +59,8 @@ fn is_true(v: &bool) -> bool {
 fn d_fraction() -> f64 {
     1.0
 }
-fn d_lora() -> LoraConfig {
-    LoraConfig {
-        rank: 8,
-        alpha: 16.0,
-        dropout: 0.1,
-        targets: vec![LoraTarget::Query, LoraTarget::Value],
-        layers: None,
-        use_rslora: false,
-    }
+fn de_lora<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<LoraConfig, D::Error> {
+    LoraConfig::deserialize_over(FinetuneConfig::default_lora(), d)
 }
 
 /// Settings of `prefine finetune`. Every field can be set in a TOML file; CLI flags override.
@@ -130,7 +123,7 @@ pub struct FinetuneConfig {
     #[serde(default)]
     pub pooling: TcPooling,
     /// The LoRA group trained in `lora` mode.
-    #[serde(default = "d_lora")]
+    #[serde(default = "FinetuneConfig::default_lora", deserialize_with = "de_lora")]
     pub lora: LoraConfig,
     /// A pre-finetuned family adapter (PEFT directory) applied under the new head: in `lora`
     /// mode it initialises the new group; in `head` mode it stays frozen; in `full` mode it is
@@ -167,14 +160,52 @@ pub struct FinetuneConfig {
 }
 
 impl FinetuneConfig {
-    /// Defaults for a task and mode.
+    /// Defaults for a task and mode (the same values serde fills in for missing keys).
     pub fn new(task: TaskKind, mode: Mode) -> Self {
-        let text = format!(
-            "task = {:?}\nmode = {:?}",
-            serde_plain(&task),
-            serde_plain(&mode)
-        );
-        toml::from_str(&text).expect("defaults parse")
+        Self {
+            task,
+            mode,
+            epochs: d_epochs(),
+            lr: None,
+            batch_size: d_batch(),
+            grad_accumulation: d_one(),
+            eval_batch_size: d_eval_batch(),
+            max_length: d_max_length(),
+            stride: d_stride(),
+            warmup_ratio: d_warmup(),
+            weight_decay: d_wd(),
+            max_grad_norm: d_clip(),
+            seed: d_seed(),
+            fraction: d_fraction(),
+            max_train: None,
+            max_eval: None,
+            patience: None,
+            head_dropout: None,
+            pooling: TcPooling::default(),
+            lora: Self::default_lora(),
+            init_adapter: None,
+            repair_iob: false,
+            tag_scheme: prefine_data::TagScheme::default(),
+            checkpoint_every: 0,
+            keep_checkpoints: d_keep(),
+            feature_cache_mb: d_cache_mb(),
+            group_by_length: true,
+            precision: MatmulPrecision::default(),
+        }
+    }
+
+    /// The LoRA group of `lora` mode when the config says nothing: rank 8, alpha 16, dropout
+    /// 0.1 on the query and value projections of every layer (a partial `[lora]` table keeps
+    /// the keys it does not name from here).
+    pub fn default_lora() -> LoraConfig {
+        LoraConfig {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.1,
+            targets: vec![LoraTarget::Query, LoraTarget::Value],
+            layers: None,
+            use_rslora: false,
+        }
     }
 
     /// Reads a TOML file; unknown keys and bad values are reported with the file and line.
@@ -274,13 +305,6 @@ impl FinetuneConfig {
     }
 }
 
-fn serde_plain<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,5 +383,33 @@ mod tests {
             Path::new("c.toml"),
         );
         assert!(err.is_ok(), "lora is validated when the group is created");
+    }
+
+    #[test]
+    fn a_partial_lora_table_keeps_the_other_finetune_defaults() {
+        let c = FinetuneConfig::from_toml_str(
+            "task = \"tc\"\nmode = \"lora\"\n[lora]\ndropout = 0.2\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.lora.rank, 8);
+        assert_eq!(c.lora.alpha, 16.0);
+        assert_eq!(c.lora.dropout, 0.2);
+        assert_eq!(c.lora.targets, FinetuneConfig::default_lora().targets);
+        let err = FinetuneConfig::from_toml_str(
+            "task = \"tc\"\nmode = \"lora\"\n[lora]\nrankk = 4\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 4") && err.contains("rankk"), "{err}");
+    }
+
+    #[test]
+    fn new_equals_the_serde_defaults() {
+        let parsed =
+            FinetuneConfig::from_toml_str("task = \"ner\"\nmode = \"head\"\n", Path::new("c.toml"))
+                .unwrap();
+        assert_eq!(parsed, FinetuneConfig::new(TaskKind::Ner, Mode::Head));
     }
 }
