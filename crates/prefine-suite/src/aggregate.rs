@@ -201,4 +201,3 @@ pub fn aggregate(
     }
     a
 }
-

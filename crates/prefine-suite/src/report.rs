@@ -6,16 +6,14 @@
 //! result at that fraction (so columns are comparable); its ± is the standard deviation over seeds
 //! of the per-seed average. Standard deviations are sample standard deviations (n - 1).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use prefine_model::weights::write_atomic;
-use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-pub use crate::aggregate::{aggregate, Aggregate, Stat, SuiteLayout};
 use crate::aggregate::family_of;
-use crate::results::{fraction_label, read_results};
+pub use crate::aggregate::{aggregate, Aggregate, Stat, SuiteLayout};
+use crate::error::{Error, Result};
+use crate::results::read_results;
 
 fn bold_best(cells: &[Option<Stat>], text: Vec<String>) -> Vec<String> {
     let best = cells
@@ -203,6 +201,7 @@ pub fn write_report(out: &Path) -> Result<String> {
 mod tests {
     use super::*;
     use crate::results::CellResult;
+    use std::collections::BTreeMap;
 
     fn r(variant: &str, task: &str, fraction: f64, seed: u64, score: f64) -> CellResult {
         CellResult {

@@ -204,8 +204,8 @@ impl Trainer {
             if out.epoch_end {
                 self.end_epoch(task)?;
             } else if !task.done() {
-                let due = self.checkpoint_every > 0
-                    && task.step().is_multiple_of(self.checkpoint_every);
+                let due =
+                    self.checkpoint_every > 0 && task.step().is_multiple_of(self.checkpoint_every);
                 if due || stop_requested() {
                     self.save(task)?;
                     self.stop_if_requested(task)?;

@@ -225,6 +225,36 @@ impl FinetuneConfig {
         Ok(cfg)
     }
 
+    /// Reads `file` (if any; otherwise the defaults), applies the command-line `overrides`
+    /// (typed: no TOML text is written), and validates every setting, nested ones included.
+    /// `task` and `mode` must come from the file or the overrides.
+    pub fn resolve(file: Option<&Path>, overrides: &FinetuneOverrides) -> Result<Self> {
+        let text = match file {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?,
+            None => String::new(),
+        };
+        let origin = file.unwrap_or(Path::new("<command line>"));
+        let mut set = Vec::new();
+        if let Some(t) = overrides.task {
+            set.push(("task", crate::toml_config::serde_name(&t)));
+        }
+        if let Some(m) = overrides.mode {
+            set.push(("mode", crate::toml_config::serde_name(&m)));
+        }
+        let required = [
+            ("task", "--task (ner|tc) or `task = ...` in --config"),
+            (
+                "mode",
+                "--mode (head|lora|full) or `mode = ...` in --config",
+            ),
+        ];
+        let mut cfg: Self = crate::toml_config::parse_toml_with(&text, origin, &set, &required)
+            .map_err(|(field, reason)| Error::Config { field, reason })?;
+        overrides.apply(&mut cfg);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// The learning rate after defaults.
     pub fn learning_rate(&self) -> f64 {
         self.lr.unwrap_or(match self.mode {
@@ -296,12 +326,92 @@ impl FinetuneConfig {
         if self.task == TaskKind::Ner && self.pooling != TcPooling::Mean {
             return bad("pooling", "only applies to tc".into());
         }
+        if self.mode == Mode::Lora {
+            // The layer indices are checked against the model once it is loaded.
+            self.lora.validate(usize::MAX)?;
+        }
         Ok(())
     }
 
     /// The resolved config as TOML (saved next to every artifact).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+/// Command-line settings applied over a config file: typed, `None` (or `false`) keeps the
+/// file's value.
+#[derive(Debug, Clone, Default)]
+pub struct FinetuneOverrides {
+    /// `--task`.
+    pub task: Option<TaskKind>,
+    /// `--mode`.
+    pub mode: Option<Mode>,
+    /// `--fraction`.
+    pub fraction: Option<f64>,
+    /// `--max-train`.
+    pub max_train: Option<usize>,
+    /// `--max-eval`.
+    pub max_eval: Option<usize>,
+    /// `--seed`.
+    pub seed: Option<u64>,
+    /// `--epochs`.
+    pub epochs: Option<usize>,
+    /// `--lr`.
+    pub lr: Option<f64>,
+    /// `--batch-size`.
+    pub batch_size: Option<usize>,
+    /// `--grad-accumulation`.
+    pub grad_accumulation: Option<usize>,
+    /// `--patience`.
+    pub patience: Option<usize>,
+    /// `--init-adapter`.
+    pub init_adapter: Option<std::path::PathBuf>,
+    /// `--pooling`.
+    pub pooling: Option<TcPooling>,
+    /// `--repair-iob` (only turns it on).
+    pub repair_iob: bool,
+    /// `--tag-scheme`.
+    pub tag_scheme: Option<prefine_data::TagScheme>,
+    /// `--checkpoint-every`.
+    pub checkpoint_every: Option<u64>,
+    /// `--precision`.
+    pub precision: Option<MatmulPrecision>,
+}
+
+impl FinetuneOverrides {
+    /// Sets the given values on `cfg` (task and mode are applied while parsing).
+    pub fn apply(&self, cfg: &mut FinetuneConfig) {
+        fn set<T: Clone>(slot: &mut T, v: &Option<T>) {
+            if let Some(v) = v {
+                *slot = v.clone();
+            }
+        }
+        set(&mut cfg.fraction, &self.fraction);
+        set(&mut cfg.seed, &self.seed);
+        set(&mut cfg.epochs, &self.epochs);
+        set(&mut cfg.batch_size, &self.batch_size);
+        set(&mut cfg.grad_accumulation, &self.grad_accumulation);
+        set(&mut cfg.pooling, &self.pooling);
+        set(&mut cfg.tag_scheme, &self.tag_scheme);
+        set(&mut cfg.checkpoint_every, &self.checkpoint_every);
+        set(&mut cfg.precision, &self.precision);
+        for (slot, v) in [
+            (&mut cfg.max_train, self.max_train),
+            (&mut cfg.max_eval, self.max_eval),
+            (&mut cfg.patience, self.patience),
+        ] {
+            if v.is_some() {
+                *slot = v;
+            }
+        }
+        if self.lr.is_some() {
+            cfg.lr = self.lr;
+        }
+        if self.init_adapter.is_some() {
+            cfg.init_adapter = self.init_adapter.clone();
+        }
+        cfg.repair_iob |= self.repair_iob;
     }
 }
 
@@ -403,6 +513,36 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("line 4") && err.contains("rankk"), "{err}");
+    }
+
+    #[test]
+    fn overrides_are_typed_and_task_mode_may_come_from_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "epochs = 5\n[lora]\ndropout = 0.2\n").unwrap();
+        let o = FinetuneOverrides {
+            task: Some(TaskKind::Tc),
+            mode: Some(Mode::Lora),
+            epochs: Some(2),
+            ..Default::default()
+        };
+        let c = FinetuneConfig::resolve(Some(&p), &o).unwrap();
+        assert_eq!(
+            (c.task, c.mode, c.epochs, c.lora.rank),
+            (TaskKind::Tc, Mode::Lora, 2, 8)
+        );
+        let err = FinetuneConfig::resolve(Some(&p), &FinetuneOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("task") && err.contains("--task"), "{err}");
+        std::fs::write(&p, "task = \"tc\"\nmode = \"lora\"\n[lora]\nrank = 0\n").unwrap();
+        let err = FinetuneConfig::resolve(Some(&p), &FinetuneOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("lora.rank"),
+            "nested settings are validated: {err}"
+        );
     }
 
     #[test]

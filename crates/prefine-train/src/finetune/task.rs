@@ -267,9 +267,7 @@ impl FinetuneTask {
         let logits = {
             let _span = tracing::debug_span!("forward", batch = batch.len()).entered();
             let (model, rng) = (&self.model, &mut self.dropout_rng);
-            with_matmul_precision(self.cfg.precision, || {
-                model.logits(&input, Some(&mut *rng))
-            })?
+            with_matmul_precision(self.cfg.precision, || model.logits(&input, Some(&mut *rng)))?
         };
         let loss = self.loss(batch, &logits)?;
         let lv = finite_loss(&loss, "loss", self.st.step)?;
@@ -329,9 +327,18 @@ impl FinetuneTask {
     }
 
     /// Keeps the epoch's model if it beats the best dev score; counts down early stopping.
-    fn track_best(&mut self, dev_score: f64, dev_json: Value, messages: &mut Vec<String>) -> Result<()> {
+    fn track_best(
+        &mut self,
+        dev_score: f64,
+        dev_json: Value,
+        messages: &mut Vec<String>,
+    ) -> Result<()> {
         let epoch = self.st.epoch;
-        if self.best.as_ref().is_none_or(|b| dev_score > b.record.score) {
+        if self
+            .best
+            .as_ref()
+            .is_none_or(|b| dev_score > b.record.score)
+        {
             self.best = Some(BestEpoch {
                 record: BestRecord {
                     score: dev_score,

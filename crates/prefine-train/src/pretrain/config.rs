@@ -201,7 +201,10 @@ pub struct PretrainConfig {
     #[serde(default = "d_k")]
     pub tpl_last_k: usize,
     /// TPL: LoRA settings of both groups (`layers` is set from `tpl_last_k`).
-    #[serde(default = "PretrainConfig::default_tpl_lora", deserialize_with = "de_lora")]
+    #[serde(
+        default = "PretrainConfig::default_tpl_lora",
+        deserialize_with = "de_lora"
+    )]
     pub tpl_lora: LoraConfig,
     /// TPL: the other family's group on a batch.
     #[serde(default)]
@@ -353,6 +356,16 @@ impl PretrainConfig {
         if self.tpl_last_k == 0 {
             return bad("tpl_last_k", "must be at least 1".into());
         }
+        if self.strategy == Strategy::Tpl {
+            // `layers` is set from `tpl_last_k` once the model is loaded.
+            self.tpl_lora.validate(usize::MAX).map_err(|e| match e {
+                prefine_model::Error::Config { field, reason } => Error::Config {
+                    field: format!("tpl_{field}"),
+                    reason,
+                },
+                other => other.into(),
+            })?;
+        }
         Ok(())
     }
 
@@ -360,4 +373,48 @@ impl PretrainConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("serialisable")
     }
+}
+
+/// Command-line settings applied over a config file: typed, `None` keeps the file's value.
+#[derive(Debug, Clone, Default)]
+pub struct PretrainOverrides {
+    /// `--strategy`.
+    pub strategy: Option<Strategy>,
+    /// `--max-steps`.
+    pub max_steps: Option<u64>,
+    /// `--precision`.
+    pub precision: Option<MatmulPrecision>,
+}
+
+/// Reads a config file (or the defaults; `strategy` must come from the file or the overrides),
+/// applies the typed overrides and validates every setting, nested ones included.
+pub fn resolve_config(
+    file: Option<&Path>,
+    overrides: &PretrainOverrides,
+) -> Result<PretrainConfig> {
+    let text = match file {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?,
+        None => String::new(),
+    };
+    let origin = file.unwrap_or(Path::new("<command line>"));
+    let set: Vec<(&str, String)> = overrides
+        .strategy
+        .map(|s| ("strategy", crate::toml_config::serde_name(&s)))
+        .into_iter()
+        .collect();
+    let required = [(
+        "strategy",
+        "--strategy or `strategy = ...`: ner, tc, naive or tpl",
+    )];
+    let mut cfg: PretrainConfig =
+        crate::toml_config::parse_toml_with(&text, origin, &set, &required)
+            .map_err(|(field, reason)| Error::Config { field, reason })?;
+    if let Some(n) = overrides.max_steps {
+        cfg.max_steps = n;
+    }
+    if let Some(p) = overrides.precision {
+        cfg.precision = p;
+    }
+    cfg.validate()?;
+    Ok(cfg)
 }

@@ -22,7 +22,10 @@ use prefine_tokenize::{TextTokenizer, TokenizeConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-pub use config::{ConceptEncoder, OtherGroup, PretrainConfig, Sampling, Strategy};
+pub use config::{
+    resolve_config, ConceptEncoder, OtherGroup, PretrainConfig, PretrainOverrides, Sampling,
+    Strategy,
+};
 use ner_objective::{build_batch, ner_loss, sample_indices, ConceptScorer, NerPool};
 use sampler::{Family, FamilySampler};
 use tc_objective::{sample_batch, tc_loss, TcPool};
@@ -633,50 +636,4 @@ enum RngKind {
     Training,
     /// A throw-away stream for diagnostics, seeded.
     Diagnostic(u64),
-}
-
-/// Reads a config file (or defaults for `strategy`), applies overrides and validates.
-pub fn resolve_config(
-    file: Option<&Path>,
-    strategy: Option<Strategy>,
-    max_steps: Option<u64>,
-) -> Result<PretrainConfig> {
-    let mut table: toml::Table = match file {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::File {
-                path: p.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-            toml::from_str(&text).map_err(|e| Error::Config {
-                field: p.display().to_string(),
-                reason: e.to_string(),
-            })?
-        }
-        None => toml::Table::new(),
-    };
-    if let Some(s) = strategy {
-        table.insert(
-            "strategy".into(),
-            toml::Value::String(
-                serde_json::to_value(s)
-                    .expect("ser")
-                    .as_str()
-                    .expect("str")
-                    .into(),
-            ),
-        );
-    }
-    if let Some(n) = max_steps {
-        table.insert("max_steps".into(), toml::Value::Integer(n as i64));
-    }
-    if !table.contains_key("strategy") {
-        return Err(Error::Config {
-            field: "strategy".into(),
-            reason: "missing (ner, tc, naive or tpl)".into(),
-        });
-    }
-    let origin: PathBuf = file
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("<command line>"));
-    PretrainConfig::from_toml_str(&toml::to_string(&table).expect("toml"), &origin)
 }
