@@ -178,10 +178,10 @@ pub fn csv(a: &Aggregate) -> String {
 pub fn write_report(out: &Path) -> Result<String> {
     let results_path = out.join("results.jsonl");
     if !results_path.exists() {
-        return Err(Error::file(
-            &results_path,
-            "no results yet (run `prefine suite --config ...` first)",
-        ));
+        return Err(Error::File {
+            path: results_path,
+            reason: "no results yet (run `prefine suite --config ...` first)".into(),
+        });
     }
     let results = read_results(&results_path)?;
     let layout_path = out.join("suite.json");

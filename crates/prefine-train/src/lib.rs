@@ -2,6 +2,8 @@
 //! semantics and decay groups, masked token cross-entropy, and the standard benchmark workloads
 //! of `../shared/bench/WORKLOAD.md`.
 
+#![forbid(unsafe_code)]
+
 pub mod bench;
 pub mod charts;
 pub mod checkpoint;

@@ -158,7 +158,7 @@ impl Trainer {
             path: self.checkpoints.path().to_path_buf(),
             reason: "no checkpoint to resume from".into(),
         })?;
-        let _span = tracing::info_span!("resume", dir = %dir.display()).entered();
+        let _span = tracing::debug_span!("resume", dir = %dir.display()).entered();
         let (state, extra) = checkpoint::load(&dir, task.optimizer_mut())?;
         let stored: Stored<T::State> =
             serde_json::from_value(state).map_err(|e| Error::json(&dir.join("state.json"), e))?;

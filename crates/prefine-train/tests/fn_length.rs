@@ -61,6 +61,10 @@ fn no_function_is_longer_than_80_lines() {
             }
         }
     }
-    assert!(long.is_empty(), "functions over {MAX_LINES} lines:\n{}", long.join("\n"));
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_LINES} lines:\n{}",
+        long.join("\n")
+    );
     assert!(files.len() > 10, "the scan found the sources");
 }

@@ -103,7 +103,7 @@ struct Splits {
 
 /// Reads and subsamples the splits of `data_dir`.
 fn read_splits(cfg: &FinetuneConfig, data_dir: &Path) -> Result<Splits> {
-    let _span = tracing::info_span!("load_data", dir = %data_dir.display()).entered();
+    let _span = tracing::debug_span!("load_data", dir = %data_dir.display()).entered();
     let read = |split: &str| -> Result<SplitData> {
         read_file(
             &split_file(data_dir, cfg.task, split)?,
@@ -153,7 +153,7 @@ fn load_model(
     num_labels: usize,
     cache: Option<Arc<HiddenCache>>,
 ) -> Result<(TaskModel, TextTokenizer)> {
-    let _span = tracing::info_span!("load_model", dir = %model_dir.display()).entered();
+    let _span = tracing::debug_span!("load_model", dir = %model_dir.display()).entered();
     let (encoder, _) = Encoder::from_model_dir(model_dir)?;
     let tok = TextTokenizer::from_model_dir(
         model_dir,
@@ -181,7 +181,7 @@ fn training_examples(
     train: &SplitData,
     labels: &LabelSet,
 ) -> Result<Vec<Example>> {
-    let _span = tracing::info_span!("tokenize", examples = train.len()).entered();
+    let _span = tracing::debug_span!("tokenize", examples = train.len()).entered();
     Ok(match train {
         SplitData::Ner(s) => ner_features(tok, s, labels, cfg.max_length, cfg.stride)?
             .into_iter()

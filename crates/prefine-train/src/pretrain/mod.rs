@@ -249,6 +249,7 @@ impl Pretrainer {
     /// Loads the backbone, tokenizer and pools named by the config (data paths default under
     /// `data_root`).
     pub fn from_paths(cfg: PretrainConfig, model_dir: &Path, data_root: &Path) -> Result<Self> {
+        let _span = tracing::debug_span!("load", model = %model_dir.display()).entered();
         let (encoder, _) = Encoder::from_model_dir(model_dir)?;
         let tok = TextTokenizer::from_model_dir(
             model_dir,
