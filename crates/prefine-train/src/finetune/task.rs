@@ -308,7 +308,7 @@ impl FinetuneTask {
         };
         let lab = Tensor::from_vec(lab, shape.as_slice(), &Device::Cpu)?;
         let w = Tensor::from_vec(w, shape.as_slice(), &Device::Cpu)?;
-        Ok(masked_cross_entropy(logits, &lab, &w)?)
+        masked_cross_entropy(logits, &lab, &w)
     }
 
     /// The optimizer update after `pending` accumulated micro-batches.
