@@ -17,6 +17,7 @@
 //! # let _ = tags;
 //! ```
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod conll;

@@ -18,6 +18,7 @@
 //! assert_eq!(m.per_type["LOC"].support, 1);
 //! ```
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod error;

@@ -103,7 +103,39 @@ impl Default for LoraConfig {
     }
 }
 
+/// A partial `[lora]` table: the keys it gives replace those of a base config (see
+/// [`LoraConfig::deserialize_over`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoraPatch {
+    rank: Option<usize>,
+    alpha: Option<f64>,
+    dropout: Option<f64>,
+    targets: Option<Vec<LoraTarget>>,
+    layers: Option<Vec<usize>>,
+    use_rslora: Option<bool>,
+}
+
 impl LoraConfig {
+    /// Deserialises a possibly partial table over `base`: the keys present replace `base`'s
+    /// values, the others keep them. Each config that holds a LoRA group declares its own
+    /// defaults once and reads its table with this (`#[serde(deserialize_with = ..)]`), so that
+    /// `[lora] dropout = 0.2` keeps that config's rank and alpha.
+    pub fn deserialize_over<'de, D: serde::Deserializer<'de>>(
+        base: LoraConfig,
+        d: D,
+    ) -> std::result::Result<LoraConfig, D::Error> {
+        let p = LoraPatch::deserialize(d)?;
+        Ok(LoraConfig {
+            rank: p.rank.unwrap_or(base.rank),
+            alpha: p.alpha.unwrap_or(base.alpha),
+            dropout: p.dropout.unwrap_or(base.dropout),
+            targets: p.targets.unwrap_or(base.targets),
+            layers: p.layers.or(base.layers),
+            use_rslora: p.use_rslora.unwrap_or(base.use_rslora),
+        })
+    }
+
     /// A config adapting the last `k` of `num_layers` layers.
     pub fn last_layers(mut self, k: usize, num_layers: usize) -> Self {
         self.layers = Some((num_layers.saturating_sub(k)..num_layers).collect());

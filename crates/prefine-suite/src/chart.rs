@@ -7,8 +7,8 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use prefine_model::weights::write_atomic;
 
+use crate::aggregate::Aggregate;
 use crate::error::{Error, Result};
-use crate::report::Aggregate;
 
 const WIDTH: u32 = 960;
 const HEIGHT: u32 = 540;

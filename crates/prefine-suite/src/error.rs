@@ -19,6 +19,15 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A file could not be read, written or parsed (the underlying error is the source).
+    #[error("{}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A training or pre-finetuning error.
     #[error(transparent)]
     Train(#[from] prefine_train::Error),
@@ -39,11 +48,11 @@ pub enum Error {
 }
 
 impl Error {
-    /// A file error.
-    pub fn file(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
-        Error::File {
+    /// A file error that keeps its cause as the source (I/O, JSON, ...).
+    pub fn file(path: &std::path::Path, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Io {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source: Box::new(e),
         }
     }
 }

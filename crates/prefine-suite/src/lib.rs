@@ -10,6 +10,9 @@
 //! Data flow: [`config`] → [`runner`] (pre-finetuning, cells) → [`results`] → [`report`] →
 //! [`chart`].
 
+#![forbid(unsafe_code)]
+
+pub mod aggregate;
 pub mod chart;
 pub mod config;
 pub mod error;

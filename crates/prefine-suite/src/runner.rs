@@ -23,7 +23,7 @@ use prefine_data::DataRoot;
 use prefine_model::weights::write_atomic;
 use prefine_train::finetune::hidden_cache::HiddenCache;
 use prefine_train::finetune::{cache_owner, run_finetune_with, FinetuneConfig, RunHooks, TaskKind};
-use prefine_train::pretrain::Pretrainer;
+use prefine_train::pretrain::{run_pretrain, Start};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -149,26 +149,16 @@ fn run_pretraining(cfg: &SuiteConfig, data: &DataRoot, out: &Path) -> Result<()>
         let hash_path = dir.join("run.hash");
         let ckpt = dir.join("checkpoint");
         let same_run = std::fs::read_to_string(&hash_path).is_ok_and(|t| t.trim() == hash);
-        let mut t = Pretrainer::from_paths(pcfg, &base.backbone, data.path())?;
-        if same_run && ckpt.exists() {
-            t.load_checkpoint(&ckpt)?;
-            eprintln!(
-                "pretrain {}: resuming at step {}",
-                strategy_name(s),
-                t.step()
-            );
+        let start = if same_run && ckpt.join("state.json").exists() {
+            eprintln!("pretrain {}: resuming", strategy_name(s));
+            Start::Resume
         } else {
-            let _ = std::fs::remove_dir_all(&ckpt);
             let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
             write_atomic(&hash_path, hash.as_bytes())?;
-        }
-        eprintln!(
-            "pretrain {}: {} steps",
-            strategy_name(s),
-            t.config().max_steps
-        );
-        let report = t.run(&dir)?;
-        t.save_outputs(&dir, &base.backbone)?;
+            Start::Fresh
+        };
+        eprintln!("pretrain {}: {} steps", strategy_name(s), pcfg.max_steps);
+        let report = run_pretrain(pcfg, &base.backbone, data.path(), &dir, start)?;
         let done = json!({"hash": hash, "steps": report.steps, "seconds": report.seconds,
                           "last_loss": report.last_loss, "mean_conflict": report.mean_conflict});
         write_atomic(
@@ -448,7 +438,7 @@ pub fn run_suite(cfg: &SuiteConfig, out: &Path) -> Result<SuiteSummary> {
                         }
                         Ok(Err(e)) => {
                             r.status = "error".into();
-                            r.error = Some(e.to_string());
+                            r.error = Some(error_chain(&e));
                         }
                         Err(p) => {
                             r.status = "error".into();
@@ -501,4 +491,15 @@ pub fn run_suite(cfg: &SuiteConfig, out: &Path) -> Result<SuiteSummary> {
         table,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// An error and its sources, `: `-separated (as `{:#}` of anyhow prints them).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }

@@ -9,6 +9,8 @@
 //! assert_eq!(batch.input_ids[0][0], 101);
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod align;
 mod error;
 mod tokenizer;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use prefine_model::heads::Classifier;
 use prefine_model::ops::{with_matmul_precision, MatmulPrecision};
-use prefine_model::{seed_rng, Encoder, EncoderInput, Forward, LoraConfig, LoraTarget, Precision};
+use prefine_model::{seed_rng, Encoder, EncoderInput, Forward, LoraConfig, Precision};
 use rand::Rng;
 use serde::Serialize;
 
@@ -161,20 +161,7 @@ pub fn run(workload: Workload, mut encoder: Encoder, opts: &BenchOptions) -> Res
     let inference = matches!(workload, Workload::InferB1 | Workload::InferB32);
     // Training in bf16 is mixed precision (bf16 matmul operands, f32 weights and
     // accumulation); int8 is inference-only.
-    let matmul = match opts.precision {
-        _ if inference => MatmulPrecision::F32,
-        Precision::F32 => MatmulPrecision::F32,
-        Precision::Bf16 => MatmulPrecision::Bf16,
-        Precision::Int8 => {
-            return Err(Error::Config {
-                field: "precision".into(),
-                reason: format!(
-                    "{} trains: int8 is inference-only (use f32 or bf16)",
-                    workload.name()
-                ),
-            })
-        }
-    };
+    let matmul = training_precision(workload, opts.precision, inference)?;
     if inference {
         // Inference packs f32 weights once (or quantises), as `predict` and `serve` do;
         // PREFINE_NO_PREPACK=1 keeps plain f32 weights, for comparisons.
@@ -198,55 +185,17 @@ pub fn run(workload: Workload, mut encoder: Encoder, opts: &BenchOptions) -> Res
             }
         }
         Workload::TrainFull | Workload::TrainLora => {
-            let group = if workload == Workload::TrainLora {
-                let cfg = LoraConfig {
-                    rank: 8,
-                    alpha: 16.0,
-                    dropout: 0.0,
-                    targets: vec![LoraTarget::Query, LoraTarget::Value],
-                    layers: None,
-                    use_rslora: false,
-                };
-                encoder.add_lora_group("bench", &cfg, &mut seed_rng(1))?;
-                Some("bench")
-            } else {
-                encoder.set_backbone_trainable(true);
-                None
-            };
-            let head = Classifier::init(encoder.hidden_size(), 9, &mut seed_rng(2))?;
-            let mut params: Vec<(String, candle_core::Var, bool)> = encoder
-                .trainable_params()
-                .into_iter()
-                .map(|(n, p)| (n, p.var().clone(), true))
-                .collect();
-            params.push(("classifier.weight".into(), head.weight.var().clone(), true));
-            params.push(("classifier.bias".into(), head.bias.var().clone(), true));
-            let mut opt = AdamW::new(
-                params,
-                AdamWConfig {
-                    lr: 5e-5,
-                    weight_decay: 0.01,
-                    ..Default::default()
-                },
+            let (t, l) = train_steps(
+                workload,
+                &mut encoder,
+                matmul,
+                &input,
+                &labels,
+                &weight,
+                warmup + timed,
             )?;
-            for i in 0..warmup + timed {
-                let t0 = Instant::now();
-                let (h, logits, loss) = with_matmul_precision(matmul, || -> Result<_> {
-                    let h = encoder.forward(&input, Forward::eval(group))?;
-                    let logits = head.forward(&h)?;
-                    let loss = masked_cross_entropy(&logits, &labels, &weight)?;
-                    Ok((h, logits, loss))
-                })?;
-                // As the trainers do: the gradients are taken over (and the store freed) one
-                // tensor at a time, and the forward graph is gone before the update.
-                opt.accumulate(loss.backward()?)?;
-                last_loss = Some(loss.to_scalar::<f32>()?);
-                drop((h, logits, loss));
-                opt.apply(1.0)?;
-                if i >= warmup {
-                    times.push(t0.elapsed().as_secs_f64());
-                }
-            }
+            times = t.into_iter().skip(warmup).collect();
+            last_loss = l;
         }
     }
     let med = median(times);
@@ -263,5 +212,88 @@ pub fn run(workload: Workload, mut encoder: Encoder, opts: &BenchOptions) -> Res
         threads: rayon::current_num_threads(),
         precision: opts.precision,
         last_loss,
+    })
+}
+
+/// `steps` training steps of `workload` (`train-full` or `train-lora`): their times and the last
+/// loss.
+fn train_steps(
+    workload: Workload,
+    encoder: &mut Encoder,
+    matmul: MatmulPrecision,
+    input: &EncoderInput,
+    labels: &Tensor,
+    weight: &Tensor,
+    steps: usize,
+) -> Result<(Vec<f64>, Option<f32>)> {
+    let mut times = Vec::with_capacity(steps);
+    let mut last_loss = None;
+    let group = if workload == Workload::TrainLora {
+        // WORKLOAD.md's group: fine-tuning's default LoRA group, without dropout.
+        let cfg = LoraConfig {
+            dropout: 0.0,
+            ..crate::finetune::FinetuneConfig::default_lora()
+        };
+        encoder.add_lora_group("bench", &cfg, &mut seed_rng(1))?;
+        Some("bench")
+    } else {
+        encoder.set_backbone_trainable(true);
+        None
+    };
+    let head = Classifier::init(encoder.hidden_size(), 9, &mut seed_rng(2))?;
+    let mut params: Vec<(String, candle_core::Var, bool)> = encoder
+        .trainable_params()
+        .into_iter()
+        .map(|(n, p)| (n, p.var().clone(), true))
+        .collect();
+    params.push(("classifier.weight".into(), head.weight.var().clone(), true));
+    params.push(("classifier.bias".into(), head.bias.var().clone(), true));
+    let mut opt = AdamW::new(
+        params,
+        AdamWConfig {
+            lr: 5e-5,
+            weight_decay: 0.01,
+            ..Default::default()
+        },
+    )?;
+    for _ in 0..steps {
+        let t0 = Instant::now();
+        let (h, logits, loss) = with_matmul_precision(matmul, || -> Result<_> {
+            let h = encoder.forward(input, Forward::eval(group))?;
+            let logits = head.forward(&h)?;
+            let loss = masked_cross_entropy(&logits, labels, weight)?;
+            Ok((h, logits, loss))
+        })?;
+        // As the trainers do: the gradients are taken over (and the store freed) one
+        // tensor at a time, and the forward graph is gone before the update.
+        opt.accumulate(loss.backward()?)?;
+        last_loss = Some(loss.to_scalar::<f32>()?);
+        drop((h, logits, loss));
+        opt.apply(1.0)?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    Ok((times, last_loss))
+}
+
+/// The matmul precision of a training workload: bf16 is mixed precision (bf16 operands, f32
+/// weights and accumulation); int8 is inference-only. Inference runs f32 matmuls.
+fn training_precision(
+    workload: Workload,
+    precision: Precision,
+    inference: bool,
+) -> Result<MatmulPrecision> {
+    Ok(match precision {
+        _ if inference => MatmulPrecision::F32,
+        Precision::F32 => MatmulPrecision::F32,
+        Precision::Bf16 => MatmulPrecision::Bf16,
+        Precision::Int8 => {
+            return Err(Error::Config {
+                field: "precision".into(),
+                reason: format!(
+                    "{} trains: int8 is inference-only (use f32 or bf16)",
+                    workload.name()
+                ),
+            })
+        }
     })
 }

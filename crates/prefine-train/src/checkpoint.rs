@@ -38,6 +38,17 @@ fn file_err(path: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// The optimizer's step counts as stored in `state.json` (next to the objective's state).
+#[derive(Debug, Default, serde::Deserialize)]
+struct OptimizerSteps {
+    /// Steps of the optimizer as a whole.
+    #[serde(default)]
+    optimizer_step: u64,
+    /// Steps per parameter slot (slots that were not stepped start at 0).
+    #[serde(default)]
+    slot_steps: BTreeMap<String, u64>,
+}
+
 /// Best-effort fsync of a directory (makes a rename durable).
 fn sync_dir(dir: &Path) {
     if let Ok(f) = std::fs::File::open(dir) {
@@ -56,7 +67,7 @@ pub fn save(
 ) -> Result<()> {
     let tmp = dir.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| file_err(&tmp, e))?;
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut params = BTreeMap::new();
     let mut moments = BTreeMap::new();
     let mut steps = serde_json::Map::new();
@@ -89,9 +100,9 @@ pub fn save(
     let old = dir.with_extension("old");
     let _ = std::fs::remove_dir_all(&old);
     if dir.exists() {
-        std::fs::rename(dir, &old).map_err(|e| file_err(dir, e))?;
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
     }
-    std::fs::rename(&tmp, dir).map_err(|e| file_err(dir, e))?;
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
     if let Some(parent) = dir.parent() {
         sync_dir(parent);
     }
@@ -103,8 +114,11 @@ pub fn save(
 /// and returns its state and extra tensors.
 pub fn load(dir: &Path, opt: &mut AdamW) -> Result<(Value, BTreeMap<String, Tensor>)> {
     let bad = |r: String| file_err(dir, r);
-    let text = std::fs::read_to_string(dir.join("state.json")).map_err(|e| bad(e.to_string()))?;
-    let state: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let state_path = dir.join("state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    let state: Value = serde_json::from_str(&text).map_err(|e| Error::json(&state_path, e))?;
+    let steps: OptimizerSteps =
+        serde_json::from_value(state.clone()).map_err(|e| Error::json(&state_path, e))?;
     let params = load_safetensors(&dir.join("params.safetensors"))?;
     let moments = load_safetensors(&dir.join("optimizer.safetensors"))?;
     let mut opt_state = HashMap::new();
@@ -126,10 +140,10 @@ pub fn load(dir: &Path, opt: &mut AdamW) -> Result<(Value, BTreeMap<String, Tens
                 .ok_or_else(|| bad(format!("no moments for {name}")))?
                 .to_vec1()?)
         };
-        let n = state["slot_steps"][name].as_u64().unwrap_or(0);
+        let n = steps.slot_steps.get(name).copied().unwrap_or(0);
         opt_state.insert(name.to_string(), (moment("m")?, moment("v")?, n));
     }
-    opt.restore_state(state["optimizer_step"].as_u64().unwrap_or(0), &opt_state)?;
+    opt.restore_state(steps.optimizer_step, &opt_state)?;
     let extra_path = dir.join("extra.safetensors");
     let extra = if extra_path.exists() {
         load_safetensors(&extra_path)?.into_iter().collect()
@@ -137,14 +151,6 @@ pub fn load(dir: &Path, opt: &mut AdamW) -> Result<(Value, BTreeMap<String, Tens
         BTreeMap::new()
     };
     Ok((state, extra))
-}
-
-/// A `u128` stored as a decimal string in a state object (RNG word positions).
-pub fn state_u128(state: &Value, key: &str, dir: &Path) -> Result<u128> {
-    state[key]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| file_err(dir, format!("state.json: bad {key}")))
 }
 
 /// A numbered series of checkpoints `ROOT/step-NNNNNNNN/`, keeping the last `keep`.
@@ -188,7 +194,7 @@ impl CheckpointSeries {
         extra: &BTreeMap<String, Tensor>,
         state: Value,
     ) -> Result<()> {
-        std::fs::create_dir_all(&self.root).map_err(|e| file_err(&self.root, e))?;
+        std::fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
         save(
             &self.root.join(format!("step-{step:08}")),
             opt,
@@ -201,5 +207,68 @@ impl CheckpointSeries {
             let _ = std::fs::remove_dir_all(p);
         }
         Ok(())
+    }
+}
+
+/// Where a run keeps its checkpoints.
+#[derive(Debug, Clone)]
+pub enum CheckpointPlace {
+    /// A numbered series `ROOT/step-NNNNNNNN/` (fine-tuning).
+    Series(CheckpointSeries),
+    /// One directory, replaced by each checkpoint (pre-finetuning's `OUT/checkpoint`).
+    Single(PathBuf),
+}
+
+impl CheckpointPlace {
+    /// The series root or the single directory (named in messages).
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Series(s) => &s.root,
+            Self::Single(d) => d,
+        }
+    }
+
+    /// The newest complete checkpoint.
+    pub fn latest(&self) -> Option<PathBuf> {
+        match self {
+            Self::Series(s) => s.latest(),
+            Self::Single(d) => d.join("state.json").exists().then(|| d.clone()),
+        }
+    }
+
+    /// Writes the checkpoint of `step`.
+    pub fn save(
+        &self,
+        step: u64,
+        opt: &AdamW,
+        extra: &BTreeMap<String, Tensor>,
+        state: Value,
+    ) -> Result<()> {
+        match self {
+            Self::Series(s) => s.save(step, opt, extra, state),
+            Self::Single(d) => save(d, opt, extra, state),
+        }
+    }
+
+    /// Removes every checkpoint.
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir_all(self.path());
+    }
+}
+
+/// Serde for an RNG word position (`u128`) stored as a decimal string (JSON numbers are not
+/// exact beyond 2^53): `#[serde(with = "crate::checkpoint::rng_pos")]`.
+pub mod rng_pos {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the position as a decimal string.
+    pub fn serialize<S: Serializer>(pos: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&pos.to_string())
+    }
+
+    /// Reads a decimal string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }

@@ -38,6 +38,24 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A file could not be read or written (the OS error is the source).
+    #[error("{}", path.display())]
+    Io {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON file (e.g. a checkpoint's `state.json`) does not hold what it should.
+    #[error("{}", path.display())]
+    Json {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// A dataset reader error (names file and line).
     #[error(transparent)]
     Dataset(#[from] prefine_data::Error),
@@ -56,6 +74,24 @@ pub enum Error {
     /// An error from the tensor library.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// An I/O error on `path`, keeping the OS error as the source.
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// A JSON error in `path`, keeping the parse error as the source.
+    pub fn json(path: &std::path::Path, source: serde_json::Error) -> Self {
+        Error::Json {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 /// Result alias for this crate.

@@ -2,6 +2,8 @@
 //! semantics and decay groups, masked token cross-entropy, and the standard benchmark workloads
 //! of `../shared/bench/WORKLOAD.md`.
 
+#![forbid(unsafe_code)]
+
 pub mod bench;
 pub mod charts;
 pub mod checkpoint;
@@ -11,6 +13,7 @@ pub mod loss;
 pub mod optim;
 pub mod pretrain;
 pub mod toml_config;
+pub mod trainer;
 
 pub use error::{Error, Result};
 pub use optim::{AdamW, AdamWConfig, LinearSchedule};

@@ -2,9 +2,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use prefine_train::finetune::{run_finetune_with, FinetuneConfig, RunHooks};
+use prefine_model::ops::MatmulPrecision;
+use prefine_train::finetune::config::FinetuneOverrides;
+use prefine_train::finetune::{
+    run_finetune_with, FinetuneConfig, Mode, RunHooks, TaskKind, TcPooling,
+};
+
+use super::serde_value;
 
 /// Arguments of `prefine finetune`. Every option can also be set in `--config FILE` (TOML, the
 /// keys of `FinetuneConfig`); flags given here override the file.
@@ -20,11 +26,11 @@ pub struct FinetuneArgs {
     #[arg(long)]
     out: PathBuf,
     /// ner | tc
-    #[arg(long)]
-    task: Option<String>,
+    #[arg(long, value_parser = serde_value::<TaskKind>)]
+    task: Option<TaskKind>,
     /// head | lora | full
-    #[arg(long)]
-    mode: Option<String>,
+    #[arg(long, value_parser = serde_value::<Mode>)]
+    mode: Option<Mode>,
     /// TOML file with any FinetuneConfig keys.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -59,14 +65,14 @@ pub struct FinetuneArgs {
     #[arg(long)]
     init_adapter: Option<PathBuf>,
     /// TC pooling: mean | cls | pooler.
-    #[arg(long)]
-    pooling: Option<String>,
+    #[arg(long, value_parser = serde_value::<TcPooling>)]
+    pooling: Option<TcPooling>,
     /// Repair I-X after O into B-X when reading CoNLL.
     #[arg(long)]
     repair_iob: bool,
     /// Tag scheme of the CoNLL files: iob2 | iob1 | bioes | bilou | auto (converted to IOB2).
-    #[arg(long)]
-    tag_scheme: Option<String>,
+    #[arg(long, value_parser = serde_value::<prefine_data::TagScheme>)]
+    tag_scheme: Option<prefine_data::TagScheme>,
     /// Continue an interrupted run from the newest checkpoint in OUT/checkpoints (same settings).
     #[arg(long)]
     resume: bool,
@@ -75,97 +81,35 @@ pub struct FinetuneArgs {
     checkpoint_every: Option<u64>,
     /// Matmul precision while training: f32 | bf16 (mixed precision: bf16 operands, f32
     /// accumulation and weights).
-    #[arg(long)]
-    precision: Option<String>,
+    #[arg(long, value_parser = super::parse_matmul_precision)]
+    precision: Option<MatmulPrecision>,
 }
 
-/// Builds the config: file first, then flags.
+/// Builds the config: file first, then the flags as typed overrides; every setting validated.
 pub fn build_config(a: &FinetuneArgs) -> Result<FinetuneConfig> {
-    let mut table: toml::Table = match &a.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read {}", p.display()))?;
-            // Validate the file on its own first, so unknown keys are reported with their line
-            // (task and mode may come from flags).
-            if let Err(e) = FinetuneConfig::from_toml_str(&text, p) {
-                let msg = e.to_string();
-                if !(msg.contains("missing field `task`") || msg.contains("missing field `mode`")) {
-                    return Err(super::checks::in_config_file(e, p, false));
-                }
-            }
-            toml::from_str(&text)?
-        }
-        None => toml::Table::new(),
+    let overrides = FinetuneOverrides {
+        task: a.task,
+        mode: a.mode,
+        fraction: a.fraction,
+        max_train: a.max_train,
+        max_eval: a.max_eval,
+        seed: a.seed,
+        epochs: a.epochs,
+        lr: a.lr,
+        batch_size: a.batch_size,
+        grad_accumulation: a.grad_accumulation,
+        patience: a.patience,
+        init_adapter: a.init_adapter.clone(),
+        pooling: a.pooling,
+        repair_iob: a.repair_iob,
+        tag_scheme: a.tag_scheme,
+        checkpoint_every: a.checkpoint_every,
+        precision: a.precision,
     };
-    let mut set = |k: &str, v: Option<toml::Value>| {
-        if let Some(v) = v {
-            table.insert(k.to_string(), v);
-        }
-    };
-    set("task", a.task.clone().map(toml::Value::String));
-    set("mode", a.mode.clone().map(toml::Value::String));
-    set("fraction", a.fraction.map(toml::Value::Float));
-    set(
-        "max_train",
-        a.max_train.map(|v| toml::Value::Integer(v as i64)),
-    );
-    set(
-        "max_eval",
-        a.max_eval.map(|v| toml::Value::Integer(v as i64)),
-    );
-    set(
-        "checkpoint_every",
-        a.checkpoint_every.map(|v| toml::Value::Integer(v as i64)),
-    );
-    set("seed", a.seed.map(|v| toml::Value::Integer(v as i64)));
-    set("epochs", a.epochs.map(|v| toml::Value::Integer(v as i64)));
-    set("lr", a.lr.map(toml::Value::Float));
-    set(
-        "batch_size",
-        a.batch_size.map(|v| toml::Value::Integer(v as i64)),
-    );
-    set(
-        "grad_accumulation",
-        a.grad_accumulation.map(|v| toml::Value::Integer(v as i64)),
-    );
-    set(
-        "patience",
-        a.patience.map(|v| toml::Value::Integer(v as i64)),
-    );
-    set(
-        "init_adapter",
-        a.init_adapter
-            .as_ref()
-            .map(|p| toml::Value::String(p.display().to_string())),
-    );
-    set("pooling", a.pooling.clone().map(toml::Value::String));
-    set("tag_scheme", a.tag_scheme.clone().map(toml::Value::String));
-    set("precision", a.precision.clone().map(toml::Value::String));
-    if a.repair_iob {
-        set("repair_iob", Some(toml::Value::Boolean(true)));
-    }
-    if !table.contains_key("task") || !table.contains_key("mode") {
-        anyhow::bail!(
-            "--task (ner|tc) and --mode (head|lora|full) are required (as flags or in --config)"
-        );
-    }
-    let text = toml::to_string(&table)?;
-    let origin = a
-        .config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("<command line>"));
-    let cfg = FinetuneConfig::from_toml_str(&text, &origin).map_err(|e| match &a.config {
+    FinetuneConfig::resolve(a.config.as_deref(), &overrides).map_err(|e| match &a.config {
         Some(p) => super::checks::in_config_file(e, p, true),
         None => e.into(),
-    })?;
-    // The LoRA settings are otherwise only checked once the data and the model are loaded.
-    if cfg.mode == prefine_train::finetune::Mode::Lora {
-        cfg.lora.validate(usize::MAX).map_err(|e| match &a.config {
-            Some(p) => super::checks::in_config_file(e, p, true),
-            None => e.into(),
-        })?;
-    }
-    Ok(cfg)
+    })
 }
 
 /// Runs `prefine finetune`.

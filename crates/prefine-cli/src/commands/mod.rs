@@ -22,3 +22,18 @@ pub fn default_model_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("models/all-MiniLM-L6-v2"))
 }
+
+/// Parses a flag value by its serde name (`--task ner`, `--mode lora`, `--strategy tpl`): the
+/// same names, and the same parser, as the config files.
+pub fn serde_value<T: serde::de::DeserializeOwned>(s: &str) -> std::result::Result<T, String> {
+    use serde::de::value::{Error, StrDeserializer};
+    T::deserialize(StrDeserializer::<Error>::new(s)).map_err(|e| e.to_string())
+}
+
+/// Parses `--precision` of the training commands (`f32` or `bf16`).
+pub fn parse_matmul_precision(
+    s: &str,
+) -> std::result::Result<prefine_model::ops::MatmulPrecision, String> {
+    prefine_model::ops::MatmulPrecision::parse(s)
+        .ok_or_else(|| format!("{s:?}: expected f32 or bf16"))
+}

@@ -59,15 +59,8 @@ fn is_true(v: &bool) -> bool {
 fn d_fraction() -> f64 {
     1.0
 }
-fn d_lora() -> LoraConfig {
-    LoraConfig {
-        rank: 8,
-        alpha: 16.0,
-        dropout: 0.1,
-        targets: vec![LoraTarget::Query, LoraTarget::Value],
-        layers: None,
-        use_rslora: false,
-    }
+fn de_lora<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<LoraConfig, D::Error> {
+    LoraConfig::deserialize_over(FinetuneConfig::default_lora(), d)
 }
 
 /// Settings of `prefine finetune`. Every field can be set in a TOML file; CLI flags override.
@@ -130,7 +123,7 @@ pub struct FinetuneConfig {
     #[serde(default)]
     pub pooling: TcPooling,
     /// The LoRA group trained in `lora` mode.
-    #[serde(default = "d_lora")]
+    #[serde(default = "FinetuneConfig::default_lora", deserialize_with = "de_lora")]
     pub lora: LoraConfig,
     /// A pre-finetuned family adapter (PEFT directory) applied under the new head: in `lora`
     /// mode it initialises the new group; in `head` mode it stays frozen; in `full` mode it is
@@ -167,14 +160,52 @@ pub struct FinetuneConfig {
 }
 
 impl FinetuneConfig {
-    /// Defaults for a task and mode.
+    /// Defaults for a task and mode (the same values serde fills in for missing keys).
     pub fn new(task: TaskKind, mode: Mode) -> Self {
-        let text = format!(
-            "task = {:?}\nmode = {:?}",
-            serde_plain(&task),
-            serde_plain(&mode)
-        );
-        toml::from_str(&text).expect("defaults parse")
+        Self {
+            task,
+            mode,
+            epochs: d_epochs(),
+            lr: None,
+            batch_size: d_batch(),
+            grad_accumulation: d_one(),
+            eval_batch_size: d_eval_batch(),
+            max_length: d_max_length(),
+            stride: d_stride(),
+            warmup_ratio: d_warmup(),
+            weight_decay: d_wd(),
+            max_grad_norm: d_clip(),
+            seed: d_seed(),
+            fraction: d_fraction(),
+            max_train: None,
+            max_eval: None,
+            patience: None,
+            head_dropout: None,
+            pooling: TcPooling::default(),
+            lora: Self::default_lora(),
+            init_adapter: None,
+            repair_iob: false,
+            tag_scheme: prefine_data::TagScheme::default(),
+            checkpoint_every: 0,
+            keep_checkpoints: d_keep(),
+            feature_cache_mb: d_cache_mb(),
+            group_by_length: true,
+            precision: MatmulPrecision::default(),
+        }
+    }
+
+    /// The LoRA group of `lora` mode when the config says nothing: rank 8, alpha 16, dropout
+    /// 0.1 on the query and value projections of every layer (a partial `[lora]` table keeps
+    /// the keys it does not name from here).
+    pub fn default_lora() -> LoraConfig {
+        LoraConfig {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.1,
+            targets: vec![LoraTarget::Query, LoraTarget::Value],
+            layers: None,
+            use_rslora: false,
+        }
     }
 
     /// Reads a TOML file; unknown keys and bad values are reported with the file and line.
@@ -190,6 +221,36 @@ impl FinetuneConfig {
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
         let cfg: Self = crate::toml_config::parse_toml(text, path)
             .map_err(|(field, reason)| Error::Config { field, reason })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads `file` (if any; otherwise the defaults), applies the command-line `overrides`
+    /// (typed: no TOML text is written), and validates every setting, nested ones included.
+    /// `task` and `mode` must come from the file or the overrides.
+    pub fn resolve(file: Option<&Path>, overrides: &FinetuneOverrides) -> Result<Self> {
+        let text = match file {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?,
+            None => String::new(),
+        };
+        let origin = file.unwrap_or(Path::new("<command line>"));
+        let mut set = Vec::new();
+        if let Some(t) = overrides.task {
+            set.push(("task", crate::toml_config::serde_name(&t)));
+        }
+        if let Some(m) = overrides.mode {
+            set.push(("mode", crate::toml_config::serde_name(&m)));
+        }
+        let required = [
+            ("task", "--task (ner|tc) or `task = ...` in --config"),
+            (
+                "mode",
+                "--mode (head|lora|full) or `mode = ...` in --config",
+            ),
+        ];
+        let mut cfg: Self = crate::toml_config::parse_toml_with(&text, origin, &set, &required)
+            .map_err(|(field, reason)| Error::Config { field, reason })?;
+        overrides.apply(&mut cfg);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -265,6 +326,10 @@ impl FinetuneConfig {
         if self.task == TaskKind::Ner && self.pooling != TcPooling::Mean {
             return bad("pooling", "only applies to tc".into());
         }
+        if self.mode == Mode::Lora {
+            // The layer indices are checked against the model once it is loaded.
+            self.lora.validate(usize::MAX)?;
+        }
         Ok(())
     }
 
@@ -274,11 +339,80 @@ impl FinetuneConfig {
     }
 }
 
-fn serde_plain<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+/// Command-line settings applied over a config file: typed, `None` (or `false`) keeps the
+/// file's value.
+#[derive(Debug, Clone, Default)]
+pub struct FinetuneOverrides {
+    /// `--task`.
+    pub task: Option<TaskKind>,
+    /// `--mode`.
+    pub mode: Option<Mode>,
+    /// `--fraction`.
+    pub fraction: Option<f64>,
+    /// `--max-train`.
+    pub max_train: Option<usize>,
+    /// `--max-eval`.
+    pub max_eval: Option<usize>,
+    /// `--seed`.
+    pub seed: Option<u64>,
+    /// `--epochs`.
+    pub epochs: Option<usize>,
+    /// `--lr`.
+    pub lr: Option<f64>,
+    /// `--batch-size`.
+    pub batch_size: Option<usize>,
+    /// `--grad-accumulation`.
+    pub grad_accumulation: Option<usize>,
+    /// `--patience`.
+    pub patience: Option<usize>,
+    /// `--init-adapter`.
+    pub init_adapter: Option<std::path::PathBuf>,
+    /// `--pooling`.
+    pub pooling: Option<TcPooling>,
+    /// `--repair-iob` (only turns it on).
+    pub repair_iob: bool,
+    /// `--tag-scheme`.
+    pub tag_scheme: Option<prefine_data::TagScheme>,
+    /// `--checkpoint-every`.
+    pub checkpoint_every: Option<u64>,
+    /// `--precision`.
+    pub precision: Option<MatmulPrecision>,
+}
+
+impl FinetuneOverrides {
+    /// Sets the given values on `cfg` (task and mode are applied while parsing).
+    pub fn apply(&self, cfg: &mut FinetuneConfig) {
+        fn set<T: Clone>(slot: &mut T, v: &Option<T>) {
+            if let Some(v) = v {
+                *slot = v.clone();
+            }
+        }
+        set(&mut cfg.fraction, &self.fraction);
+        set(&mut cfg.seed, &self.seed);
+        set(&mut cfg.epochs, &self.epochs);
+        set(&mut cfg.batch_size, &self.batch_size);
+        set(&mut cfg.grad_accumulation, &self.grad_accumulation);
+        set(&mut cfg.pooling, &self.pooling);
+        set(&mut cfg.tag_scheme, &self.tag_scheme);
+        set(&mut cfg.checkpoint_every, &self.checkpoint_every);
+        set(&mut cfg.precision, &self.precision);
+        for (slot, v) in [
+            (&mut cfg.max_train, self.max_train),
+            (&mut cfg.max_eval, self.max_eval),
+            (&mut cfg.patience, self.patience),
+        ] {
+            if v.is_some() {
+                *slot = v;
+            }
+        }
+        if self.lr.is_some() {
+            cfg.lr = self.lr;
+        }
+        if self.init_adapter.is_some() {
+            cfg.init_adapter = self.init_adapter.clone();
+        }
+        cfg.repair_iob |= self.repair_iob;
+    }
 }
 
 #[cfg(test)]
@@ -359,5 +493,63 @@ mod tests {
             Path::new("c.toml"),
         );
         assert!(err.is_ok(), "lora is validated when the group is created");
+    }
+
+    #[test]
+    fn a_partial_lora_table_keeps_the_other_finetune_defaults() {
+        let c = FinetuneConfig::from_toml_str(
+            "task = \"tc\"\nmode = \"lora\"\n[lora]\ndropout = 0.2\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.lora.rank, 8);
+        assert_eq!(c.lora.alpha, 16.0);
+        assert_eq!(c.lora.dropout, 0.2);
+        assert_eq!(c.lora.targets, FinetuneConfig::default_lora().targets);
+        let err = FinetuneConfig::from_toml_str(
+            "task = \"tc\"\nmode = \"lora\"\n[lora]\nrankk = 4\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 4") && err.contains("rankk"), "{err}");
+    }
+
+    #[test]
+    fn overrides_are_typed_and_task_mode_may_come_from_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "epochs = 5\n[lora]\ndropout = 0.2\n").unwrap();
+        let o = FinetuneOverrides {
+            task: Some(TaskKind::Tc),
+            mode: Some(Mode::Lora),
+            epochs: Some(2),
+            ..Default::default()
+        };
+        let c = FinetuneConfig::resolve(Some(&p), &o).unwrap();
+        assert_eq!(
+            (c.task, c.mode, c.epochs, c.lora.rank),
+            (TaskKind::Tc, Mode::Lora, 2, 8)
+        );
+        let err = FinetuneConfig::resolve(Some(&p), &FinetuneOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("task") && err.contains("--task"), "{err}");
+        std::fs::write(&p, "task = \"tc\"\nmode = \"lora\"\n[lora]\nrank = 0\n").unwrap();
+        let err = FinetuneConfig::resolve(Some(&p), &FinetuneOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("lora.rank"),
+            "nested settings are validated: {err}"
+        );
+    }
+
+    #[test]
+    fn new_equals_the_serde_defaults() {
+        let parsed =
+            FinetuneConfig::from_toml_str("task = \"ner\"\nmode = \"head\"\n", Path::new("c.toml"))
+                .unwrap();
+        assert_eq!(parsed, FinetuneConfig::new(TaskKind::Ner, Mode::Head));
     }
 }

@@ -114,15 +114,8 @@ fn d_ckpt() -> u64 {
 fn d_log() -> u64 {
     10
 }
-fn d_lora() -> LoraConfig {
-    LoraConfig {
-        rank: 16,
-        alpha: 32.0,
-        dropout: 0.0,
-        targets: LoraTarget::ALL.to_vec(),
-        layers: None,
-        use_rslora: false,
-    }
+fn de_lora<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<LoraConfig, D::Error> {
+    LoraConfig::deserialize_over(PretrainConfig::default_tpl_lora(), d)
 }
 fn d_scale() -> f64 {
     10.0
@@ -208,7 +201,10 @@ pub struct PretrainConfig {
     #[serde(default = "d_k")]
     pub tpl_last_k: usize,
     /// TPL: LoRA settings of both groups (`layers` is set from `tpl_last_k`).
-    #[serde(default = "d_lora")]
+    #[serde(
+        default = "PretrainConfig::default_tpl_lora",
+        deserialize_with = "de_lora"
+    )]
     pub tpl_lora: LoraConfig,
     /// TPL: the other family's group on a batch.
     #[serde(default)]
@@ -233,10 +229,55 @@ fn is_f32(p: &MatmulPrecision) -> bool {
 }
 
 impl PretrainConfig {
-    /// Defaults for a strategy.
+    /// Defaults for a strategy (the same values serde fills in for missing keys).
     pub fn new(strategy: Strategy) -> Self {
-        let s = serde_json::to_value(strategy).expect("ser");
-        toml::from_str(&format!("strategy = {s}")).expect("defaults parse")
+        Self {
+            strategy,
+            max_steps: d_steps(),
+            ner_batch_size: d_ner_batch(),
+            tc_batch_size: d_tc_batch(),
+            max_length: d_len(),
+            lr: d_lr(),
+            adapter_lr: d_adapter_lr(),
+            weight_decay: d_wd(),
+            warmup_ratio: d_warmup(),
+            max_grad_norm: d_clip(),
+            seed: d_seed(),
+            ner_data: None,
+            tc_pairs: None,
+            tc_labelled: None,
+            tc_pairs_fraction: d_half(),
+            temperature: d_tau(),
+            symmetric: true,
+            concept_encoder: ConceptEncoder::default(),
+            learned_scale: true,
+            initial_scale: d_scale(),
+            sampling: Sampling::default(),
+            sampling_temperature: d_t(),
+            ner_weight: d_one(),
+            tc_weight: d_one(),
+            tpl_last_k: d_k(),
+            tpl_lora: Self::default_tpl_lora(),
+            tpl_other_group: OtherGroup::default(),
+            conflict_every: d_conflict(),
+            checkpoint_every: d_ckpt(),
+            log_every: d_log(),
+            precision: MatmulPrecision::default(),
+        }
+    }
+
+    /// The TPL groups when the config says nothing: rank 16, alpha 32, no dropout, on every
+    /// linear of the last `tpl_last_k` layers (a partial `[tpl_lora]` table keeps the keys it
+    /// does not name from here).
+    pub fn default_tpl_lora() -> LoraConfig {
+        LoraConfig {
+            rank: 16,
+            alpha: 32.0,
+            dropout: 0.0,
+            targets: LoraTarget::ALL.to_vec(),
+            layers: None,
+            use_rslora: false,
+        }
     }
 
     /// Parses TOML text (`path` in messages); unknown keys are errors with their line.
@@ -315,6 +356,16 @@ impl PretrainConfig {
         if self.tpl_last_k == 0 {
             return bad("tpl_last_k", "must be at least 1".into());
         }
+        if self.strategy == Strategy::Tpl {
+            // `layers` is set from `tpl_last_k` once the model is loaded.
+            self.tpl_lora.validate(usize::MAX).map_err(|e| match e {
+                prefine_model::Error::Config { field, reason } => Error::Config {
+                    field: format!("tpl_{field}"),
+                    reason,
+                },
+                other => other.into(),
+            })?;
+        }
         Ok(())
     }
 
@@ -322,4 +373,48 @@ impl PretrainConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("serialisable")
     }
+}
+
+/// Command-line settings applied over a config file: typed, `None` keeps the file's value.
+#[derive(Debug, Clone, Default)]
+pub struct PretrainOverrides {
+    /// `--strategy`.
+    pub strategy: Option<Strategy>,
+    /// `--max-steps`.
+    pub max_steps: Option<u64>,
+    /// `--precision`.
+    pub precision: Option<MatmulPrecision>,
+}
+
+/// Reads a config file (or the defaults; `strategy` must come from the file or the overrides),
+/// applies the typed overrides and validates every setting, nested ones included.
+pub fn resolve_config(
+    file: Option<&Path>,
+    overrides: &PretrainOverrides,
+) -> Result<PretrainConfig> {
+    let text = match file {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?,
+        None => String::new(),
+    };
+    let origin = file.unwrap_or(Path::new("<command line>"));
+    let set: Vec<(&str, String)> = overrides
+        .strategy
+        .map(|s| ("strategy", crate::toml_config::serde_name(&s)))
+        .into_iter()
+        .collect();
+    let required = [(
+        "strategy",
+        "--strategy or `strategy = ...`: ner, tc, naive or tpl",
+    )];
+    let mut cfg: PretrainConfig =
+        crate::toml_config::parse_toml_with(&text, origin, &set, &required)
+            .map_err(|(field, reason)| Error::Config { field, reason })?;
+    if let Some(n) = overrides.max_steps {
+        cfg.max_steps = n;
+    }
+    if let Some(p) = overrides.precision {
+        cfg.precision = p;
+    }
+    cfg.validate()?;
+    Ok(cfg)
 }

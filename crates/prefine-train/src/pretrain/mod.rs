@@ -10,7 +10,6 @@ pub mod sampler;
 pub mod tc_objective;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -20,15 +19,21 @@ use prefine_model::peft::{save_adapter, PeftTaskType};
 use prefine_model::weights::write_atomic;
 use prefine_model::{seed_rng, Encoder, Forward, SeedRng};
 use prefine_tokenize::{TextTokenizer, TokenizeConfig};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-pub use config::{ConceptEncoder, OtherGroup, PretrainConfig, Sampling, Strategy};
+pub use config::{
+    resolve_config, ConceptEncoder, OtherGroup, PretrainConfig, PretrainOverrides, Sampling,
+    Strategy,
+};
 use ner_objective::{build_batch, ner_loss, sample_indices, ConceptScorer, NerPool};
 use sampler::{Family, FamilySampler};
 use tc_objective::{sample_batch, tc_loss, TcPool};
 
+use crate::checkpoint::CheckpointPlace;
 use crate::error::{Error, Result};
 use crate::optim::{AdamW, AdamWConfig, LinearSchedule};
+use crate::trainer::{finite_loss, StepOutput, TrainStep, Trainer};
 
 /// What a finished (or interrupted) run reports.
 #[derive(Debug, Clone, Default)]
@@ -61,10 +66,121 @@ pub struct Pretrainer {
     step: u64,
     conflicts: Vec<BTreeMap<String, f64>>,
     recent: BTreeMap<Family, Vec<f32>>,
+    started: Instant,
+}
+
+/// The checkpoint state of pre-finetuning (besides the step, weights and optimizer).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PretrainState {
+    /// Batch-sampling RNG position.
+    #[serde(with = "crate::checkpoint::rng_pos")]
+    sample_rng_word_pos: u128,
+    /// Dropout RNG position.
+    #[serde(with = "crate::checkpoint::rng_pos")]
+    dropout_rng_word_pos: u128,
+    /// Round-robin position of the family sampler.
+    #[serde(default)]
+    round_robin: usize,
+    /// Gradient-conflict diagnostics so far.
+    #[serde(default)]
+    conflicts: Vec<BTreeMap<String, f64>>,
 }
 
 fn group_of(f: Family) -> &'static str {
     f.name()
+}
+
+/// The families a strategy trains, each with its (non-empty) pool size.
+fn pool_sizes(
+    cfg: &PretrainConfig,
+    ner_pool: Option<&NerPool>,
+    tc_pool: Option<&TcPool>,
+) -> Result<Vec<(Family, usize)>> {
+    let families: Vec<Family> = match cfg.strategy {
+        Strategy::Ner => vec![Family::Ner],
+        Strategy::Tc => vec![Family::Tc],
+        Strategy::Naive | Strategy::Tpl => vec![Family::Ner, Family::Tc],
+    };
+    families
+        .into_iter()
+        .map(|f| {
+            let n = match f {
+                Family::Ner => ner_pool
+                    .map(NerPool::len)
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| Error::Data("the NER pool is missing or empty".into()))?,
+                Family::Tc => tc_pool
+                    .map(TcPool::len)
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| Error::Data("the TC pools are missing or empty".into()))?,
+            };
+            Ok((f, n))
+        })
+        .collect()
+}
+
+/// Makes the backbone trainable (the pooler stays frozen) and adds TPL's `ner` and `tc` groups.
+fn prepare_encoder(cfg: &PretrainConfig, encoder: &mut Encoder) -> Result<()> {
+    let mut rng = seed_rng(cfg.seed);
+    encoder.set_backbone_trainable(true);
+    if let Some(p) = &mut encoder.pooler {
+        p.weight.set_trainable(false);
+        p.bias.set_trainable(false);
+    }
+    if cfg.strategy == Strategy::Tpl {
+        let layers = encoder.config().num_hidden_layers;
+        if cfg.tpl_last_k > layers {
+            return Err(Error::Config {
+                field: "tpl_last_k".into(),
+                reason: format!("{} > {layers} layers", cfg.tpl_last_k),
+            });
+        }
+        let lora = cfg.tpl_lora.clone().last_layers(cfg.tpl_last_k, layers);
+        encoder.add_lora_group("ner", &lora, &mut rng)?;
+        encoder.add_lora_group("tc", &lora, &mut rng)?;
+    }
+    Ok(())
+}
+
+/// The optimizer's parameters: `(name, variable, decays)` of the encoder, the separate concept
+/// encoder and the learned NER scale.
+fn trainable_params(
+    encoder: &Encoder,
+    concept_encoder: Option<&Encoder>,
+    scorer: &ConceptScorer,
+    cfg: &PretrainConfig,
+    has_ner: bool,
+) -> Vec<(String, Var, bool)> {
+    let mut params: Vec<(String, Var, bool)> = encoder
+        .trainable_params()
+        .into_iter()
+        .map(|(n, p)| {
+            let d = AdamW::decays(&n);
+            (n, p.var().clone(), d)
+        })
+        .collect();
+    if let Some(c) = concept_encoder {
+        for (n, p) in c.trainable_params() {
+            params.push((
+                format!("concept_encoder.{n}"),
+                p.var().clone(),
+                AdamW::decays(&n),
+            ));
+        }
+    }
+    if cfg.learned_scale && has_ner {
+        params.push((
+            "objective.ner.log_scale".into(),
+            scorer.log_scale.var().clone(),
+            false,
+        ));
+        params.push((
+            "objective.ner.bias".into(),
+            scorer.bias.var().clone(),
+            false,
+        ));
+    }
+    params
 }
 
 impl Pretrainer {
@@ -78,46 +194,10 @@ impl Pretrainer {
         tc_pool: Option<TcPool>,
     ) -> Result<Self> {
         cfg.validate()?;
-        let families: Vec<Family> = match cfg.strategy {
-            Strategy::Ner => vec![Family::Ner],
-            Strategy::Tc => vec![Family::Tc],
-            Strategy::Naive | Strategy::Tpl => vec![Family::Ner, Family::Tc],
-        };
-        let mut pools = Vec::new();
-        for f in &families {
-            let n = match f {
-                Family::Ner => ner_pool
-                    .as_ref()
-                    .map(NerPool::len)
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| Error::Data("the NER pool is missing or empty".into()))?,
-                Family::Tc => tc_pool
-                    .as_ref()
-                    .map(TcPool::len)
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| Error::Data("the TC pools are missing or empty".into()))?,
-            };
-            pools.push((*f, n));
-        }
-        let mut rng = seed_rng(cfg.seed);
-        encoder.set_backbone_trainable(true);
-        if let Some(p) = &mut encoder.pooler {
-            p.weight.set_trainable(false);
-            p.bias.set_trainable(false);
-        }
-        if cfg.strategy == Strategy::Tpl {
-            let layers = encoder.config().num_hidden_layers;
-            if cfg.tpl_last_k > layers {
-                return Err(Error::Config {
-                    field: "tpl_last_k".into(),
-                    reason: format!("{} > {layers} layers", cfg.tpl_last_k),
-                });
-            }
-            let lora = cfg.tpl_lora.clone().last_layers(cfg.tpl_last_k, layers);
-            encoder.add_lora_group("ner", &lora, &mut rng)?;
-            encoder.add_lora_group("tc", &lora, &mut rng)?;
-        }
-        let concept_encoder = match (cfg.concept_encoder, families.contains(&Family::Ner)) {
+        let pools = pool_sizes(&cfg, ner_pool.as_ref(), tc_pool.as_ref())?;
+        let has_ner = pools.iter().any(|(f, _)| *f == Family::Ner);
+        prepare_encoder(&cfg, &mut encoder)?;
+        let concept_encoder = match (cfg.concept_encoder, has_ner) {
             (ConceptEncoder::Separate, true) => {
                 let mut c = encoder.deep_copy_base()?;
                 c.set_backbone_trainable(true);
@@ -127,35 +207,7 @@ impl Pretrainer {
             _ => None,
         };
         let scorer = ConceptScorer::new(cfg.initial_scale, cfg.learned_scale)?;
-        let mut params: Vec<(String, Var, bool)> = encoder
-            .trainable_params()
-            .into_iter()
-            .map(|(n, p)| {
-                let d = AdamW::decays(&n);
-                (n, p.var().clone(), d)
-            })
-            .collect();
-        if let Some(c) = &concept_encoder {
-            for (n, p) in c.trainable_params() {
-                params.push((
-                    format!("concept_encoder.{n}"),
-                    p.var().clone(),
-                    AdamW::decays(&n),
-                ));
-            }
-        }
-        if cfg.learned_scale && families.contains(&Family::Ner) {
-            params.push((
-                "objective.ner.log_scale".into(),
-                scorer.log_scale.var().clone(),
-                false,
-            ));
-            params.push((
-                "objective.ner.bias".into(),
-                scorer.bias.var().clone(),
-                false,
-            ));
-        }
+        let params = trainable_params(&encoder, concept_encoder.as_ref(), &scorer, &cfg, has_ner);
         let mut opt = AdamW::new(
             params,
             AdamWConfig {
@@ -190,12 +242,14 @@ impl Pretrainer {
             step: 0,
             conflicts: Vec::new(),
             recent: BTreeMap::new(),
+            started: Instant::now(),
         })
     }
 
     /// Loads the backbone, tokenizer and pools named by the config (data paths default under
     /// `data_root`).
     pub fn from_paths(cfg: PretrainConfig, model_dir: &Path, data_root: &Path) -> Result<Self> {
+        let _span = tracing::debug_span!("load", model = %model_dir.display()).entered();
         let (encoder, _) = Encoder::from_model_dir(model_dir)?;
         let tok = TextTokenizer::from_model_dir(
             model_dir,
@@ -329,14 +383,12 @@ impl Pretrainer {
     pub fn train_step(&mut self) -> Result<(Family, f32)> {
         let fam = self.sampler.next(&mut self.sample_rng);
         let precision = self.cfg.precision;
-        let loss = with_matmul_precision(precision, || self.loss(fam, RngKind::Training, true))?;
-        let lv = loss.to_scalar::<f32>()?;
-        if !lv.is_finite() {
-            return Err(Error::NonFinite {
-                what: format!("{} loss", fam.name()),
-                step: self.step + 1,
-            });
-        }
+        let loss = {
+            let _span = tracing::debug_span!("forward", family = fam.name()).entered();
+            with_matmul_precision(precision, || self.loss(fam, RngKind::Training, true))?
+        };
+        let lv = finite_loss(&loss, &format!("{} loss", fam.name()), self.step + 1)?;
+        let _span = tracing::debug_span!("backward").entered();
         self.opt.accumulate(loss.backward()?)?;
         // The forward graph is not needed for the update: free it first.
         drop(loss);
@@ -368,86 +420,52 @@ impl Pretrainer {
     }
 
     /// Runs until `max_steps`, logging to `out/metrics.jsonl` and checkpointing to
-    /// `out/checkpoint`.
+    /// `out/checkpoint` (resume first with [`Pretrainer::load_checkpoint`]).
     pub fn run(&mut self, out: &Path) -> Result<PretrainReport> {
-        let t0 = Instant::now();
-        std::fs::create_dir_all(out).map_err(|e| Error::File {
-            path: out.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        let metrics_path = out.join("metrics.jsonl");
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let mut trainer = trainer_at(out, self.cfg.checkpoint_every);
         if self.step > 0 {
             // Resumed: drop the lines a killed run wrote after its last checkpoint.
-            drop_lines_after_step(&metrics_path, self.step)?;
+            trainer.truncate_log(self.step)?;
         }
-        let mut metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| Error::File {
-                path: metrics_path.clone(),
-                reason: e.to_string(),
-            })?;
-        let bar = indicatif::ProgressBar::new(self.cfg.max_steps);
-        bar.set_position(self.step);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} {bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}]",
-            )
-            .expect("template"),
-        );
+        self.started = Instant::now();
+        trainer.fit(self)?;
+        Ok(self.report(self.started.elapsed().as_secs_f64()))
+    }
+
+    /// The metrics line of the step just done (with a gradient-conflict diagnostic when due),
+    /// or `None` between `log_every` steps.
+    fn log_line(&mut self, fam: Family, lv: f32) -> Result<Option<serde_json::Value>> {
+        let mut line = json!({"step": self.step, "family": fam.name(), "loss": lv, "lr": self.opt.lr(), "elapsed_s": self.started.elapsed().as_secs_f64()});
         let two_families = matches!(self.cfg.strategy, Strategy::Naive | Strategy::Tpl);
-        while self.step < self.cfg.max_steps {
-            let (fam, lv) = self.train_step()?;
-            let mut line = json!({"step": self.step, "family": fam.name(), "loss": lv, "lr": self.opt.lr(), "elapsed_s": t0.elapsed().as_secs_f64()});
-            if two_families
-                && self.cfg.conflict_every > 0
-                && self.step.is_multiple_of(self.cfg.conflict_every)
-            {
-                let c = self.conflict()?;
-                line["conflict"] = json!(c);
-                self.conflicts.push(c);
-            }
-            if self.step.is_multiple_of(self.cfg.log_every.max(1))
-                || line.get("conflict").is_some()
-                || self.step == self.cfg.max_steps
-            {
-                writeln!(metrics, "{line}").map_err(|e| Error::File {
-                    path: metrics_path.clone(),
-                    reason: e.to_string(),
-                })?;
-            }
-            let msg: Vec<String> = self
-                .recent
-                .iter()
-                .map(|(f, v)| {
-                    format!(
-                        "{} {:.4}",
-                        f.name(),
-                        v.iter().sum::<f32>() / v.len().max(1) as f32
-                    )
-                })
-                .collect();
-            bar.set_message(msg.join(" "));
-            bar.set_position(self.step);
-            let stop = crate::checkpoint::stop_requested();
-            if (stop
-                || (self.cfg.checkpoint_every > 0
-                    && self.step.is_multiple_of(self.cfg.checkpoint_every)))
-                && self.step < self.cfg.max_steps
-            {
-                self.save_checkpoint(&out.join("checkpoint"))?;
-                if stop {
-                    bar.abandon();
-                    return Err(Error::Interrupted {
-                        step: self.step,
-                        checkpoint: out.join("checkpoint"),
-                    });
-                }
-            }
+        if two_families
+            && self.cfg.conflict_every > 0
+            && self.step.is_multiple_of(self.cfg.conflict_every)
+        {
+            let c = self.conflict()?;
+            line["conflict"] = json!(c);
+            self.conflicts.push(c);
         }
-        bar.finish_and_clear();
-        Ok(self.report(t0.elapsed().as_secs_f64()))
+        let due = self.step.is_multiple_of(self.cfg.log_every.max(1))
+            || line.get("conflict").is_some()
+            || self.step == self.cfg.max_steps;
+        Ok(due.then_some(line))
+    }
+
+    /// The progress message: the recent mean loss per family.
+    fn message(&self) -> String {
+        let msg: Vec<String> = self
+            .recent
+            .iter()
+            .map(|(f, v)| {
+                format!(
+                    "{} {:.4}",
+                    f.name(),
+                    v.iter().sum::<f32>() / v.len().max(1) as f32
+                )
+            })
+            .collect();
+        msg.join(" ")
     }
 
     fn report(&self, seconds: f64) -> PretrainReport {
@@ -499,50 +517,117 @@ impl Pretrainer {
     /// Writes a checkpoint (weights, optimizer moments, step counts, RNG positions) atomically:
     /// into a temporary directory, then renamed over the previous one.
     pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
-        let state = json!({
-            "step": self.step,
-            "sample_rng_word_pos": self.sample_rng.get_word_pos().to_string(),
-            "dropout_rng_word_pos": self.dropout_rng.get_word_pos().to_string(),
-            "round_robin": self.sampler.position(),
-            "conflicts": self.conflicts,
-        });
-        crate::checkpoint::save(dir, &self.opt, &BTreeMap::new(), state)
+        Trainer::new(PathBuf::new(), CheckpointPlace::Single(dir.into()), 0, None).save(self)
     }
 
     /// Restores a checkpoint written by [`Pretrainer::save_checkpoint`] into this (freshly
     /// built, same config) trainer.
     pub fn load_checkpoint(&mut self, dir: &Path) -> Result<()> {
-        let (state, _) = crate::checkpoint::load(dir, &mut self.opt)?;
-        let pos = |k: &str| crate::checkpoint::state_u128(&state, k, dir);
-        self.sample_rng.set_word_pos(pos("sample_rng_word_pos")?);
-        self.dropout_rng.set_word_pos(pos("dropout_rng_word_pos")?);
-        self.sampler
-            .set_position(state["round_robin"].as_u64().unwrap_or(0) as usize);
-        self.step = state["step"].as_u64().ok_or_else(|| Error::File {
-            path: dir.to_path_buf(),
-            reason: "state.json: bad step".into(),
-        })?;
-        self.conflicts = serde_json::from_value(state["conflicts"].clone()).unwrap_or_default();
+        Trainer::new(PathBuf::new(), CheckpointPlace::Single(dir.into()), 0, None)
+            .restore_latest(self)?;
         Ok(())
     }
 }
 
-/// Keeps the lines of a JSONL log whose `step` is at most `step` (others, and torn lines, go).
-fn drop_lines_after_step(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= step)
+/// The trainer of a pre-finetuning run in `out`: `metrics.jsonl`, `checkpoint/`.
+fn trainer_at(out: &Path, checkpoint_every: u64) -> Trainer {
+    Trainer::new(
+        out.join("metrics.jsonl"),
+        CheckpointPlace::Single(out.join("checkpoint")),
+        checkpoint_every,
+        None,
+    )
+}
+
+impl TrainStep for Pretrainer {
+    type State = PretrainState;
+
+    fn step(&self) -> u64 {
+        self.step
+    }
+
+    fn total_steps(&self) -> u64 {
+        self.cfg.max_steps
+    }
+
+    fn done(&self) -> bool {
+        self.step >= self.cfg.max_steps
+    }
+
+    fn run_step(&mut self) -> Result<StepOutput> {
+        let (fam, lv) = self.train_step()?;
+        let log = self.log_line(fam, lv)?;
+        Ok(StepOutput {
+            message: self.message(),
+            log,
+            epoch_end: false,
         })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    Ok(write_atomic(path, kept.as_bytes())?)
+    }
+
+    fn optimizer(&self) -> &AdamW {
+        &self.opt
+    }
+
+    fn optimizer_mut(&mut self) -> &mut AdamW {
+        &mut self.opt
+    }
+
+    fn state(&self) -> Result<(PretrainState, BTreeMap<String, Tensor>)> {
+        let state = PretrainState {
+            sample_rng_word_pos: self.sample_rng.get_word_pos(),
+            dropout_rng_word_pos: self.dropout_rng.get_word_pos(),
+            round_robin: self.sampler.position(),
+            conflicts: self.conflicts.clone(),
+        };
+        Ok((state, BTreeMap::new()))
+    }
+
+    fn restore(
+        &mut self,
+        step: u64,
+        state: PretrainState,
+        _extra: BTreeMap<String, Tensor>,
+        _dir: &Path,
+    ) -> Result<()> {
+        self.step = step;
+        self.sample_rng.set_word_pos(state.sample_rng_word_pos);
+        self.dropout_rng.set_word_pos(state.dropout_rng_word_pos);
+        self.sampler.set_position(state.round_robin);
+        self.conflicts = state.conflicts;
+        Ok(())
+    }
+}
+
+/// How [`run_pretrain`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// From the backbone; earlier checkpoints and logs in the output directory are removed.
+    Fresh,
+    /// From the checkpoint in `OUT/checkpoint` (same configuration).
+    Resume,
+}
+
+/// Runs `prefine pretrain` end to end: loads the backbone and pools, starts afresh or resumes,
+/// trains to `max_steps`, and writes the outputs (`backbone/`, TPL's `adapters/`,
+/// `config.toml`) and a final checkpoint into `out`. Used by the CLI and the evaluation suite.
+pub fn run_pretrain(
+    cfg: PretrainConfig,
+    model_dir: &Path,
+    data_root: &Path,
+    out: &Path,
+    start: Start,
+) -> Result<PretrainReport> {
+    let mut t = Pretrainer::from_paths(cfg, model_dir, data_root)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let trainer = trainer_at(out, t.cfg.checkpoint_every);
+    match start {
+        Start::Resume => trainer.resume(&mut t)?,
+        Start::Fresh => trainer.start_fresh(),
+    }
+    let report = t.run(out)?;
+    t.save_outputs(out, model_dir)?;
+    trainer.save(&t)?;
+    Ok(report)
 }
 
 /// Which RNG draws a batch.
@@ -552,50 +637,4 @@ enum RngKind {
     Training,
     /// A throw-away stream for diagnostics, seeded.
     Diagnostic(u64),
-}
-
-/// Reads a config file (or defaults for `strategy`), applies overrides and validates.
-pub fn resolve_config(
-    file: Option<&Path>,
-    strategy: Option<Strategy>,
-    max_steps: Option<u64>,
-) -> Result<PretrainConfig> {
-    let mut table: toml::Table = match file {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::File {
-                path: p.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-            toml::from_str(&text).map_err(|e| Error::Config {
-                field: p.display().to_string(),
-                reason: e.to_string(),
-            })?
-        }
-        None => toml::Table::new(),
-    };
-    if let Some(s) = strategy {
-        table.insert(
-            "strategy".into(),
-            toml::Value::String(
-                serde_json::to_value(s)
-                    .expect("ser")
-                    .as_str()
-                    .expect("str")
-                    .into(),
-            ),
-        );
-    }
-    if let Some(n) = max_steps {
-        table.insert("max_steps".into(), toml::Value::Integer(n as i64));
-    }
-    if !table.contains_key("strategy") {
-        return Err(Error::Config {
-            field: "strategy".into(),
-            reason: "missing (ner, tc, naive or tpl)".into(),
-        });
-    }
-    let origin: PathBuf = file
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("<command line>"));
-    PretrainConfig::from_toml_str(&toml::to_string(&table).expect("toml"), &origin)
 }

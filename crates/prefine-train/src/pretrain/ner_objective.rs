@@ -73,6 +73,53 @@ pub fn derive_concept_name(tag: &str) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The sources of a pool: from `sources.json` (`text`), or one source annotating every type seen.
+fn read_sources(
+    dir: &Path,
+    sentences: &[NerSentence],
+    text: Option<String>,
+) -> Result<Vec<Source>> {
+    let mut sources = Vec::new();
+    match text {
+        Some(text) => {
+            let map: BTreeMap<String, SourceJson> =
+                serde_json::from_str(&text).map_err(|e| Error::File {
+                    path: dir.join("sources.json"),
+                    reason: e.to_string(),
+                })?;
+            for (name, s) in map {
+                if s.train.1 > sentences.len() || s.train.0 > s.train.1 {
+                    return Err(Error::File {
+                        path: dir.join("sources.json"),
+                        reason: format!(
+                            "source {name}: range {:?} outside the {} sentences",
+                            s.train,
+                            sentences.len()
+                        ),
+                    });
+                }
+                sources.push(Source {
+                    name,
+                    range: s.train,
+                    types: s.labels.into_iter().collect(),
+                });
+            }
+        }
+        None => {
+            let types = sentences
+                .iter()
+                .flat_map(|s| s.tags.iter().filter_map(|t| t.get(2..).map(str::to_string)))
+                .collect();
+            sources.push(Source {
+                name: "all".into(),
+                range: (0, sentences.len()),
+                types,
+            });
+        }
+    }
+    Ok(sources)
+}
+
 impl NerPool {
     /// Loads `train.conll`, `sources.json` and `concept_names.json` from `dir`. Without
     /// `sources.json` the whole file is one source annotating every type seen.
@@ -92,49 +139,9 @@ impl NerPool {
             }
             std::fs::read_to_string(&p)
                 .map(Some)
-                .map_err(|e| Error::File {
-                    path: p,
-                    reason: e.to_string(),
-                })
+                .map_err(|e| Error::io(&p, e))
         };
-        let mut sources = Vec::new();
-        match read_json("sources.json")? {
-            Some(text) => {
-                let map: BTreeMap<String, SourceJson> =
-                    serde_json::from_str(&text).map_err(|e| Error::File {
-                        path: dir.join("sources.json"),
-                        reason: e.to_string(),
-                    })?;
-                for (name, s) in map {
-                    if s.train.1 > sentences.len() || s.train.0 > s.train.1 {
-                        return Err(Error::File {
-                            path: dir.join("sources.json"),
-                            reason: format!(
-                                "source {name}: range {:?} outside the {} sentences",
-                                s.train,
-                                sentences.len()
-                            ),
-                        });
-                    }
-                    sources.push(Source {
-                        name,
-                        range: s.train,
-                        types: s.labels.into_iter().collect(),
-                    });
-                }
-            }
-            None => {
-                let types = sentences
-                    .iter()
-                    .flat_map(|s| s.tags.iter().filter_map(|t| t.get(2..).map(str::to_string)))
-                    .collect();
-                sources.push(Source {
-                    name: "all".into(),
-                    range: (0, sentences.len()),
-                    types,
-                });
-            }
-        }
+        let sources = read_sources(dir, &sentences, read_json("sources.json")?)?;
         let mut source_of = vec![usize::MAX; sentences.len()];
         for (i, s) in sources.iter().enumerate() {
             for slot in &mut source_of[s.range.0..s.range.1] {
@@ -151,10 +158,7 @@ impl NerPool {
         let mut concept_names: BTreeMap<String, String> = match read_json("concept_names.json")? {
             Some(text) => {
                 serde_json::from_str::<ConceptsJson>(&text)
-                    .map_err(|e| Error::File {
-                        path: dir.join("concept_names.json"),
-                        reason: e.to_string(),
-                    })?
+                    .map_err(|e| Error::json(&dir.join("concept_names.json"), e))?
                     .concepts
             }
             None => BTreeMap::new(),
