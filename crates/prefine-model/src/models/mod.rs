@@ -1,0 +1,261 @@
+//! The model families. Each family is one file here, in the candle-transformers shape
+//! (`Embeddings::load`, `Block::load`, a `Model` with `load` and `forward`), plus its naming map
+//! (a [`FamilyNames`]: checkpoint tensor names and PEFT module names). The generic
+//! [`crate::Encoder`] owns LoRA groups, parameters, precision and checkpoint I/O and reaches a
+//! family's model only through [`Body`].
+//!
+//! Adding a family: write `models/<family>.rs` with its `NAMES` and a `Model` that implements
+//! the methods [`Body`] dispatches to, add a [`crate::ModelType`] variant with its
+//! `config.json` keys, and one arm to each `match` in this file.
+
+pub mod bert;
+pub mod distilbert;
+pub mod electra;
+
+use candle_core::Tensor;
+
+use crate::config::{EncoderConfig, ModelType};
+use crate::encoder::{EncoderInput, Forward};
+use crate::error::Result;
+use crate::lora::{LoraLinear, LoraTarget};
+use crate::ops;
+use crate::params::Param;
+use crate::reader::WeightReader;
+
+/// A family's checkpoint names (after the task-model prefix is stripped) and PEFT names.
+#[derive(Debug)]
+pub struct FamilyNames {
+    /// The prefix the task-head classes add (`bert.`).
+    pub prefix: &'static str,
+    /// The module path of layer `i` is `{layers}{i}` (`encoder.layer.`).
+    pub layers: &'static str,
+    /// Every LoRA-adaptable linear layer: the target, its module path inside a layer
+    /// (`attention.self.query`) and the module name PEFT's `target_modules` uses (`query`).
+    pub linears: &'static [(LoraTarget, &'static str, &'static str)],
+    /// The two block layer norms, inside a layer: after attention, after the feed-forward.
+    pub norms: [&'static str; 2],
+}
+
+/// The naming map of a model type.
+pub fn names(model_type: ModelType) -> &'static FamilyNames {
+    match model_type {
+        ModelType::Bert => &bert::NAMES,
+        ModelType::Distilbert => &distilbert::NAMES,
+        ModelType::Electra => &electra::NAMES,
+    }
+}
+
+/// Where a LoRA-adaptable linear layer sits: its layer and target.
+pub type LinearId = (usize, LoraTarget);
+
+/// The rows of a batch that run with one LoRA group (see [`crate::Encoder::forward_mixed`]).
+pub(crate) struct MixedRoute<'a> {
+    pub(crate) group: &'a str,
+    /// `[n]` u32 row indices.
+    pub(crate) rows: Tensor,
+    /// Whether every row of the batch uses this group.
+    pub(crate) all: bool,
+}
+
+/// How the linear layers of one forward pass run: with one (or two) active groups and optional
+/// dropout, or with a LoRA group per row and no dropout.
+pub(crate) enum Run<'f, 'a> {
+    /// [`crate::Encoder::forward`].
+    Single(&'f mut Forward<'a>),
+    /// [`crate::Encoder::forward_mixed`].
+    Mixed(&'f [MixedRoute<'a>]),
+}
+
+impl Run<'_, '_> {
+    /// A LoRA-adaptable linear layer.
+    pub(crate) fn linear(&mut self, lin: &LoraLinear, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Run::Single(f) => lin.forward(x, f.group, f.also, f.dropout_rng.as_deref_mut()),
+            Run::Mixed(routes) => mixed_linear(lin, x, routes),
+        }
+    }
+
+    /// `GELU(linear(x))` (exact GELU), fused into the GEMM where the layer allows it.
+    pub(crate) fn linear_gelu(&mut self, lin: &LoraLinear, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Run::Single(f) => lin.forward_gelu(x, f.group, f.also, f.dropout_rng.as_deref_mut()),
+            Run::Mixed(routes) => Ok(ops::gelu(&mixed_linear(lin, x, routes)?)?),
+        }
+    }
+
+    /// Dropout with probability `p` in training, the identity otherwise.
+    pub(crate) fn dropout(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
+        match self {
+            Run::Single(f) => match f.dropout_rng.as_deref_mut() {
+                Some(rng) if p > 0.0 => Ok(ops::dropout(x, p, rng)?),
+                _ => Ok(x.clone()),
+            },
+            Run::Mixed(_) => Ok(x.clone()),
+        }
+    }
+
+    /// The attention-probability dropout to pass to [`ops::attention`].
+    pub(crate) fn attention_dropout(&mut self, p: f64) -> Option<(f64, &mut dyn rand::RngCore)> {
+        match self {
+            Run::Single(f) => match f.dropout_rng.as_deref_mut() {
+                Some(rng) if p > 0.0 => Some((p, rng as &mut dyn rand::RngCore)),
+                _ => None,
+            },
+            Run::Mixed(_) => None,
+        }
+    }
+}
+
+/// `x Wᵀ + b` for all rows, plus each route's LoRA delta on its own rows.
+fn mixed_linear(lin: &LoraLinear, x: &Tensor, routes: &[MixedRoute<'_>]) -> Result<Tensor> {
+    if let [route] = routes {
+        if route.all {
+            // One group for the whole batch: the ordinary (fused) path.
+            return lin.forward(x, Some(route.group), None, None);
+        }
+    }
+    let mut y = lin.base_forward(x)?;
+    for route in routes {
+        let Some(pair) = lin.loras.get(route.group) else {
+            continue;
+        };
+        let xg = if route.all {
+            x.clone()
+        } else {
+            x.index_select(&route.rows, 0)?
+        };
+        let h = ops::linear_no_bias(&xg, &pair.a.t())?;
+        let d = (ops::linear_no_bias(&h, &pair.b.t())? * pair.scale)?;
+        y = if route.all {
+            (y + d)?
+        } else {
+            y.index_add(&route.rows, &d, 0)?
+        };
+    }
+    Ok(y)
+}
+
+/// One family's model behind the generic encoder.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// BERT, MiniLM, DistilBERT and ELECTRA (post-LN BERT blocks; see [`bert`]).
+    Bert(bert::Model),
+}
+
+impl Body {
+    /// Reads a family's weights (every problem is collected by `r`).
+    pub(crate) fn load(config: &EncoderConfig, r: &mut WeightReader) -> Result<Self> {
+        match config.model_type {
+            ModelType::Bert | ModelType::Distilbert | ModelType::Electra => {
+                Ok(Body::Bert(bert::Model::load(config, r)?))
+            }
+        }
+    }
+
+    /// Random weights under checkpoint names, for [`crate::Encoder::random`].
+    pub(crate) fn random_tensors(
+        config: &EncoderConfig,
+        rng: &mut crate::params::SeedRng,
+    ) -> Result<Vec<(String, Tensor)>> {
+        match config.model_type {
+            ModelType::Bert | ModelType::Distilbert | ModelType::Electra => {
+                bert::random_tensors(config, rng)
+            }
+        }
+    }
+
+    /// `[batch, seq, hidden]` last hidden states of a checked input.
+    pub(crate) fn forward(
+        &self,
+        config: &EncoderConfig,
+        input: &EncoderInput,
+        run: &mut Run<'_, '_>,
+    ) -> Result<Tensor> {
+        match self {
+            Body::Bert(m) => m.forward(config, input, run),
+        }
+    }
+
+    /// Every LoRA-adaptable linear layer.
+    pub fn linears(&self) -> Vec<(LinearId, &LoraLinear)> {
+        match self {
+            Body::Bert(m) => m.linears(),
+        }
+    }
+
+    /// Every LoRA-adaptable linear layer, mutable.
+    pub fn linears_mut(&mut self) -> Vec<(LinearId, &mut LoraLinear)> {
+        match self {
+            Body::Bert(m) => m.linears_mut(),
+        }
+    }
+
+    /// The linear layer at `id`, if the model has it.
+    pub fn linear_mut(&mut self, id: LinearId) -> Option<&mut LoraLinear> {
+        self.linears_mut()
+            .into_iter()
+            .find_map(|(i, l)| (i == id).then_some(l))
+    }
+
+    /// Every base parameter with its checkpoint name (quantised linear weights excluded).
+    pub(crate) fn params(&self, config: &EncoderConfig) -> Vec<(String, &Param)> {
+        match self {
+            Body::Bert(m) => m.params(config),
+        }
+    }
+
+    /// Every base parameter, mutable (quantised linear weights excluded).
+    pub(crate) fn params_mut(&mut self) -> Vec<&mut Param> {
+        match self {
+            Body::Bert(m) => m.params_mut(),
+        }
+    }
+}
+
+/// A layer norm's weight and bias.
+#[derive(Debug, Clone)]
+pub struct Norm {
+    /// Scale (gamma).
+    pub weight: Param,
+    /// Shift (beta).
+    pub bias: Param,
+}
+
+impl Norm {
+    /// Reads `{base}.weight` and `{base}.bias` of width `n`.
+    pub(crate) fn load(r: &mut WeightReader, base: &str, n: usize) -> Result<Self> {
+        Ok(Self {
+            weight: r.param(&format!("{base}.weight"), &[n])?,
+            bias: r.param(&format!("{base}.bias"), &[n])?,
+        })
+    }
+
+    /// `LayerNorm(x)`.
+    pub(crate) fn forward(&self, x: &Tensor, eps: f64) -> Result<Tensor> {
+        Ok(ops::layer_norm(x, &self.weight.t(), &self.bias.t(), eps)?)
+    }
+
+    /// `LayerNorm(x + residual)` in one op.
+    pub(crate) fn forward_residual(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        Ok(ops::add_layer_norm(
+            x,
+            residual,
+            &self.weight.t(),
+            &self.bias.t(),
+            eps,
+        )?)
+    }
+
+    /// `(name, param)` under `base`.
+    pub(crate) fn params(&self, base: &str) -> [(String, &Param); 2] {
+        [
+            (format!("{base}.weight"), &self.weight),
+            (format!("{base}.bias"), &self.bias),
+        ]
+    }
+}
