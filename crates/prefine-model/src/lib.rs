@@ -21,6 +21,7 @@ pub mod params;
 pub mod peft;
 pub mod quant;
 pub mod weights;
+pub mod zero_shot;
 
 pub use bert::{Encoder, EncoderInput, Forward, LoadReport, Pooler};
 pub use config::{EncoderConfig, ModelType};

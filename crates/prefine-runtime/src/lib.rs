@@ -29,6 +29,7 @@ pub mod error;
 pub mod head;
 pub mod predict;
 pub mod synthetic;
+pub mod zero_shot;
 
 pub use artifact::{AdapterFiles, ArtifactManifest, Mode, TaskKind, TcPooling};
 pub use backbone::BackboneFiles;
@@ -39,3 +40,4 @@ pub use error::{Error, Result};
 pub use head::TaskHead;
 pub use predict::{Aggregation, PredictedEntity, Prediction, TextPrediction};
 pub use prefine_model::Precision;
+pub use zero_shot::{ZeroShot, ZeroShotConfig};

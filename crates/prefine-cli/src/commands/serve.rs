@@ -21,6 +21,10 @@ pub struct ServeArgs {
     /// over HTTP is disabled).
     #[arg(long)]
     adapters_dir: Option<PathBuf>,
+    /// Enables `POST /v1/zero-shot` with this `prefine pretrain` output (zero-shot NER and
+    /// classification, types and labels given by name).
+    #[arg(long)]
+    zero_shot: Option<PathBuf>,
     /// An adapter to register at start, as NAME=DIR; repeatable.
     #[arg(long = "adapter", value_name = "NAME=DIR")]
     adapters: Vec<String>,
@@ -138,6 +142,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         request_timeout: Duration::from_secs(a.timeout_s.max(1)),
         header_timeout: Duration::from_secs(a.header_timeout_s.max(1)),
         body_timeout: Duration::from_secs(a.body_timeout_s.max(1)),
+        zero_shot: match &a.zero_shot {
+            Some(d) => Some(std::sync::Arc::new(prefine_runtime::ZeroShot::load(
+                d,
+                prefine_runtime::ZeroShotConfig::default(),
+            )?)),
+            None => None,
+        },
         ..Default::default()
     };
     cfg.validate()?;
