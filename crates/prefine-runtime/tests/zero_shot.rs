@@ -8,8 +8,8 @@ use std::path::Path;
 
 use common::tiny_model;
 use prefine_model::zero_shot::{NerZeroShot, TcZeroShot, ZeroShotSpec, ZERO_SHOT_VERSION};
-use prefine_serve::zero_shot::ZeroShotPrediction;
-use prefine_serve::{ZeroShot, ZeroShotConfig};
+use prefine_runtime::zero_shot::ZeroShotPrediction;
+use prefine_runtime::{ZeroShot, ZeroShotConfig};
 
 const SCALE: f32 = 10.0;
 const BIAS: f32 = -2.0;
@@ -29,7 +29,7 @@ fn pretrain_output(dir: &Path) {
         tc: Some(TcZeroShot {
             adapter: None,
             pooling: "mean".into(),
-            temperature: prefine_serve::zero_shot::BASE_TC_TEMPERATURE,
+            temperature: prefine_runtime::zero_shot::BASE_TC_TEMPERATURE,
         }),
     }
     .save(dir)
@@ -67,7 +67,11 @@ fn learned_scorer_is_the_sigmoid_of_the_baseline_cosine() {
     let th_cos = 0.0;
     let a = base.predict_ner(&text, &types, Some(th_cos)).unwrap();
     let b = zs
-        .predict_ner(&text, &types, Some(1.0 / (1.0 + (-(SCALE * th_cos + BIAS)).exp())))
+        .predict_ner(
+            &text,
+            &types,
+            Some(1.0 / (1.0 + (-(SCALE * th_cos + BIAS)).exp())),
+        )
         .unwrap();
     let spans = |p: &ZeroShotPrediction| match p {
         ZeroShotPrediction::Ner { entities, .. } => entities
@@ -89,8 +93,12 @@ fn learned_scorer_is_the_sigmoid_of_the_baseline_cosine() {
     // TC: same temperature, same backbone: the same probabilities; each row sums to 1.
     let labels = s(&["travel", "cooking"]);
     let texts = s(&["We flew to Rome.", "Stir the sauce slowly."]);
-    let p = zs.classify(&texts, &labels, Some("This text is about {}.")).unwrap();
-    let q = base.classify(&texts, &labels, Some("This text is about {}.")).unwrap();
+    let p = zs
+        .classify(&texts, &labels, Some("This text is about {}."))
+        .unwrap();
+    let q = base
+        .classify(&texts, &labels, Some("This text is about {}."))
+        .unwrap();
     for (pr, qr) in p.iter().zip(&q) {
         assert!((pr.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         for (x, y) in pr.iter().zip(qr) {
@@ -99,7 +107,9 @@ fn learned_scorer_is_the_sigmoid_of_the_baseline_cosine() {
     }
     let err = zs.classify(&texts, &labels, Some("no slot")).unwrap_err();
     assert!(err.to_string().contains("{}"), "{err}");
-    let err = zs.predict_ner(&text, &s(&["city", "city"]), None).unwrap_err();
+    let err = zs
+        .predict_ner(&text, &s(&["city", "city"]), None)
+        .unwrap_err();
     assert!(err.to_string().contains("twice"), "{err}");
 }
 
