@@ -508,7 +508,7 @@ impl Pretrainer {
     pub fn zero_shot_spec(&self) -> Result<ZeroShotSpec> {
         let tpl = self.cfg.strategy == Strategy::Tpl;
         let adapter = |g: &str| tpl.then(|| PathBuf::from("adapters").join(g));
-        let ner = if self.ner_pool.is_some() {
+        let ner = if self.cfg.strategy != Strategy::Tc {
             Some(NerZeroShot {
                 adapter: adapter("ner"),
                 scale: self
@@ -528,7 +528,7 @@ impl Pretrainer {
         } else {
             None
         };
-        let tc = self.tc_pool.as_ref().map(|_| TcZeroShot {
+        let tc = (self.cfg.strategy != Strategy::Ner).then(|| TcZeroShot {
             adapter: adapter("tc"),
             pooling: "mean".into(),
             temperature: self.cfg.temperature as f32,
