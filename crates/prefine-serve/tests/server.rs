@@ -149,7 +149,10 @@ async fn health_openapi_metrics_and_unknown_routes() {
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert!(body.contains("error"));
     let (st, body) = s
-        .post_json("/v1/zero-shot", json!({"texts": ["x"], "labels": ["a", "b"]}))
+        .post_json(
+            "/v1/zero-shot",
+            json!({"texts": ["x"], "labels": ["a", "b"]}),
+        )
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert!(body.contains("--zero-shot"), "{body}");

@@ -273,7 +273,10 @@ fn outputs_carry_the_zero_shot_spec() {
     t.train_step().unwrap();
     let spec = t.zero_shot_spec().unwrap();
     let ner = spec.ner.as_ref().unwrap();
-    assert_eq!(ner.adapter.as_deref(), Some(std::path::Path::new("adapters/ner")));
+    assert_eq!(
+        ner.adapter.as_deref(),
+        Some(std::path::Path::new("adapters/ner"))
+    );
     assert!(ner.scale > 0.0 && ner.scale.is_finite() && ner.bias.is_finite());
     assert_eq!(spec.tc.as_ref().unwrap().temperature, 0.05);
     let dir = tempfile::tempdir().unwrap();
