@@ -155,7 +155,7 @@ async fn health_openapi_metrics_and_unknown_routes() {
         )
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    assert!(body.contains("--zero-shot"), "{body}");
+    assert!(error_of(&body).contains("--zero-shot"), "{body}");
 
     let (st, _) = s
         .post_json("/v1/predict", json!({"adapter": "tc", "texts": ["fine"]}))
