@@ -23,6 +23,7 @@ pub mod peft;
 pub mod quant;
 pub mod reader;
 pub mod weights;
+pub mod zero_shot;
 
 /// The encoder under its former module path (`prefine_model::bert::Pooler`).
 pub mod bert {

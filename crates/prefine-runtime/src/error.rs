@@ -59,6 +59,9 @@ pub enum Error {
     /// A tokenizer error.
     #[error(transparent)]
     Tokenize(#[from] prefine_tokenize::Error),
+    /// A metrics error (zero-shot evaluation, entity decoding).
+    #[error(transparent)]
+    Metrics(#[from] prefine_eval::Error),
     /// An error from the tensor library.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

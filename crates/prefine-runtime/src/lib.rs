@@ -30,6 +30,7 @@ pub mod head;
 pub mod predict;
 pub mod synthetic;
 pub mod task;
+pub mod zero_shot;
 
 pub use artifact::{AdapterFiles, ArtifactManifest, Mode, TaskKind, TcPooling};
 pub use backbone::BackboneFiles;
@@ -40,3 +41,4 @@ pub use error::{Error, Result};
 pub use head::TaskHead;
 pub use predict::{Aggregation, PredictedEntity, Prediction, TextPrediction};
 pub use prefine_model::Precision;
+pub use zero_shot::{ZeroShot, ZeroShotConfig};

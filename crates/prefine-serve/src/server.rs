@@ -33,6 +33,7 @@ use prefine_runtime::{Aggregation, Engine, PredictJob, TextPrediction};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use prefine_runtime::zero_shot::{ZeroShot, ZeroShotPrediction};
 
 /// The OpenAPI 3 description of this server (also served at `GET /openapi.json`).
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -71,6 +72,9 @@ pub struct ServeConfig {
     /// Largest request head (request line and headers) in bytes, at least 8192; a larger one
     /// gets 431.
     pub max_header_bytes: usize,
+    /// The backbone for `POST /v1/zero-shot` (a `prefine pretrain` output); `None`: the
+    /// endpoint answers 404.
+    pub zero_shot: Option<Arc<ZeroShot>>,
 }
 
 /// The smallest `max_header_bytes` (hyper's smallest read buffer).
@@ -91,6 +95,7 @@ impl Default for ServeConfig {
             body_timeout: Duration::from_secs(30),
             max_connections: 512,
             max_header_bytes: 16 << 10,
+            zero_shot: None,
         }
     }
 }
@@ -203,6 +208,7 @@ fn router(state: AppState) -> Router {
             delete(remove_adapter).get(get_adapter),
         )
         .route("/v1/predict", axum::routing::post(predict))
+        .route("/v1/zero-shot", axum::routing::post(zero_shot))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
@@ -532,6 +538,71 @@ async fn predict(
         Err(_) => Err(ApiError(
             StatusCode::GATEWAY_TIMEOUT,
             format!("no result within {:?}", cfg.request_timeout),
+        )),
+    }
+}
+
+/// The body of `POST /v1/zero-shot`: texts and either entity-type names (NER) or label names
+/// (classification, with an optional template).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZeroShotRequest {
+    /// The texts (the limits of `/v1/predict` apply).
+    pub texts: Vec<String>,
+    /// Entity-type names, for NER.
+    #[serde(default)]
+    pub entity_types: Option<Vec<String>>,
+    /// Label names, for classification.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+    /// Template for the label names (`"This text is about {}."`).
+    #[serde(default)]
+    pub template: Option<String>,
+    /// NER threshold (default: the built-in one).
+    #[serde(default)]
+    pub threshold: Option<f32>,
+}
+
+/// `{"results": [...]}` in the `prefine predict` shape.
+#[derive(Serialize)]
+struct ZeroShotResponse {
+    results: Vec<ZeroShotPrediction>,
+}
+
+async fn zero_shot(
+    State(s): State<AppState>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<ZeroShotResponse>> {
+    let Some(zs) = s.cfg.zero_shot.clone() else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "zero-shot is not enabled (start the server with --zero-shot DIR)".into(),
+        ));
+    };
+    let bytes = body_bytes(body)?;
+    let req: ZeroShotRequest = parse_json(&bytes)?;
+    // The text limits of /v1/predict.
+    let texts_only = serde_json::to_vec(&json!({"adapter": "zero-shot", "texts": req.texts}))
+        .map_err(|e| Error::Server(e.to_string()))?;
+    decode_predict_request(&texts_only, &s.cfg)?;
+    let run = move || match (&req.entity_types, &req.labels) {
+        (Some(t), None) => zs.predict_ner(&req.texts, t, req.threshold),
+        (None, Some(l)) => zs.predict_tc(&req.texts, l, req.template.as_deref()),
+        _ => Err(prefine_runtime::Error::BadRequest(
+            "give exactly one of entity_types (NER) and labels (classification)".into(),
+        )),
+    };
+    let res = tokio::time::timeout(s.cfg.request_timeout, tokio::task::spawn_blocking(run)).await;
+    match res {
+        Ok(Ok(Ok(results))) => Ok(Json(ZeroShotResponse { results })),
+        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Err(_)) => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error while predicting".into(),
+        )),
+        Err(_) => Err(ApiError(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("no result within {:?}", s.cfg.request_timeout),
         )),
     }
 }

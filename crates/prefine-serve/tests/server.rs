@@ -138,6 +138,7 @@ async fn health_openapi_metrics_and_unknown_routes() {
         "/v1/adapters",
         "/v1/adapters/{name}",
         "/v1/predict",
+        "/v1/zero-shot",
         "/metrics",
         "/openapi.json",
     ] {
@@ -147,6 +148,14 @@ async fn health_openapi_metrics_and_unknown_routes() {
     let (st, body) = s.get("/nope").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert!(body.contains("error"));
+    let (st, body) = s
+        .post_json(
+            "/v1/zero-shot",
+            json!({"texts": ["x"], "labels": ["a", "b"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert!(error_of(&body).contains("--zero-shot"), "{body}");
 
     let (st, _) = s
         .post_json("/v1/predict", json!({"adapter": "tc", "texts": ["fine"]}))

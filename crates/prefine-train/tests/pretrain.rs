@@ -264,3 +264,24 @@ fn resume_from_a_checkpoint_is_exact() {
         "bit-identical parameters after resume"
     );
 }
+
+#[test]
+fn outputs_carry_the_zero_shot_spec() {
+    use prefine_model::zero_shot::ZeroShotSpec;
+    let mut t = trainer(cfg(Strategy::Tpl, 2));
+    t.train_step().unwrap();
+    t.train_step().unwrap();
+    let spec = t.zero_shot_spec().unwrap();
+    let ner = spec.ner.as_ref().unwrap();
+    assert_eq!(
+        ner.adapter.as_deref(),
+        Some(std::path::Path::new("adapters/ner"))
+    );
+    assert!(ner.scale > 0.0 && ner.scale.is_finite() && ner.bias.is_finite());
+    assert_eq!(spec.tc.as_ref().unwrap().temperature, 0.05);
+    let dir = tempfile::tempdir().unwrap();
+    spec.save(dir.path()).unwrap();
+    assert_eq!(ZeroShotSpec::load(dir.path()).unwrap(), spec);
+    let only_ner = trainer(cfg(Strategy::Ner, 1)).zero_shot_spec().unwrap();
+    assert!(only_ner.tc.is_none() && only_ner.ner.unwrap().adapter.is_none());
+}

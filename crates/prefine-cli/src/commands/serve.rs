@@ -21,6 +21,10 @@ pub struct ServeArgs {
     /// over HTTP is disabled).
     #[arg(long)]
     adapters_dir: Option<PathBuf>,
+    /// Enables `POST /v1/zero-shot` with this `prefine pretrain` output (zero-shot NER and
+    /// classification, types and labels given by name).
+    #[arg(long)]
+    zero_shot: Option<PathBuf>,
     /// An adapter to register at start, as NAME=DIR; repeatable.
     #[arg(long = "adapter", value_name = "NAME=DIR")]
     adapters: Vec<String>,
@@ -146,6 +150,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         body_timeout: Duration::from_secs(a.body_timeout_s.max(1)),
         max_connections: a.max_connections,
         max_header_bytes: a.max_header_bytes,
+        zero_shot: match &a.zero_shot {
+            Some(d) => Some(std::sync::Arc::new(prefine_runtime::ZeroShot::load(
+                d,
+                prefine_runtime::ZeroShotConfig::default(),
+            )?)),
+            None => None,
+        },
     };
     cfg.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()

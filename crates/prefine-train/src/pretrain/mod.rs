@@ -17,6 +17,7 @@ use candle_core::{Tensor, Var};
 use prefine_model::ops::with_matmul_precision;
 use prefine_model::peft::{save_adapter, PeftTaskType};
 use prefine_model::weights::write_atomic;
+use prefine_model::zero_shot::{NerZeroShot, TcZeroShot, ZeroShotSpec, ZERO_SHOT_VERSION};
 use prefine_model::{seed_rng, Encoder, Forward, SeedRng};
 use prefine_tokenize::{TextTokenizer, TokenizeConfig};
 use serde::{Deserialize, Serialize};
@@ -492,7 +493,8 @@ impl Pretrainer {
         }
     }
 
-    /// Writes `backbone/` (HF directory) and, for TPL, `adapters/ner` and `adapters/tc` (PEFT).
+    /// Writes `backbone/` (HF directory), for TPL `adapters/ner` and `adapters/tc` (PEFT), with a
+    /// separate concept encoder `name_encoder/`, and `zero_shot.json` ([`ZeroShotSpec`]).
     pub fn save_outputs(&self, out: &Path, tokenizer_from: &Path) -> Result<()> {
         let backbone = out.join("backbone");
         self.encoder
@@ -510,8 +512,50 @@ impl Pretrainer {
                 )?;
             }
         }
+        if let Some(c) = &self.concept_encoder {
+            c.save_pretrained(&out.join("name_encoder"), Some(tokenizer_from))?;
+        }
+        self.zero_shot_spec()?.save(out)?;
         write_atomic(&out.join("config.toml"), self.cfg.to_toml().as_bytes())?;
         Ok(())
+    }
+
+    /// What zero-shot inference needs from this run (`zero_shot.json`): the NER scorer's
+    /// learned scale and bias, the name pooling, the TC temperature, and where the family
+    /// adapters and a separate name encoder are saved.
+    pub fn zero_shot_spec(&self) -> Result<ZeroShotSpec> {
+        let tpl = self.cfg.strategy == Strategy::Tpl;
+        let adapter = |g: &str| tpl.then(|| PathBuf::from("adapters").join(g));
+        let ner = if self.cfg.strategy != Strategy::Tc {
+            Some(NerZeroShot {
+                adapter: adapter("ner"),
+                scale: self
+                    .scorer
+                    .log_scale
+                    .t()
+                    .exp()?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?[0],
+                bias: self.scorer.bias.t().flatten_all()?.to_vec1::<f32>()?[0],
+                name_pooling: "mean".into(),
+                name_encoder: self
+                    .concept_encoder
+                    .as_ref()
+                    .map(|_| PathBuf::from("name_encoder")),
+            })
+        } else {
+            None
+        };
+        let tc = (self.cfg.strategy != Strategy::Ner).then(|| TcZeroShot {
+            adapter: adapter("tc"),
+            pooling: "mean".into(),
+            temperature: self.cfg.temperature as f32,
+        });
+        Ok(ZeroShotSpec {
+            version: ZERO_SHOT_VERSION,
+            ner,
+            tc,
+        })
     }
 
     /// Writes a checkpoint (weights, optimizer moments, step counts, RNG positions) atomically:
