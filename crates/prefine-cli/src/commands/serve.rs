@@ -157,6 +157,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             )?)),
             None => None,
         },
+        ..Default::default()
     };
     cfg.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
