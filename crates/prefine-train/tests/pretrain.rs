@@ -10,7 +10,9 @@ use prefine_tokenize::{TextTokenizer, TokenizeConfig};
 use prefine_train::pretrain::ner_objective::{build_batch, NerPool, Source};
 use prefine_train::pretrain::sampler::Family;
 use prefine_train::pretrain::tc_objective::TcPool;
-use prefine_train::pretrain::{PretrainConfig, Pretrainer, Strategy};
+use prefine_train::pretrain::{
+    BackboneGradFrom, GradientSurgery, PretrainConfig, Pretrainer, Strategy,
+};
 
 fn tokenizer() -> TextTokenizer {
     let d = std::env::var_os("PREFINE_MODEL_DIR")
@@ -284,4 +286,93 @@ fn outputs_carry_the_zero_shot_spec() {
     assert_eq!(ZeroShotSpec::load(dir.path()).unwrap(), spec);
     let only_ner = trainer(cfg(Strategy::Ner, 1)).zero_shot_spec().unwrap();
     assert!(only_ner.tc.is_none() && only_ner.ner.unwrap().adapter.is_none());
+}
+
+fn group_values(t: &Pretrainer, g: &str) -> Vec<f32> {
+    t.encoder
+        .group_pairs(g)
+        .iter()
+        .flat_map(|(_, _, p)| p.a.t().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect()
+}
+
+fn backbone_values(t: &Pretrainer) -> Vec<f32> {
+    t.encoder
+        .base_params()
+        .iter()
+        .flat_map(|(_, p)| p.t().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_backbone_takes_only_the_chosen_familys_gradient() {
+    let mut t = trainer(PretrainConfig {
+        backbone_grad_from: BackboneGradFrom::Ner,
+        ..cfg(Strategy::Tpl, 100)
+    });
+    let mut seen = BTreeSet::new();
+    for _ in 0..10 {
+        let (bb, tc) = (backbone_values(&t), group_values(&t, "tc"));
+        let (fam, _) = t.train_step().unwrap();
+        seen.insert(fam);
+        match fam {
+            Family::Ner => assert_ne!(bb, backbone_values(&t), "NER batches train the backbone"),
+            Family::Tc => {
+                assert_eq!(bb, backbone_values(&t), "TC batches leave the backbone");
+                assert_ne!(tc, group_values(&t, "tc"), "TC batches train group tc");
+            }
+        }
+    }
+    assert_eq!(seen.len(), 2, "both families were sampled");
+    // Only TPL has groups to train when a family's gradient skips the backbone.
+    let bad = PretrainConfig {
+        backbone_grad_from: BackboneGradFrom::Tc,
+        ..cfg(Strategy::Naive, 10)
+    };
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("backbone_grad_from"));
+}
+
+#[test]
+fn pcgrad_steps_train_both_groups_and_log_the_projection() {
+    let c = PretrainConfig {
+        gradient_surgery: GradientSurgery::Pcgrad,
+        ..cfg(Strategy::Tpl, 3)
+    };
+    let mut t = trainer(c);
+    let (bb, ner, tc) = (
+        backbone_values(&t),
+        group_values(&t, "ner"),
+        group_values(&t, "tc"),
+    );
+    let (fam, loss) = t.train_step().unwrap();
+    assert_eq!(fam, Family::Ner);
+    assert!(loss.is_finite());
+    // One step = one batch of each family: both groups and the backbone move.
+    assert_ne!(bb, backbone_values(&t));
+    assert_ne!(ner, group_values(&t, "ner"));
+    assert_ne!(tc, group_values(&t, "tc"));
+    let tmp = tempfile::tempdir().unwrap();
+    let report = t.run(tmp.path()).unwrap();
+    assert_eq!(report.steps, 3);
+    assert!(report.last_loss.contains_key("ner") && report.last_loss.contains_key("tc"));
+    let text = std::fs::read_to_string(tmp.path().join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["family"], "both");
+    let cos = last["pcgrad"]["cosine"].as_f64().unwrap();
+    assert!((-1.0..=1.0).contains(&cos));
+    assert_eq!(last["pcgrad"]["projected"].as_bool().unwrap(), cos < 0.0);
+    // PCGrad needs two families.
+    let bad = PretrainConfig {
+        gradient_surgery: GradientSurgery::Pcgrad,
+        ..cfg(Strategy::Ner, 3)
+    };
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("gradient_surgery"));
 }

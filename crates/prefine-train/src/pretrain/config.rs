@@ -46,6 +46,47 @@ pub enum Sampling {
     RoundRobin,
 }
 
+/// Which families' losses update the shared backbone (issue 27's ablation: does the backbone
+/// need the other family's gradient at all?). Each family's loss always updates its own TPL
+/// group and objective parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackboneGradFrom {
+    /// Both families (the paper's MTPF-TPL).
+    #[default]
+    Both,
+    /// NER batches only (TC batches train the `tc` group alone).
+    Ner,
+    /// TC batches only (NER batches train the `ner` group and the NER objective alone).
+    Tc,
+    /// Neither: the backbone stays frozen and only the groups train.
+    None,
+}
+
+impl BackboneGradFrom {
+    /// Whether a batch of the family named `family` (`ner` or `tc`) updates the backbone.
+    pub fn includes(self, family: &str) -> bool {
+        match self {
+            Self::Both => true,
+            Self::Ner => family == "ner",
+            Self::Tc => family == "tc",
+            Self::None => false,
+        }
+    }
+}
+
+/// How the two families' gradients on the shared weights are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GradientSurgery {
+    /// None: one batch of one sampled family per step.
+    #[default]
+    None,
+    /// PCGrad (a reference point): every step takes one batch of each family and projects
+    /// conflicting shared-weight gradients (see [`super::pcgrad`]); `sampling` is then unused.
+    Pcgrad,
+}
+
 /// Where the concept (entity-type) embeddings come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -209,6 +250,13 @@ pub struct PretrainConfig {
     /// TPL: the other family's group on a batch.
     #[serde(default)]
     pub tpl_other_group: OtherGroup,
+    /// Which families' losses update the shared backbone (`both`, `ner`, `tc`, `none`; other
+    /// than `both` only with `tpl`, where the groups still learn).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub backbone_grad_from: BackboneGradFrom,
+    /// Gradient surgery on the shared weights (`none`, or `pcgrad` with `naive`/`tpl`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub gradient_surgery: GradientSurgery,
     /// Gradient-conflict diagnostics every N steps (0 = never).
     #[serde(default = "d_conflict")]
     pub conflict_every: u64,
@@ -226,6 +274,11 @@ pub struct PretrainConfig {
 
 fn is_f32(p: &MatmulPrecision) -> bool {
     *p == MatmulPrecision::F32
+}
+
+/// Keys at their default are left out of the written config (as before they existed).
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl PretrainConfig {
@@ -259,6 +312,8 @@ impl PretrainConfig {
             tpl_last_k: d_k(),
             tpl_lora: Self::default_tpl_lora(),
             tpl_other_group: OtherGroup::default(),
+            backbone_grad_from: BackboneGradFrom::default(),
+            gradient_surgery: GradientSurgery::default(),
             conflict_every: d_conflict(),
             checkpoint_every: d_ckpt(),
             log_every: d_log(),
@@ -356,6 +411,7 @@ impl PretrainConfig {
         if self.tpl_last_k == 0 {
             return bad("tpl_last_k", "must be at least 1".into());
         }
+        self.validate_ablations()?;
         if self.strategy == Strategy::Tpl {
             // `layers` is set from `tpl_last_k` once the model is loaded.
             self.tpl_lora.validate(usize::MAX).map_err(|e| match e {
@@ -365,6 +421,37 @@ impl PretrainConfig {
                 },
                 other => other.into(),
             })?;
+        }
+        Ok(())
+    }
+
+    /// Checks issue 27's ablation knobs against the strategy.
+    fn validate_ablations(&self) -> Result<()> {
+        let bad = |f: &str, r: &str| {
+            Err(Error::Config {
+                field: f.into(),
+                reason: r.into(),
+            })
+        };
+        if self.backbone_grad_from != BackboneGradFrom::Both && self.strategy != Strategy::Tpl {
+            return bad(
+                "backbone_grad_from",
+                "only `both` without `tpl`: a family would then train nothing",
+            );
+        }
+        if self.gradient_surgery == GradientSurgery::Pcgrad {
+            if !matches!(self.strategy, Strategy::Naive | Strategy::Tpl) {
+                return bad(
+                    "gradient_surgery",
+                    "`pcgrad` needs two families (strategy naive or tpl)",
+                );
+            }
+            if self.backbone_grad_from != BackboneGradFrom::Both {
+                return bad(
+                    "gradient_surgery",
+                    "`pcgrad` combines both families' backbone gradients: needs backbone_grad_from = \"both\"",
+                );
+            }
         }
         Ok(())
     }

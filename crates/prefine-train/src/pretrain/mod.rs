@@ -6,6 +6,7 @@
 pub mod config;
 pub mod conflict;
 pub mod ner_objective;
+pub mod pcgrad;
 pub mod sampler;
 pub mod tc_objective;
 
@@ -24,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 pub use config::{
-    resolve_config, ConceptEncoder, OtherGroup, PretrainConfig, PretrainOverrides, Sampling,
-    Strategy,
+    resolve_config, BackboneGradFrom, ConceptEncoder, GradientSurgery, OtherGroup, PretrainConfig,
+    PretrainOverrides, Sampling, Strategy,
 };
 use ner_objective::{build_batch, ner_loss, sample_indices, ConceptScorer, NerPool};
 use sampler::{Family, FamilySampler};
@@ -68,6 +69,8 @@ pub struct Pretrainer {
     conflicts: Vec<BTreeMap<String, f64>>,
     recent: BTreeMap<Family, Vec<f32>>,
     started: Instant,
+    /// The last PCGrad step's losses and projection, for its metrics line.
+    last_pcgrad: Option<serde_json::Value>,
 }
 
 /// The checkpoint state of pre-finetuning (besides the step, weights and optimizer).
@@ -244,6 +247,7 @@ impl Pretrainer {
             conflicts: Vec::new(),
             recent: BTreeMap::new(),
             started: Instant::now(),
+            last_pcgrad: None,
         })
     }
 
@@ -381,7 +385,12 @@ impl Pretrainer {
     }
 
     /// One optimizer step on one batch; returns its family and loss.
+    /// With `gradient_surgery = "pcgrad"` a step takes one batch of each family (see
+    /// [`Pretrainer::pcgrad_step`]) and returns the NER family and loss.
     pub fn train_step(&mut self) -> Result<(Family, f32)> {
+        if self.cfg.gradient_surgery == GradientSurgery::Pcgrad {
+            return self.pcgrad_step();
+        }
         let fam = self.sampler.next(&mut self.sample_rng);
         let precision = self.cfg.precision;
         let loss = {
@@ -390,19 +399,32 @@ impl Pretrainer {
         };
         let lv = finite_loss(&loss, &format!("{} loss", fam.name()), self.step + 1)?;
         let _span = tracing::debug_span!("backward").entered();
-        self.opt.accumulate(loss.backward()?)?;
+        let mut grads = loss.backward()?;
+        self.drop_backbone_grads(fam, &mut grads);
+        self.opt.accumulate(grads)?;
         // The forward graph is not needed for the update: free it first.
         drop(loss);
+        self.update()?;
+        self.record(fam, lv);
+        Ok((fam, lv))
+    }
+
+    /// The optimizer update with the accumulated gradients (scheduled lr, clipping); one step.
+    fn update(&mut self) -> Result<()> {
         self.opt.set_lr(self.schedule.lr(self.step));
         let scale = self.opt.clip_scale(self.cfg.max_grad_norm, 1.0);
         self.opt.apply(scale)?;
         self.step += 1;
+        Ok(())
+    }
+
+    /// Keeps `lv` among the last 100 losses of `fam` (progress message and report).
+    fn record(&mut self, fam: Family, lv: f32) {
         let r = self.recent.entry(fam).or_default();
         r.push(lv);
         if r.len() > 100 {
             r.remove(0);
         }
-        Ok((fam, lv))
     }
 
     /// Per-layer cosine between the NER and TC gradients of the shared backbone on one fresh
@@ -438,6 +460,11 @@ impl Pretrainer {
     /// or `None` between `log_every` steps.
     fn log_line(&mut self, fam: Family, lv: f32) -> Result<Option<serde_json::Value>> {
         let mut line = json!({"step": self.step, "family": fam.name(), "loss": lv, "lr": self.opt.lr(), "elapsed_s": self.started.elapsed().as_secs_f64()});
+        if let Some(p) = self.last_pcgrad.take() {
+            line["family"] = json!("both");
+            line["loss"] = json!(lv as f64 + p["tc_loss"].as_f64().unwrap_or(f64::NAN));
+            line["pcgrad"] = p;
+        }
         let two_families = matches!(self.cfg.strategy, Strategy::Naive | Strategy::Tpl);
         if two_families
             && self.cfg.conflict_every > 0
@@ -570,6 +597,54 @@ impl Pretrainer {
         Trainer::new(PathBuf::new(), CheckpointPlace::Single(dir.into()), 0, None)
             .restore_latest(self)?;
         Ok(())
+    }
+}
+
+/// Issue 27's ablations: which families' gradients reach the backbone, and PCGrad.
+impl Pretrainer {
+    /// Removes the shared backbone's gradients from `grads` when `backbone_grad_from` excludes
+    /// `fam` (the optimizer then skips those weights on this step: no moment update, no decay).
+    fn drop_backbone_grads(&self, fam: Family, grads: &mut candle_core::backprop::GradStore) {
+        if self.cfg.backbone_grad_from.includes(fam.name()) {
+            return;
+        }
+        for (_, p) in self.encoder.base_params() {
+            grads.remove(p.var().as_tensor());
+        }
+    }
+
+    /// One PCGrad step: a batch of each family, their gradients on the shared backbone
+    /// projected where they conflict ([`pcgrad::surgery`]), then one update with the sum.
+    /// Returns the NER family and loss; the TC loss and the projection go to the metrics line.
+    fn pcgrad_step(&mut self) -> Result<(Family, f32)> {
+        let precision = self.cfg.precision;
+        let mut per_family = Vec::with_capacity(2);
+        for fam in [Family::Ner, Family::Tc] {
+            let loss = {
+                let _span = tracing::debug_span!("forward", family = fam.name()).entered();
+                with_matmul_precision(precision, || self.loss(fam, RngKind::Training, true))?
+            };
+            let lv = finite_loss(&loss, &format!("{} loss", fam.name()), self.step + 1)?;
+            let _span = tracing::debug_span!("backward").entered();
+            per_family.push((lv, loss.backward()?));
+        }
+        let (tc_loss, mut g_tc) = per_family.pop().expect("two families");
+        let (ner_loss, mut g_ner) = per_family.pop().expect("two families");
+        let shared: Vec<Tensor> = self
+            .encoder
+            .base_params()
+            .into_iter()
+            .map(|(_, p)| p.var().as_tensor().clone())
+            .collect();
+        let proj = pcgrad::surgery(&shared, &mut g_ner, &mut g_tc)?;
+        self.opt.accumulate(g_ner)?;
+        self.opt.accumulate(g_tc)?;
+        self.update()?;
+        self.record(Family::Ner, ner_loss);
+        self.record(Family::Tc, tc_loss);
+        self.last_pcgrad = Some(json!({"ner_loss": ner_loss, "tc_loss": tc_loss,
+            "cosine": proj.cosine, "projected": proj.projected}));
+        Ok((Family::Ner, ner_loss))
     }
 }
 
