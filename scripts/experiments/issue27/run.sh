@@ -68,4 +68,4 @@ TOML
   prefine suite --config "$scfg" --out "$RUNS/suite" > "$RUNS/log/$v.suite.log" 2>&1
   echo "$(date -u +%FT%TZ) done $v" | tee -a "$RUNS/log/progress.log"
 done
-python3 "$HERE/summarize.py" "$RUNS" > "$RUNS/dev-table.md"
+python3 "$HERE/summarize.py" "$RUNS" "$RUNS/cells.csv" > "$RUNS/dev-table.md"

@@ -10,6 +10,8 @@ import sys
 from collections import defaultdict
 
 runs = sys.argv[1] if len(sys.argv) > 1 else "/work/runs-science"
+# Optional: also write every cell (variant, task, fraction, seed, dev, test, seconds) as CSV.
+cells_csv = sys.argv[2] if len(sys.argv) > 2 else None
 cells = {}
 path = os.path.join(runs, "suite", "results.jsonl")
 if os.path.exists(path):
@@ -88,3 +90,10 @@ for f in fractions:
                   if vv == v and tt == t and ff == f and r["status"] == "ok" and r["dev_score"] is not None]
             vals.append(f"{statistics.mean(xs):.1f}" if xs else "-")
         print(f"| {v} | " + " | ".join(vals) + " |")
+
+if cells_csv:
+    with open(cells_csv, "w") as f:
+        f.write("variant,task,fraction,seed,dev_score,test_score,seconds\n")
+        for (v, t, fr, seed), r in sorted(cells.items()):
+            g = lambda x: "" if x is None else f"{x:.4f}"
+            f.write(f"{v},{t},{fr},{seed},{g(r['dev_score'])},{g(r['score'])},{r['seconds']:.1f}\n")
