@@ -37,6 +37,11 @@ fn dot_norms(a: &[f32], b: &[f32]) -> (f64, f64, f64) {
 /// PCGrad on two flattened gradients of the same parameters: if `a · b < 0`,
 /// `a <- a - (a·b / |b|²) b` and `b <- b - (a·b / |a|²) a`, both computed from the original
 /// vectors; otherwise both stay unchanged.
+///
+/// # Panics
+///
+/// If the two slices differ in length ([`surgery`] always passes gradients of the same
+/// parameters).
 pub fn project_pair(a: &mut [f32], b: &mut [f32]) -> Projection {
     assert_eq!(a.len(), b.len(), "PCGrad: gradients of different sizes");
     let (dot, na, nb) = dot_norms(a, b);
