@@ -177,7 +177,10 @@ mod tests {
                 .unwrap()
                 .sum_all()
                 .unwrap();
-            l = (l + (w2.as_tensor() * c[2] as f64).unwrap().sum_all().unwrap()).unwrap();
+            // A tensor product (not a scalar one) so that a zero coefficient still gives w2 a
+            // (zero) gradient: both stores then hold both shared parameters.
+            let w2_term = (w2.as_tensor() * Tensor::new(&[c[2]], &dev).unwrap()).unwrap();
+            l = (l + w2_term.sum_all().unwrap()).unwrap();
             if with_own {
                 l = (l + own.as_tensor().sum_all().unwrap()).unwrap();
             }
@@ -186,9 +189,9 @@ mod tests {
         let mut a = grads([1.0, 0.0, 0.0], true);
         let mut b = grads([-1.0, 0.0, 1.0], false);
         let shared = [w1.as_tensor().clone(), w2.as_tensor().clone()];
+        let v = |g: &GradStore, t: &Var| g.get(t.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
         let p = surgery(&shared, &mut a, &mut b).unwrap();
         assert!(p.projected);
-        let v = |g: &GradStore, t: &Var| g.get(t.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
         // The flattened shared gradients are (1,0,0) and (-1,0,1): as in the 2-d case above.
         assert_eq!(v(&a, &w1), vec![0.5, 0.0]);
         assert_eq!(v(&a, &w2), vec![0.5]);
