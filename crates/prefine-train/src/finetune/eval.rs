@@ -84,18 +84,7 @@ pub fn predict_tc(
     Ok(out)
 }
 
-/// Index and value of the largest element.
-pub fn argmax(v: &[f32]) -> (usize, f32) {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
-            if x > bv {
-                (i, x)
-            } else {
-                (bi, bv)
-            }
-        })
-}
+pub use prefine_runtime::predict::argmax;
 
 /// NER scores in both seqeval modes.
 #[derive(Debug, Clone, Serialize)]
