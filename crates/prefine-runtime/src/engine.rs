@@ -148,7 +148,7 @@ impl Engine {
     /// `tokenizer.json`) once.
     pub fn load(model_dir: impl AsRef<Path>) -> Result<Self> {
         let dir = model_dir.as_ref();
-        let _span = tracing::info_span!("load_backbone", dir = %dir.display()).entered();
+        let _span = tracing::debug_span!("load_backbone", dir = %dir.display()).entered();
         let (encoder, _) = Encoder::from_model_dir(dir)?;
         let tokenizer = TextTokenizer::from_model_dir(dir, Self::tokenize_config(&encoder))?;
         Ok(Self::from_parts(dir, encoder, tokenizer))
@@ -156,7 +156,7 @@ impl Engine {
 
     /// Loads the backbone from its files held in memory (see [`BackboneFiles`]).
     pub fn from_memory(files: &BackboneFiles) -> Result<Self> {
-        let _span = tracing::info_span!("load_backbone_from_memory").entered();
+        let _span = tracing::debug_span!("load_backbone_from_memory").entered();
         let (encoder, _) = Encoder::from_bytes(
             &files.config,
             &files.weights,
@@ -323,7 +323,7 @@ impl Engine {
         own_backbone: bool,
     ) -> Result<AdapterInfo> {
         validate_name(name)?;
-        let _span = tracing::info_span!("register_adapter", name).entered();
+        let _span = tracing::debug_span!("register_adapter", name).entered();
         files.check_format()?;
         let parts = if files.is_finetune_output() {
             Some(read_finetune_parts_with(files, own_backbone)?)

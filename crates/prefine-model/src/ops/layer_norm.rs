@@ -6,6 +6,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{f32_slice, with_f32};
+#[cfg(target_arch = "x86_64")]
 use prefine_kernels::cpu::Isa;
 use prefine_kernels::norm::{layer_norm_row, row_stats};
 
