@@ -21,6 +21,7 @@ const STRICT: &[&str] = &[
     "prefine-ffi",
     "prefine-serve",
     "prefine-runtime",
+    "prefine-suite",
     "prefine-cli",
 ];
 
