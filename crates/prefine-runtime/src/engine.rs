@@ -477,6 +477,71 @@ impl Engine {
         .unwrap_or_else(|| Err(Error::BadRequest("no job".into())))
     }
 
+    /// The head's raw outputs (before the softmax) for one adapter's texts, as a transformers
+    /// `*ForTokenClassification` / `*ForSequenceClassification` model returns them: NER one row
+    /// per subword of the whole text, special tokens included (`[subwords, classes]`, no
+    /// windows: cut at the backbone's maximum length); TC one row (`[1, classes]`, cut to the
+    /// adapter's `max_length` as [`Engine::predict`] does).
+    pub fn logits(&self, adapter: &str, texts: &[String]) -> Result<Vec<Vec<Vec<f32>>>> {
+        if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+            return Err(Error::BadRequest(format!("text #{} is empty", i + 1)));
+        }
+        let reg = self.snapshot();
+        let ad = reg
+            .adapters
+            .get(adapter)
+            .cloned()
+            .ok_or_else(|| Error::UnknownAdapter(adapter.to_string()))?;
+        let mut ids = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            let enc = self
+                .tokenizer
+                .encode(i, text)
+                .map_err(|e| Error::BadRequest(format!("text #{}: {e}", i + 1)))?;
+            ids.push(match ad.info.task {
+                TaskKind::Ner => enc.ids,
+                TaskKind::Tc => truncate_ids(enc.ids, &enc.word_ids, ad.info.max_length).0,
+            });
+        }
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
+        let mut out = vec![Vec::new(); texts.len()];
+        let pad = self.tokenizer.pad_id();
+        for chunk in order.chunks(self.max_batch_rows) {
+            let len = chunk.iter().map(|&i| ids[i].len()).max().unwrap_or(0);
+            let padded: Vec<Vec<u32>> = chunk
+                .iter()
+                .map(|&i| {
+                    let mut v = ids[i].clone();
+                    v.resize(len, pad);
+                    v
+                })
+                .collect();
+            let mask: Vec<Vec<u32>> = chunk
+                .iter()
+                .map(|&i| (0..len).map(|p| u32::from(p < ids[i].len())).collect())
+                .collect();
+            let input = EncoderInput::from_vecs(&padded, &vec![vec![0; len]; chunk.len()], &mask)?;
+            let groups = vec![ad.group.as_deref(); chunk.len()];
+            let hidden = reg.encoder.forward_mixed(&input, &groups)?;
+            let logits = ad.head.logits(&hidden, &input.attention_mask)?;
+            match &ad.head {
+                TaskHead::Token(_) => {
+                    for (k, rows) in logits.to_vec3::<f32>()?.into_iter().enumerate() {
+                        let i = chunk[k];
+                        out[i] = rows.into_iter().take(ids[i].len()).collect();
+                    }
+                }
+                TaskHead::Sequence(_) => {
+                    for (k, row) in logits.to_vec2::<f32>()?.into_iter().enumerate() {
+                        out[chunk[k]] = vec![row];
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Predictions for several jobs (any adapters, NER and TC mixed) computed together: all
     /// rows are length-sorted and run through [`Encoder::forward_mixed`] in batches of at most
     /// `max_batch_rows` rows, each row with its adapter's LoRA group and head. A job that fails

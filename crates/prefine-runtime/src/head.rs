@@ -77,13 +77,19 @@ impl TaskHead {
         self.classifier().weight.dims()[1]
     }
 
-    /// Class probabilities without dropout: `[batch, seq, classes]` (NER) or
-    /// `[batch, classes]` (TC) from the backbone's `hidden` states and `mask`.
-    pub fn probabilities(&self, hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let logits = match self {
+    /// Logits without dropout: `[batch, seq, classes]` (NER) or `[batch, classes]` (TC) from
+    /// the backbone's `hidden` states and `mask`.
+    pub fn logits(&self, hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        Ok(match self {
             TaskHead::Token(h) => h.forward(hidden, None)?,
             TaskHead::Sequence(h) => h.forward(hidden, mask, None)?,
-        };
-        Ok(candle_nn::ops::softmax_last_dim(&logits)?)
+        })
+    }
+
+    /// Class probabilities: the softmax of [`TaskHead::logits`].
+    pub fn probabilities(&self, hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::softmax_last_dim(
+            &self.logits(hidden, mask)?,
+        )?)
     }
 }

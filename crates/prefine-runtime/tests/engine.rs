@@ -248,3 +248,50 @@ fn bare_peft_adapters_register() {
     let e = engine.register("empty", &empty).unwrap_err();
     assert!(e.to_string().contains("adapter_config.json"), "{e}");
 }
+
+/// `Engine::logits`: TC rows are the logits of `predict`'s scores; NER has one row per subword
+/// (special tokens included); batching does not change them.
+#[test]
+fn logits_match_predictions_and_batching() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = setup(tmp.path()).with_max_batch_rows(2);
+    let t = vec![
+        "Barack Obama visited Paris in 2015.".to_string(),
+        "ok".to_string(),
+        "a gripping, funny film".to_string(),
+    ];
+    for name in ["tc-a", "tc-b", "tc-c"] {
+        let logits = engine.logits(name, &t).unwrap();
+        let preds = serde_json::to_value(engine.predict(name, &t).unwrap()).unwrap();
+        for (i, l) in logits.iter().enumerate() {
+            assert_eq!(l.len(), 1);
+            let max = l[0].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let z: f32 = l[0].iter().map(|x| (x - max).exp()).sum();
+            let labels = engine.adapter(name).unwrap().labels;
+            for (c, label) in labels.iter().enumerate() {
+                let p = ((l[0][c] - max).exp() / z) as f64;
+                let q = preds[i]["scores"][label].as_f64().unwrap();
+                assert!((p - q).abs() < 1e-5, "{name} text {i} {label}: {p} vs {q}");
+            }
+        }
+    }
+    for name in ["ner-a", "ner-b"] {
+        let all = engine.logits(name, &t).unwrap();
+        for (i, text) in t.iter().enumerate() {
+            let n = engine.tokenizer().encode(i, text).unwrap().ids.len();
+            assert_eq!(all[i].len(), n);
+            let alone = engine.logits(name, std::slice::from_ref(text)).unwrap();
+            let d = alone[0]
+                .iter()
+                .flatten()
+                .zip(all[i].iter().flatten())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 1e-5, "{name} text {i}: batched differs by {d}");
+        }
+    }
+    assert!(matches!(
+        engine.logits("nope", &t),
+        Err(Error::UnknownAdapter(_))
+    ));
+}

@@ -31,6 +31,12 @@ pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
+/// Withdraws a stop request, so that the next run in this process starts normally (a library
+/// caller that handled an interrupt, e.g. the Python package, calls it before each run).
+pub fn clear_stop() {
+    STOP.store(false, Ordering::SeqCst);
+}
+
 fn file_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::File {
         path: path.to_path_buf(),
