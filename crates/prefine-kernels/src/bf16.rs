@@ -235,10 +235,10 @@ mod tests {
         let native = crate::cpu::isa().avx512_bf16();
         for (m, n, k) in [(5, 37, 19), (3, 2100, 801)] {
             let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
+                .map(|i| ((i as u64 * 7919) % 201) as f32 / 100.0 - 1.0)
                 .collect();
             let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 104729) % 101) as f32 / 50.0 - 1.0)
+                .map(|i| ((i as u64 * 104729) % 101) as f32 / 50.0 - 1.0)
                 .collect();
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1).collect();
             let b = Bf16Matrix::from_f32(&w, n, k);

@@ -4,7 +4,7 @@
 //!
 //! This is the one place that looks at CPU features. [`isa()`] is the best family the CPU
 //! supports, lowered by the environment variable `PREFINE_ISA` (`avx512bf16`, `avx512`, `avx2`,
-//! `neon-dotprod`, `neon`, `scalar`), so that tests and benchmarks can run every path on one
+//! `neon-dotprod`, `neon`, `simd128`, `scalar`), so that tests and benchmarks can run every path on one
 //! machine. A value the CPU cannot run (a higher family, or another architecture's) is ignored
 //! with a warning on stderr. `PREFINE_BF16_NATIVE=0`, the older switch, still caps the family at
 //! `avx512` (the f32-FMA path for bf16 GEMMs).
@@ -34,6 +34,9 @@ pub enum Isa {
         /// `SDOT` is available.
         dotprod: bool,
     },
+    /// WebAssembly SIMD128 (every current browser; chosen at build time: the wasm32 build
+    /// enables `simd128`, see `.cargo/config.toml`): 4-lane f32, `i32x4.dot_i16x8_s` int8.
+    Simd128,
 }
 
 impl Isa {
@@ -46,6 +49,7 @@ impl Isa {
             Isa::Avx512Bf16 => "avx512bf16",
             Isa::Neon { dotprod: false } => "neon",
             Isa::Neon { dotprod: true } => "neon-dotprod",
+            Isa::Simd128 => "simd128",
         }
     }
 
@@ -59,6 +63,7 @@ impl Isa {
             "avx512bf16" => Isa::Avx512Bf16,
             "neon" => Isa::Neon { dotprod: false },
             "neon-dotprod" | "dotprod" => Isa::Neon { dotprod: true },
+            "simd128" | "wasm-simd" => Isa::Simd128,
             _ => return None,
         })
     }
@@ -67,7 +72,7 @@ impl Isa {
     fn rank(self) -> u8 {
         match self {
             Isa::Scalar => 0,
-            Isa::Avx2Fma | Isa::Neon { dotprod: false } => 1,
+            Isa::Avx2Fma | Isa::Neon { dotprod: false } | Isa::Simd128 => 1,
             Isa::Avx512 | Isa::Neon { dotprod: true } => 2,
             Isa::Avx512Bf16 => 3,
         }
@@ -80,6 +85,7 @@ impl Isa {
             (self, other),
             (Isa::Scalar, _)
                 | (Isa::Neon { .. }, Isa::Neon { .. })
+                | (Isa::Simd128, Isa::Simd128)
                 | (
                     Isa::Avx2Fma | Isa::Avx512 | Isa::Avx512Bf16,
                     Isa::Avx2Fma | Isa::Avx512 | Isa::Avx512Bf16
@@ -132,7 +138,15 @@ fn detect() -> Isa {
             dotprod: std::arch::is_aarch64_feature_detected!("dotprod"),
         }
     }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        Isa::Simd128
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    )))]
     {
         Isa::Scalar
     }
@@ -163,7 +177,7 @@ fn selected() -> Isa {
                 None => {
                     eprintln!(
                         "prefine: PREFINE_ISA={v:?} is not one of scalar, avx2, avx512, \
-                         avx512bf16, neon, neon-dotprod; using {isa}"
+                         avx512bf16, neon, neon-dotprod, simd128; using {isa}"
                     );
                     isa
                 }
@@ -198,6 +212,7 @@ pub fn supported() -> Vec<Isa> {
         Isa::Avx512Bf16,
         Isa::Neon { dotprod: false },
         Isa::Neon { dotprod: true },
+        Isa::Simd128,
     ]
     .into_iter()
     .filter(|i| i.runs_within(best))

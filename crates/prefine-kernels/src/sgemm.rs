@@ -822,6 +822,9 @@ unsafe fn kernel_tile(isa: Isa, kc: usize, a: ASource, bp: *const f32, t: Tile) 
         #[cfg(target_arch = "aarch64")]
         // SAFETY: the selected family runs on this CPU (`cpu::isa`), and the operands meet the callee's contract (this function's).
         Isa::Neon { .. } => unsafe { crate::arch::neon::sgemm_tile(kc, a, bp, t) },
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        // SAFETY: the selected family runs on this CPU (`cpu::isa`), and the operands meet the callee's contract (this function's).
+        Isa::Simd128 => unsafe { crate::arch::wasm::sgemm_tile(kc, a, bp, t) },
         // SAFETY: the selected family runs on this CPU (`cpu::isa`), and the operands meet the callee's contract (this function's).
         _ => unsafe { crate::arch::scalar::sgemm_tile(kc, a, bp, t) },
     }
