@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, set-up included: Rust crates (cargo), the default model (pip), the
 # on-device targets (rustup targets, Debian's aarch64 cross compiler and qemu-user), then
-# formatting, lints, every test of the workspace, the aarch64 kernel tests under qemu, and the
-# C ABI end to end on x86-64 and aarch64. Extra arguments go to `cargo test`.
+# formatting, lints, every test of the workspace, the Python package (pip) and its pytest suite,
+# the aarch64 kernel tests under qemu, and the C ABI end to end on x86-64 and aarch64. Extra
+# arguments go to `cargo test`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -13,5 +14,8 @@ if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; f
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo test --workspace "$@"
+# The Python package, built in the dev profile on the artifacts above, and its pytest suite.
+PREFINE_PY_PROFILE=dev ./scripts/setup-python.sh
+python3 -m pytest -q bindings/python/tests
 ./scripts/test-aarch64.sh
 ./scripts/test-ffi.sh

@@ -147,3 +147,19 @@ def test_ctrl_c_writes_a_checkpoint_and_raises_keyboard_interrupt(tmp_path, mode
     m = prefine.finetune({"train": ROWS, "dev": ROWS}, tmp_path / "next", task="ner",
                          mode="head", model=model_dir, label_names=TAGS, **small())
     assert m["best_epoch"] == 1
+
+
+def test_pretrain_then_zero_shot_from_its_output(tmp_path, model_dir):
+    out = tmp_path / "tpl"
+    r = prefine.pretrain(out, strategy="tpl", model=model_dir, data=DATA, max_steps=2,
+                         ner_batch_size=4, tc_batch_size=4)
+    assert r["steps"] == 2 and set(r["last_loss"]) == {"ner", "tc"}
+    for f in ("backbone/model.safetensors", "adapters/ner/adapter_config.json", "zero_shot.json",
+              "config.toml"):
+        assert (out / f).is_file(), f
+    b = prefine.Backbone.from_pretrained(out)
+    ents = b.predict(["Ursula K. Le Guin wrote A Wizard of Earthsea."],
+                     entity_types=["person", "book title"], threshold=0.0)
+    assert len(ents) == 1 and ents[0], "threshold 0 tags every word"
+    tc = b.predict("a lovely film", labels=["positive", "negative"], top_k=None)
+    assert sorted(d["label"] for d in tc) == ["negative", "positive"]

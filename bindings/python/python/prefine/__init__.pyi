@@ -79,7 +79,8 @@ class Backbone:
     @property
     def embedding_dim(self) -> int: ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> "os.PathLike[str]":
+        """The path it was loaded from (a `pathlib.Path`)."""
     @overload
     def predict(
         self,
