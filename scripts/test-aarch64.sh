@@ -24,5 +24,3 @@ echo "== prefine-kernels on aarch64 (qemu default CPU: NEON + dotprod)" >&2
 cargo test -q -p prefine-kernels --target "$TARGET"
 echo "== prefine-kernels on aarch64 without dotprod (QEMU_CPU=cortex-a53)" >&2
 QEMU_CPU=cortex-a53 cargo test -q -p prefine-kernels --target "$TARGET" --lib -- qgemm cpu::
-echo "== prefine-kernels for wasm32 (build only)" >&2
-cargo build -q -p prefine-kernels --target wasm32-unknown-unknown

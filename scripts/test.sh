@@ -2,7 +2,8 @@
 # The whole test suite, set-up included: Rust crates (cargo), the default model (pip), the
 # on-device targets (rustup targets, Debian's aarch64 cross compiler and qemu-user), then
 # formatting, lints, every test of the workspace, the Python package (pip) and its pytest suite,
-# the aarch64 kernel tests under qemu, and the C ABI end to end on x86-64 and aarch64. Extra
+# the aarch64 kernel tests under qemu, the C ABI end to end on x86-64 and aarch64, and the
+# WebAssembly package in headless Chromium (Debian's chromium, npm's puppeteer-core). Extra
 # arguments go to `cargo test`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,3 +20,4 @@ PREFINE_PY_PROFILE=dev ./scripts/setup-python.sh
 python3 -m pytest -q bindings/python/tests
 ./scripts/test-aarch64.sh
 ./scripts/test-ffi.sh
+./scripts/test-web.sh

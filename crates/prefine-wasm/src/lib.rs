@@ -61,6 +61,9 @@ extern "C" {
     /// `adapters`' result.
     #[wasm_bindgen(typescript_type = "AdapterInfo[]")]
     pub type AdapterInfoArray;
+    /// `registerAdapter`'s result.
+    #[wasm_bindgen(typescript_type = "AdapterInfo")]
+    pub type AdapterInfoValue;
 
     #[wasm_bindgen(js_namespace = console, js_name = error)]
     fn console_error(message: &str);
@@ -127,10 +130,14 @@ impl Prefine {
     /// Registers an adapter from its files (a `prefine finetune` output, a PEFT adapter with
     /// `labels.json`, or a bundle's `adapters/NAME/`) under `name`; returns its description.
     #[wasm_bindgen(js_name = registerAdapter)]
-    pub fn register_adapter(&self, name: &str, files: &AdapterFileMap) -> Result<JsValue, JsError> {
+    pub fn register_adapter(
+        &self,
+        name: &str,
+        files: &AdapterFileMap,
+    ) -> Result<AdapterInfoValue, JsError> {
         let files = adapter_files(name, files)?;
         let info = self.engine.register_files(name, &files).map_err(js_error)?;
-        to_js(&info)
+        Ok(to_js(&info)?.unchecked_into())
     }
 
     /// Removes a registered adapter.
