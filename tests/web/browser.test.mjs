@@ -114,7 +114,7 @@ try {
   console.log(`browser test: int8 predictions = native int8 (max abs diff ${s8.worst.toExponential(2)}, tolerance ${INT8_TOLERANCE})`);
 
   // The f32 model with the bundle's adapters against native f32.
-  const f32 = await page.evaluate(async (texts) => {
+  const f32 = await page.evaluate(async (texts, referenceIds) => {
     const { loadBundle } = await import("./loader.js");
     const { engine, manifest, kernels } = await loadBundle("bundle/", { backbone: "model/" });
     const ner = manifest.adapters.find((a) => a.task === "ner").name;
@@ -124,6 +124,7 @@ try {
       ner: engine.predict(ner, texts, "simple"), tc: engine.predict(tc, texts),
       embed: Array.from(engine.embed(texts)), hello: Array.from(engine.embed(["hello world"])),
       adapters: engine.adapters().map((a) => a.name),
+      hidden: Array.from(engine.hiddenStates(new Uint32Array(referenceIds), 1, referenceIds.length)),
     };
     // Bad input from JavaScript: an Error naming the field, and the engine still works after.
     const error = (f) => { try { f(); return null; } catch (e) { return `${e.constructor.name}: ${e.message}`; } };
@@ -137,13 +138,14 @@ try {
       badPrecision: error(() => engine.setPrecision("fp8")),
       corruptAdapter: error(() => engine.registerAdapter("bad", { "adapter.json": new Uint8Array([123, 1, 2]) })),
       notBytes: error(() => engine.registerAdapter("bad", { "adapter.json": "text" })),
+      badIds: error(() => engine.hiddenStates(new Uint32Array([1, 2, 3]), 2, 2)),
       badWeights: error(() => new (engine.constructor)(new Uint8Array([1]), new Uint8Array([2]), new Uint8Array([3]))),
     };
     out.after = engine.predict(tc, [texts[0]]);
     engine.unregisterAdapter(tc);
     out.afterUnregister = engine.adapters().map((a) => a.name);
     return out;
-  }, texts);
+  }, texts, reference.input_ids[0]);
   assert.equal(f32.precision, "f32");
   assert.equal(f32.kernels, "simd128", "the wasm build runs the SIMD128 kernels");
   const s32 = { worst: 0 };
@@ -158,13 +160,14 @@ try {
   const norm = Math.hypot(...mean);
   const sref = { worst: 0 };
   compare(f32.hello, mean.map((v) => v / norm), F32_TOLERANCE, "hello world vs PyTorch", sref);
+  compare(f32.hidden, h.flat(), F32_TOLERANCE, "last_hidden_state vs PyTorch", sref);
   console.log(`browser test: f32 predictions and embeddings = native (max abs diff ${s32.worst.toExponential(2)}); ` +
-    `"hello world" = PyTorch reference (max abs diff ${sref.worst.toExponential(2)}); kernels ${f32.kernels}`);
+    `"hello world" last_hidden_state and embedding = PyTorch reference (max abs diff ${sref.worst.toExponential(2)}); kernels ${f32.kernels}`);
 
   const expect = {
     unknownAdapter: /unknown adapter "nope"/, notAnArray: /texts: expected an array/, notAString: /texts\[1\]: expected a string/,
     loneSurrogate: /texts\[0\]: not valid UTF-16/, emptyText: /empty/, badAggregation: /mean/, badPrecision: /fp8/,
-    corruptAdapter: /adapter\.json/, notBytes: /files\["adapter\.json"\]: expected a Uint8Array/, badWeights: /config\.json|safetensors|backbone/,
+    corruptAdapter: /adapter\.json/, badIds: /input_ids: 3 ids for a 2 x 2 batch/, notBytes: /files\["adapter\.json"\]: expected a Uint8Array/, badWeights: /config\.json|safetensors|backbone/,
   };
   for (const [k, re] of Object.entries(expect)) {
     assert.ok(f32.errors[k] && re.test(f32.errors[k]), `bad input ${k}: ${f32.errors[k]} does not match ${re}`);

@@ -17,7 +17,7 @@ use prefine_data::LabelSet;
 use prefine_model::peft::{
     load_adapter_bytes, LoadedAdapter, PeftTaskType, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
 };
-use prefine_model::{Encoder, EncoderInput, Precision};
+use prefine_model::{Encoder, EncoderInput, Forward, Precision};
 use prefine_tokenize::{
     split_words, windows_and_subwords, Overflow, TextTokenizer, TokenizeConfig, WindowConfig,
 };
@@ -449,6 +449,37 @@ impl Engine {
             ..Default::default()
         };
         embed_texts(&reg.encoder, &self.tokenizer, texts, &cfg)
+    }
+
+    /// The backbone's last hidden states for token ids given as a `batch x seq` row-major
+    /// matrix (every position attended, token type 0): `batch x seq x hidden` values, what
+    /// a transformers `BertModel`'s `last_hidden_state` (or an ONNX export of it) returns.
+    pub fn hidden_states(&self, input_ids: &[u32], batch: usize, seq: usize) -> Result<Vec<f32>> {
+        if batch == 0 || seq == 0 || input_ids.len() != batch * seq {
+            return Err(Error::BadRequest(format!(
+                "input_ids: {} ids for a {batch} x {seq} batch",
+                input_ids.len()
+            )));
+        }
+        if seq > self.max_positions {
+            return Err(Error::BadRequest(format!(
+                "input_ids: {seq} positions, the backbone has {}",
+                self.max_positions
+            )));
+        }
+        let reg = self.snapshot();
+        let vocab = reg.encoder.config().vocab_size;
+        if let Some(bad) = input_ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::BadRequest(format!(
+                "input_ids: id {bad} is outside the vocabulary ({vocab})"
+            )));
+        }
+        let ids: Vec<Vec<u32>> = input_ids.chunks(seq).map(<[u32]>::to_vec).collect();
+        let zeros = vec![vec![0u32; seq]; batch];
+        let ones = vec![vec![1u32; seq]; batch];
+        let input = EncoderInput::from_vecs(&ids, &zeros, &ones)?;
+        let h = reg.encoder.forward(&input, Forward::eval(None))?;
+        Ok(h.flatten_all()?.to_vec1::<f32>()?)
     }
 
     /// The width of [`Engine::embed`]'s vectors.

@@ -172,6 +172,22 @@ impl Prefine {
         Ok(to_js(&out)?.unchecked_into())
     }
 
+    /// The backbone's last hidden states for `batch x seq` token ids (row-major, every
+    /// position attended): `batch x seq x hidden` values, like an ONNX export of the backbone.
+    #[wasm_bindgen(js_name = hiddenStates)]
+    pub fn hidden_states(
+        &self,
+        input_ids: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<Float32Array, JsError> {
+        let h = self
+            .engine
+            .hidden_states(input_ids, batch, seq)
+            .map_err(js_error)?;
+        Ok(Float32Array::from(h.as_slice()))
+    }
+
     /// Sentence embeddings of `texts` (mean pooling, L2-normalised), row-major:
     /// `texts.length x embeddingDim` values; with `adapter`, that adapter's LoRA group is on.
     pub fn embed(
