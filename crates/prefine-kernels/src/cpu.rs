@@ -286,6 +286,8 @@ impl<'a> MatRef<'a> {
 
 /// A per-thread scratch buffer (see [`with_buffer`]).
 pub type Buffer<T = f32> = std::thread::LocalKey<std::cell::RefCell<Vec<T>>>;
+/// The contents of an i16 scratch buffer (a `thread_local!` of this type is a `Buffer<i16>`).
+pub type ScratchI16 = std::cell::RefCell<Vec<i16>>;
 
 /// Runs `f` on the first `len` elements of this thread's buffer `key` (grown when short), or on
 /// a fresh buffer when it is already borrowed: a thread blocked in a parallel loop may run

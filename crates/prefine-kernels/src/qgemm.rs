@@ -231,7 +231,14 @@ unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, i32) {
 
 /// Quantises the rows of a row-major `[m, k]` matrix to u8 (see [`QuantizedRows`]).
 pub fn quantize_rows(x: &[f32], m: usize, k: usize) -> QuantizedRows {
-    quantize_rows_with(x, m, k, crate::cpu::isa().avx512())
+    quantize_rows_with(x, m, k, vector_quantizer())
+}
+
+/// Whether the family in use has a vector row quantiser (AVX-512, SIMD128); the others run
+/// [`quantize_row_scalar`], which the vector ones equal code for code.
+fn vector_quantizer() -> bool {
+    let isa = crate::cpu::isa();
+    isa.avx512() || isa == Isa::Simd128
 }
 
 fn quantize_rows_with(x: &[f32], m: usize, k: usize, simd: bool) -> QuantizedRows {
@@ -244,6 +251,13 @@ fn quantize_rows_with(x: &[f32], m: usize, k: usize, simd: bool) -> QuantizedRow
         if simd {
             // SAFETY: AVX-512F/BW/VL were detected by the caller.
             return unsafe { quantize_row_avx512(xr, &mut ar[..k]) };
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if simd {
+            let (lo, hi) = crate::arch::wasm::min_max(xr);
+            let (scale, inv, zero) = row_params(lo, hi);
+            crate::arch::wasm::quantize_row(xr, inv, zero, &mut ar[..k]);
+            return (scale, zero);
         }
         let _ = simd;
         quantize_row_scalar(xr, &mut ar[..k])
@@ -405,7 +419,14 @@ unsafe fn epilogue_scalar(
             let cr = c.add(i * ldc);
             for j in 0..nr {
                 let v = tile[i][j] - zero[i] * cols.sum[j];
-                *cr.add(j) = (v as f32).mul_add(sx[i] * cols.scale[j], cols.bias[j]);
+                let s = sx[i] * cols.scale[j];
+                // WebAssembly has no fused multiply-add instruction (`mul_add` is a slow
+                // software `fmaf` there): multiply and add.
+                #[cfg(target_arch = "wasm32")]
+                let y = v as f32 * s + cols.bias[j];
+                #[cfg(not(target_arch = "wasm32"))]
+                let y = (v as f32).mul_add(s, cols.bias[j]);
+                *cr.add(j) = y;
             }
         }
     }
@@ -572,7 +593,7 @@ fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, isa: Isa, sink: &Sink) {
 /// weight; f32 output, on the selected kernel family.
 pub fn int8_linear(x: &[f32], m: usize, w: &PackedI8, bias: &[f32], gelu: bool) -> Vec<f32> {
     assert!(x.len() >= m * w.k, "int8_linear: x is shorter than m x k");
-    let xq = quantize_rows_with(x, m, w.k, crate::cpu::isa().avx512());
+    let xq = quantize_rows_with(x, m, w.k, vector_quantizer());
     int8_linear_quantized(&xq, m, w, bias, gelu)
 }
 
@@ -754,7 +775,7 @@ mod tests {
                 assert_eq!(plain, slow, "{m}x{n}x{k} on {isa}");
             }
             // And the quantisers agree code for code.
-            let qa = quantize_rows_with(&x, m, k, crate::cpu::isa().avx512());
+            let qa = quantize_rows_with(&x, m, k, vector_quantizer());
             let qb = quantize_rows_with(&x, m, k, false);
             assert_eq!(qa.a, qb.a);
             assert_eq!(qa.zero, qb.zero);

@@ -15,6 +15,8 @@
 //!   every value (a row's tail, a tile's partial columns) goes through the vector code, so a
 //!   fused GELU and a separate one give the same bits.
 //! - softmax numerators: `exp` with the polynomial of [`crate::math::exp`] (unfused).
+//! - the int8 row quantiser: min/max and round-half-to-even in 4 lanes (the scalar codes;
+//!   `f32::min`/`max` would be calls to `fminf`/`fmaxf` here).
 //!
 //! Layer norm needs no kernel here: `norm`'s 16-lane loops are vectorised to SIMD128 by the
 //! compiler (SIMD128 is enabled for the whole wasm32 build, see `.cargo/config.toml`).
@@ -160,11 +162,20 @@ unsafe fn store<const R: usize>(acc: &[[v128; 2]; R], t: Tile) {
     }
 }
 
-/// Int8 rows per sub-tile (4 rows x 4 columns: 8 accumulators, two weight vectors).
-const QROWS: usize = 4;
+/// Int8 rows per sub-tile (x 8 columns: 4·QROWS accumulators, four weight vectors).
+const QROWS: usize = 3;
+
+thread_local! {
+    /// The tile's activations widened to i16 and repeated (see [`qgemm_tile`]).
+    static WIDENED: crate::cpu::ScratchI16 = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// The i32 products of one `MR x NR` tile: `acc[i][j] = Σ_p a[i][p] · w[j][p]` for rows
 /// `i < mr` (rows past `mr` are left as they are).
+///
+/// The rows' four bytes per group are widened once per tile to i16 and repeated twice
+/// (`a0 a1 a2 a3 a0 a1 a2 a3`), the operand every column pair's `dot_i16x8` takes; then each
+/// sub-tile of [`QROWS`] rows x 8 columns runs through the groups.
 ///
 /// # Safety
 /// SIMD128; `a` holds `mr` rows of `4 * kq` bytes at stride `lda`, `panel` `kq * NR * 4`
@@ -178,67 +189,92 @@ pub(crate) unsafe fn qgemm_tile(
     panel: *const i8,
     acc: &mut [[i32; NR]; MR],
 ) {
-    let mut i0 = 0;
-    while i0 < mr {
-        let rows = (mr - i0).min(QROWS);
-        // SAFETY: rows `i0..i0 + rows` of `a`; the panel as this function requires.
-        unsafe {
-            let a0 = a.add(i0 * lda);
-            let out = &mut acc[i0..i0 + rows];
-            match rows {
-                1 => q_dot::<1>(kq, a0, lda, panel, out),
-                2 => q_dot::<2>(kq, a0, lda, panel, out),
-                3 => q_dot::<3>(kq, a0, lda, panel, out),
-                _ => q_dot::<QROWS>(kq, a0, lda, panel, out),
+    crate::cpu::with_buffer(&WIDENED, mr * kq * 8, |wide| {
+        for i in 0..mr {
+            for q in 0..kq {
+                // SAFETY: 4 bytes of row `i < mr` at group `q < kq`; 8 i16 at `(i kq + q) 8`.
+                unsafe {
+                    let g = v128_load32_splat(a.add(i * lda + 4 * q) as *const u32);
+                    v128_store(
+                        wide.as_mut_ptr().add((i * kq + q) * 8) as *mut v128,
+                        u16x8_extend_low_u8x16(g),
+                    );
+                }
             }
         }
-        i0 += QROWS;
-    }
+        let mut i0 = 0;
+        while i0 < mr {
+            let rows = (mr - i0).min(QROWS);
+            // SAFETY: rows `i0..i0 + rows` of the widened activations; the panel as this
+            // function requires.
+            unsafe {
+                let w0 = wide.as_ptr().add(i0 * kq * 8);
+                let out = &mut acc[i0..i0 + rows];
+                match rows {
+                    1 => q_dot::<1>(kq, w0, panel, out),
+                    2 => q_dot::<2>(kq, w0, panel, out),
+                    _ => q_dot::<QROWS>(kq, w0, panel, out),
+                }
+            }
+            i0 += QROWS;
+        }
+    });
 }
 
-/// `R` rows, 4 columns at a time: the 16 bytes of a group hold the four columns' four weights;
-/// widened to two i16x8 vectors (columns `j, j+1` and `j+2, j+3`), each dotted with the row's
-/// four activations (widened and repeated twice), then each column's two lanes are added.
+/// `R` rows, 8 columns at a time: the 32 bytes of a group hold the eight columns' four
+/// weights; widened to four i16x8 vectors (column pairs), each dotted with a row's widened
+/// activations; a final pairwise add folds each column's two lanes.
 ///
 /// # Safety
-/// SIMD128; as [`qgemm_tile`], `out.len() == R`.
+/// SIMD128; `wide` holds `R` rows of `kq * 8` i16; the panel `kq * NR * 4` bytes;
+/// `out.len() == R`.
 #[inline]
 #[target_feature(enable = "simd128")]
 unsafe fn q_dot<const R: usize>(
     kq: usize,
-    a: *const u8,
-    lda: usize,
+    wide: *const i16,
     panel: *const i8,
     out: &mut [[i32; NR]],
 ) {
-    for blk in 0..NR / 4 {
-        let mut acc = [[i32x4_splat(0); 2]; R];
+    for blk in 0..NR / 8 {
+        let mut acc = [[i32x4_splat(0); 4]; R];
         for q in 0..kq {
-            // SAFETY: group `q < kq` of the panel (128 bytes: this block's 16 at `16 blk`) and
-            // 4 bytes of each row `i < R`.
+            // SAFETY: group `q < kq` of the panel (128 bytes: this block's 32 at `32 blk`) and
+            // of each row `i < R`.
             unsafe {
-                let w = v128_load(panel.add(q * NR * 4 + blk * 16) as *const v128);
-                let (w01, w23) = (i16x8_extend_low_i8x16(w), i16x8_extend_high_i8x16(w));
+                let wq = panel.add(q * NR * 4 + blk * 32);
+                let (b0, b1) = (
+                    v128_load(wq as *const v128),
+                    v128_load(wq.add(16) as *const v128),
+                );
+                let w = [
+                    i16x8_extend_low_i8x16(b0),
+                    i16x8_extend_high_i8x16(b0),
+                    i16x8_extend_low_i8x16(b1),
+                    i16x8_extend_high_i8x16(b1),
+                ];
                 for (i, row) in acc.iter_mut().enumerate() {
-                    let av = u16x8_extend_low_u8x16(v128_load32_splat(
-                        a.add(i * lda + 4 * q) as *const u32
-                    ));
-                    row[0] = i32x4_add(row[0], i32x4_dot_i16x8(av, w01));
-                    row[1] = i32x4_add(row[1], i32x4_dot_i16x8(av, w23));
+                    let av = v128_load(wide.add((i * kq + q) * 8) as *const v128);
+                    for (c, &wc) in row.iter_mut().zip(&w) {
+                        *c = i32x4_add(*c, i32x4_dot_i16x8(av, wc));
+                    }
                 }
             }
         }
         for (o, row) in out.iter_mut().zip(&acc) {
-            // [c0 c0 c1 c1], [c2 c2 c3 c3] -> [c0 c1 c2 c3].
-            let even = i32x4_shuffle::<0, 2, 4, 6>(row[0], row[1]);
-            let odd = i32x4_shuffle::<1, 3, 5, 7>(row[0], row[1]);
-            // SAFETY: columns `4 blk..4 blk + 4` of an `NR`-wide row.
-            unsafe {
-                v128_store(
-                    o.as_mut_ptr().add(4 * blk) as *mut v128,
-                    i32x4_add(even, odd),
-                )
-            };
+            for h in 0..2 {
+                // [c0 c0 c1 c1], [c2 c2 c3 c3] -> [c0 c1 c2 c3].
+                let (x, y) = (row[2 * h], row[2 * h + 1]);
+                let even = i32x4_shuffle::<0, 2, 4, 6>(x, y);
+                let odd = i32x4_shuffle::<1, 3, 5, 7>(x, y);
+                // SAFETY: columns `8 blk + 4 h..+ 4` of an `NR`-wide row.
+                unsafe {
+                    v128_store(
+                        o.as_mut_ptr().add(8 * blk + 4 * h) as *mut v128,
+                        i32x4_add(even, odd),
+                    )
+                };
+            }
         }
     }
 }
@@ -386,4 +422,67 @@ pub(crate) unsafe fn masked_exp_sum(row: &mut [f32], mask: &[f32], scale: f32, m
         total += *x;
     }
     total
+}
+
+/// The minimum and maximum of `x` (`(inf, -inf)` when empty; NaN-free input).
+#[target_feature(enable = "simd128")]
+pub(crate) fn min_max(x: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = (f32x4_splat(f32::INFINITY), f32x4_splat(f32::NEG_INFINITY));
+    let chunks = x.chunks_exact(4);
+    let rest = chunks.remainder();
+    for c in chunks {
+        // SAFETY: a chunk holds 4 values.
+        let v = unsafe { v128_load(c.as_ptr() as *const v128) };
+        lo = f32x4_pmin(lo, v);
+        hi = f32x4_pmax(hi, v);
+    }
+    let mut l = [0f32; 4];
+    let mut h = [0f32; 4];
+    // SAFETY: 4 values each.
+    unsafe {
+        v128_store(l.as_mut_ptr() as *mut v128, lo);
+        v128_store(h.as_mut_ptr() as *mut v128, hi);
+    }
+    let pick = |a: f32, b: f32, less: bool| if (b < a) == less { b } else { a };
+    let lo = l
+        .into_iter()
+        .chain(rest.iter().copied())
+        .fold(f32::INFINITY, |a, b| pick(a, b, true));
+    let hi = h
+        .into_iter()
+        .chain(rest.iter().copied())
+        .fold(f32::NEG_INFINITY, |a, b| pick(a, b, false));
+    (lo, hi)
+}
+
+/// `out[p] = clamp(round_ties_even(x[p] * inv) + zero, 0, 255)`: the scalar quantiser's codes.
+#[target_feature(enable = "simd128")]
+pub(crate) fn quantize_row(x: &[f32], inv: f32, zero: i32, out: &mut [u8]) {
+    let n = x.len().min(out.len());
+    let (vinv, vzero) = (f32x4_splat(inv), i32x4_splat(zero));
+    let mut p = 0;
+    while p + 16 <= n {
+        // SAFETY: `p + 16 <= n` values of `x` and bytes of `out`.
+        unsafe {
+            let q = |o: usize| {
+                let v = v128_load(x.as_ptr().add(p + o) as *const v128);
+                i32x4_add(
+                    i32x4_trunc_sat_f32x4(f32x4_nearest(f32x4_mul(v, vinv))),
+                    vzero,
+                )
+            };
+            // Saturating narrows: i32 -> i16 -> u8 clamps to 0..=255.
+            let lo = i16x8_narrow_i32x4(q(0), q(4));
+            let hi = i16x8_narrow_i32x4(q(8), q(12));
+            v128_store(
+                out.as_mut_ptr().add(p) as *mut v128,
+                u8x16_narrow_i16x8(lo, hi),
+            );
+        }
+        p += 16;
+    }
+    for (d, &v) in out[p..n].iter_mut().zip(&x[p..n]) {
+        let q = (v * inv).round_ties_even() as i32 + zero;
+        *d = q.clamp(0, 255) as u8;
+    }
 }
