@@ -77,6 +77,9 @@ for (const name of ["ner-f32", "tc-f32", "ner-int8", "tc-int8", "embed-f32"]) {
   native[name] = await readJsonl(join(nativeDir, `${name}.jsonl`));
 }
 const reference = JSON.parse(await readFile(referenceJson, "utf8"));
+// The span comparison means something only if the adapter finds entities.
+const nativeEntities = native["ner-f32"].reduce((n, p) => n + p.entities.length, 0);
+assert.ok(nativeEntities >= 3, `the NER adapter finds ${nativeEntities} entities in the test texts`);
 
 const server = await serve();
 const base = `http://127.0.0.1:${server.address().port}/`;
