@@ -93,6 +93,14 @@ pub fn training_data(
     label_names: Option<&[String]>,
 ) -> PyResult<TrainingData> {
     if data.is_instance_of::<PyString>() || data.hasattr("__fspath__")? {
+        if label_names.is_some() {
+            return Err(crate::errors::config_error(
+                py,
+                "label_names",
+                "label_names: only for data given as Python rows (files hold tag and label names)"
+                    .into(),
+            ));
+        }
         return Ok(TrainingData::Dir(data.extract()?));
     }
     let Ok(map) = data.cast::<PyMapping>() else {

@@ -82,6 +82,8 @@ def test_config_errors_name_the_key(tmp_path, model_dir):
         prefine.finetune(rows, tmp_path, mode="head")
     with pytest.raises(prefine.ConfigError, match="unknown variant"):
         prefine.finetune(rows, tmp_path, task="pos", mode="head")
+    with pytest.raises(prefine.ConfigError, match="label_names"):
+        prefine.finetune(DATA / "tc" / "sst2", tmp_path, task="tc", mode="head", label_names=["a"])
     with pytest.raises(prefine.ConfigError, match="strategy"):
         prefine.pretrain(tmp_path)
     with pytest.raises(prefine.ConfigError, match="max_steps"):
