@@ -112,3 +112,25 @@ def test_python_trained_tc_adapter_predicts_as_the_cli(backbone, tc_adapter):
             assert {d["label"]: d["score"] for d in p} == pytest.approx(c["scores"], abs=1e-5)
     finally:
         backbone.unload_adapter("py-tc")
+
+
+def test_an_export_bundle_loads_with_its_adapters(backbone, tc_adapter, tmp_path, model_dir):
+    out, _ = tc_adapter
+    bundle = tmp_path / "bundle"
+    subprocess.run([str(cli_binary()), "export", "--model", str(model_dir),
+                    "--adapter", f"sst2={out}", "--out", str(bundle)],
+                   check=True, capture_output=True)
+    b = prefine.Backbone.from_pretrained(bundle)
+    assert b.adapters == ["sst2"] and b.precision == "f32"
+    backbone.load_adapter("sst2-dir", out)
+    try:
+        texts = ["a gripping, funny film", "dull"]
+        got = b.predict(texts, top_k=None)
+        want = backbone.predict(texts, "sst2-dir", top_k=None)
+        for g, w in zip(got, want):
+            assert [d["label"] for d in g] == [d["label"] for d in w]
+            np.testing.assert_allclose([d["score"] for d in g], [d["score"] for d in w], atol=1e-6)
+    finally:
+        backbone.unload_adapter("sst2-dir")
+    with pytest.raises(prefine.ModelError, match="bundle"):
+        b.predict("x", entity_types=["person"])
