@@ -2,6 +2,7 @@
 files' validation, errors naming the key, the file and line or the row, Ctrl-C."""
 
 import json
+import signal
 import threading
 import _thread
 
@@ -135,6 +136,10 @@ def test_file_errors_name_the_file_and_line(tmp_path):
 def test_ctrl_c_writes_a_checkpoint_and_raises_keyboard_interrupt(tmp_path, model_dir):
     rows = read_conll(DATA / "ner" / "conll2003" / "train.conll", 32)
     out = tmp_path / "run"
+    # A process started in the background (`cmd &` without job control) inherits SIGINT
+    # ignored, and then Python neither installs its handler nor delivers interrupt_main: put
+    # Python's handler in place, as in an interactive session.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(1.5, _thread.interrupt_main)
     timer.start()
     try:
@@ -143,6 +148,7 @@ def test_ctrl_c_writes_a_checkpoint_and_raises_keyboard_interrupt(tmp_path, mode
                              model=model_dir, epochs=50, batch_size=8, max_length=48, stride=8)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     steps = list((out / "checkpoints").glob("step-*"))
     assert steps, "no checkpoint written"
     # the stop request does not leak into the next run
