@@ -8,7 +8,7 @@
 # Environment:
 #   PREFINE_DATA          the shared datasets (default ../shared/data)
 #   PREFINE_WEB_PROFILE   cargo profile of the wasm build: wasm (default: fat LTO, smallest and
-#                         fastest) or release (no LTO: quicker to build, what the tests use)
+#                         fastest) or wasm-test (no LTO: quicker to build, what the tests use)
 #   PREFINE_WEB_QUICK=1   train the two adapters on 600 examples for 2 epochs (tests: the outputs
 #                         are compared with native ones; they find entities, CoNLL dev F1 ~0.35)
 set -euo pipefail

@@ -15,7 +15,7 @@ rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add was
 CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $ROOT/scripts/wasi-run.mjs" \
   cargo test -q -p prefine-kernels --target wasm32-wasip1 --lib
 
-PREFINE_WEB_QUICK="${PREFINE_WEB_QUICK:-1}" PREFINE_WEB_PROFILE="${PREFINE_WEB_PROFILE:-release}" \
+PREFINE_WEB_QUICK="${PREFINE_WEB_QUICK:-1}" PREFINE_WEB_PROFILE="${PREFINE_WEB_PROFILE:-wasm-test}" \
   ./scripts/build-web.sh
 
 if ! command -v chromium >/dev/null; then
