@@ -12,6 +12,10 @@ TEXT="${2:-Barack Obama visited Paris.}"
 MODEL="${PREFINE_MODEL:-$ROOT/models/all-MiniLM-L6-v2}"
 OUT="$ROOT/target/bench-python"
 rm -rf "$OUT"; mkdir -p "$OUT"
+# A private environment (numpy, maturin and pytest from the system's site-packages), so that no
+# other install of the package into the system's python3 swaps the build under the benchmark.
+python3 -m venv --system-site-packages "$OUT/venv"
+export PATH="$OUT/venv/bin:$PATH"
 ./scripts/setup-python.sh >/dev/null              # release build of the package
 cargo build -q --release -p prefine-runtime --example predict_latency --example synthetic_adapters
 target/release/examples/synthetic_adapters "$MODEL" "$OUT/adapters" >/dev/null
