@@ -9,6 +9,7 @@
 #   PREFINE_DATA          the shared datasets (default ../shared/data)
 #   PREFINE_WEB_PROFILE   cargo profile of the wasm build: wasm (default: fat LTO, smallest and
 #                         fastest) or wasm-test (no LTO: quicker to build, what the tests use)
+#   PREFINE_BIN           the `prefine` binary to train and export with (default: built here)
 #   PREFINE_WEB_QUICK=1   train the two adapters on 600 examples for 2 epochs (tests: the outputs
 #                         are compared with native ones; they find entities, CoNLL dev F1 ~0.35)
 set -euo pipefail
@@ -42,8 +43,12 @@ WASM="web/pkg/prefine_wasm_bg.wasm"
 echo "build-web: $WASM $(stat -c %s "$WASM") bytes, $(gzip -9 -c "$WASM" | wc -c) gzipped"
 
 # The two adapters (reused when their settings have not changed).
-cargo build -q -p prefine-cli
-PREFINE="$ROOT/target/debug/prefine"
+if [ -n "${PREFINE_BIN:-}" ]; then
+  PREFINE="$PREFINE_BIN"
+else
+  cargo build -q -p prefine-cli
+  PREFINE="$ROOT/target/debug/prefine"
+fi
 if [ "${PREFINE_WEB_QUICK:-0}" = 1 ]; then
   TRAIN=(--max-train 600 --max-eval 100 --epochs 2 --lr 3e-3)
 else

@@ -15,6 +15,11 @@ rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add was
 CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $ROOT/scripts/wasi-run.mjs" \
   cargo test -q -p prefine-kernels --target wasm32-wasip1 --lib
 
+# The CLI of the test build: `cargo build -p prefine-cli` alone would resolve features
+# differently from `cargo test --workspace` and recompile the whole stack (minutes in CI); this
+# is a no-op after the test command's `cargo test --workspace`.
+cargo test -q --workspace --no-run
+export PREFINE_BIN="$ROOT/target/debug/prefine"
 PREFINE_WEB_QUICK="${PREFINE_WEB_QUICK:-1}" PREFINE_WEB_PROFILE="${PREFINE_WEB_PROFILE:-wasm-test}" \
   ./scripts/build-web.sh
 
@@ -29,7 +34,7 @@ command -v node >/dev/null || { echo "test-web: node (Node.js >= 20) is needed" 
 echo "== native outputs (prefine predict / embed, f32 and int8)"
 rm -rf "$OUT" && mkdir -p "$OUT/native"
 cp tests/web/texts.txt "$OUT/native/texts.txt"
-PREFINE="$ROOT/target/debug/prefine"
+PREFINE="$PREFINE_BIN"
 for task in ner tc; do
   adapter="web/bundle/adapters/$([ $task = ner ] && echo ner || echo emotion)"
   "$PREFINE" predict --model "$MODEL" --adapter "$adapter" --input tests/web/texts.txt \
