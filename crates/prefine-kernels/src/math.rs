@@ -13,6 +13,15 @@
 pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
 pub(crate) const LN2_HI: f32 = 0.693_359_4;
 pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+/// The Horner coefficients of `e^r` on `[-ln2/2, ln2/2]` after the leading `1.987_569_1e-4`
+/// (every vector `exp` uses this table).
+pub(crate) const EXP_POLY: [f32; 5] = [
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5e-1,
+];
 
 /// `e^x`, saturating below -87.3 (to ~1e-38) and above 88.3 (to ~2e38).
 #[inline(always)]

@@ -286,13 +286,7 @@ fn exp(x: __m256) -> __m256 {
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
     let mut p = _mm256_set1_ps(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5e-1,
-    ] {
+    for c in crate::math::EXP_POLY {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
     }
     let p = _mm256_add_ps(

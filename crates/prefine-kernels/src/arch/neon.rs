@@ -393,13 +393,7 @@ fn exp(x: float32x4_t) -> float32x4_t {
     let r = vfmsq_f32(x, n, vdupq_n_f32(LN2_HI));
     let r = vfmsq_f32(r, n, vdupq_n_f32(LN2_LO));
     let mut p = vdupq_n_f32(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5e-1,
-    ] {
+    for c in crate::math::EXP_POLY {
         p = vfmaq_f32(vdupq_n_f32(c), p, r);
     }
     let p = vaddq_f32(vfmaq_f32(r, p, vmulq_f32(r, r)), vdupq_n_f32(1.0));

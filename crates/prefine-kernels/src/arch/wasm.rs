@@ -366,13 +366,7 @@ fn exp(x: v128) -> v128 {
     let r = f32x4_sub(x, f32x4_mul(n, f32x4_splat(LN2_HI)));
     let r = f32x4_sub(r, f32x4_mul(n, f32x4_splat(LN2_LO)));
     let mut p = f32x4_splat(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5e-1,
-    ] {
+    for c in crate::math::EXP_POLY {
         p = f32x4_add(f32x4_mul(p, r), f32x4_splat(c));
     }
     let p = f32x4_add(
