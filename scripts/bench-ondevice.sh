@@ -13,8 +13,9 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 cargo build -q --release -p prefine-cli
 cargo build -q --release -p prefine-runtime --example ondevice_budget --example synthetic_adapters
-cargo build -q --release -p prefine-ffi --target aarch64-unknown-linux-gnu
-so=target/aarch64-unknown-linux-gnu/release/libprefine_ffi.so
+# The device profile (Cargo.toml): fat LTO, one codegen unit, glue code optimised for size.
+cargo build -q --profile device -p prefine-ffi --target aarch64-unknown-linux-gnu
+so=target/aarch64-unknown-linux-gnu/device/libprefine_ffi.so
 aarch64-linux-gnu-strip -o "$OUT/libprefine_ffi.so" "$so"
 target/release/examples/synthetic_adapters "$MODEL" "$OUT/adapters" 10 >/dev/null
 target/release/prefine export --adapter a0="$OUT/adapters/a0" --quantize int8 --out "$OUT/bundle-int8" >/dev/null

@@ -17,9 +17,9 @@ use crate::params::{Param, SeedRng};
 use crate::quant::{
     checkpoint_precision_bytes, read_quantized_checkpoint, Precision, QuantizedLinear,
 };
-use crate::reader::WeightReader;
+use crate::reader::{LinearWeight, QuantizedParts, WeightReader};
 use crate::weights::{
-    load_safetensors_bytes, normalise_keys, save_safetensors, write_atomic, Naming,
+    load_safetensors_bytes, normalise_keys, save_safetensors, write_atomic, MappedFile, Naming,
 };
 
 /// Token ids, segment ids and attention mask of a padded batch.
@@ -96,28 +96,75 @@ impl<'a> Forward<'a> {
 /// The pooler of `BertModel`: `tanh(W h_[CLS] + b)`.
 #[derive(Debug, Clone)]
 pub struct Pooler {
-    /// `[hidden, hidden]`.
+    /// `[hidden, hidden]` (empty, `[0, hidden]`, once quantised: see `quantized`).
     pub weight: Param,
     /// `[hidden]`.
     pub bias: Param,
+    /// The quantised weight used instead of `weight` (inference only), if any.
+    pub quantized: Option<Arc<QuantizedLinear>>,
 }
 
+/// The checkpoint name of the pooler's weight.
+pub(crate) const POOLER_WEIGHT: &str = "pooler.dense.weight";
+
 impl Pooler {
-    /// Reads `pooler.dense` if the checkpoint has it.
+    /// A pooler with an f32 weight `[hidden, hidden]` and bias `[hidden]`.
+    pub fn new(weight: Param, bias: Param) -> Self {
+        Self {
+            weight,
+            bias,
+            quantized: None,
+        }
+    }
+
+    /// Reads `pooler.dense` if the checkpoint has it (f32, or quantised in a quantised
+    /// checkpoint written since the pooler is quantised too).
     fn load(r: &mut WeightReader, h: usize) -> Result<Option<Self>> {
-        if !r.contains("pooler.dense.weight") && !r.contains("pooler.dense.bias") {
+        let quantized = r.has_quantized(POOLER_WEIGHT);
+        if !quantized && !r.contains(POOLER_WEIGHT) && !r.contains("pooler.dense.bias") {
             return Ok(None);
         }
-        Ok(Some(Self {
-            weight: r.param("pooler.dense.weight", &[h, h])?,
-            bias: r.param("pooler.dense.bias", &[h])?,
+        let bias = r.param("pooler.dense.bias", &[h])?;
+        if !quantized {
+            return Ok(Some(Self::new(r.param(POOLER_WEIGHT, &[h, h])?, bias)));
+        }
+        Ok(Some(match r.linear_weight(POOLER_WEIGHT, h, h)? {
+            LinearWeight::F32(weight) => Self::new(weight, bias),
+            LinearWeight::Quantized(q) => Self {
+                weight: Param::new(&Tensor::zeros(
+                    (0, h),
+                    candle_core::DType::F32,
+                    &Device::Cpu,
+                )?)?,
+                bias,
+                quantized: Some(q),
+            },
         }))
+    }
+
+    /// Quantises the weight to `precision` (inference only; `F32` keeps it as it is).
+    pub(crate) fn quantize(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::F32 || self.quantized.is_some() {
+            return Ok(());
+        }
+        let q = QuantizedLinear::quantize(&self.weight.t().detach(), precision)?;
+        self.weight = Param::new(&Tensor::zeros(
+            (0, q.dims().1),
+            candle_core::DType::F32,
+            &Device::Cpu,
+        )?)?;
+        self.quantized = Some(Arc::new(q));
+        Ok(())
     }
 
     /// Pools the first token's hidden state.
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
         let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
-        Ok(ops::linear(&cls, &self.weight.t(), &self.bias.t())?.tanh()?)
+        let y = match &self.quantized {
+            Some(q) => q.forward(&cls, &self.bias.t())?,
+            None => ops::linear(&cls, &self.weight.t(), &self.bias.t())?,
+        };
+        Ok(y.tanh()?)
     }
 }
 
@@ -160,8 +207,8 @@ impl Encoder {
         }
         let config = EncoderConfig::from_model_dir(dir)?;
         let path = dir.join("model.safetensors");
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        Self::from_config_and_bytes(config, &bytes, &path)
+        let file = Arc::new(MappedFile::open(&path)?);
+        Self::from_config_and_bytes(config, file.bytes(), &path, Some(&file))
     }
 
     /// Loads from the bytes of `config.json` and `model.safetensors` (f32 or quantised) held in
@@ -177,18 +224,25 @@ impl Encoder {
             reason: format!("not UTF-8 ({e})"),
         })?;
         let config = EncoderConfig::from_json_str(text, &cpath)?;
-        Self::from_config_and_bytes(config, weights, path)
+        Self::from_config_and_bytes(config, weights, path, None)
     }
 
+    /// Loads from the weights' `bytes`; `file`, when given, is the mapping they come from.
     fn from_config_and_bytes(
         config: EncoderConfig,
         bytes: &[u8],
         path: &Path,
+        file: Option<&Arc<MappedFile>>,
     ) -> Result<(Self, LoadReport)> {
         let precision = checkpoint_precision_bytes(bytes, path)?;
         if precision != Precision::F32 {
-            let ckpt = read_quantized_checkpoint(bytes, path)?;
-            return Self::from_tensors_with(config, ckpt.tensors, ckpt.linears, precision, path);
+            let ckpt = read_quantized_checkpoint(bytes, path, file)?;
+            let quantized = QuantizedParts {
+                linears: ckpt.linears,
+                tables: ckpt.tables,
+                precision,
+            };
+            return Self::from_tensors_with(config, ckpt.tensors, quantized, path);
         }
         let tensors = load_safetensors_bytes(bytes, path)?;
         Self::from_tensors(config, tensors, path)
@@ -200,20 +254,20 @@ impl Encoder {
         tensors: HashMap<String, Tensor>,
         path: &Path,
     ) -> Result<(Self, LoadReport)> {
-        Self::from_tensors_with(config, tensors, HashMap::new(), Precision::F32, path)
+        Self::from_tensors_with(config, tensors, QuantizedParts::default(), path)
     }
 
-    /// [`Encoder::from_tensors`] where the blocks' linear weights of a quantised checkpoint
-    /// come as `quantized` (keyed `<layer>.weight`), all of `precision`.
+    /// [`Encoder::from_tensors`] where the blocks' linear weights and the int8 tables of a
+    /// quantised checkpoint come as `quantized`.
     fn from_tensors_with(
         config: EncoderConfig,
         tensors: HashMap<String, Tensor>,
-        quantized: HashMap<String, Arc<QuantizedLinear>>,
-        precision: Precision,
+        quantized: QuantizedParts,
         path: &Path,
     ) -> Result<(Self, LoadReport)> {
         let naming = Naming(config.model_type);
-        let mut r = WeightReader::new(normalise_keys(tensors, naming), quantized, precision, path);
+        let precision = quantized.precision;
+        let mut r = WeightReader::new(normalise_keys(tensors, naming), quantized, path);
         let body = Body::load(&config, &mut r)?;
         let pooler = Pooler::load(&mut r, config.hidden_size)?;
         let mut report = LoadReport {
@@ -567,7 +621,9 @@ impl Encoder {
     pub fn base_params(&self) -> Vec<(String, &Param)> {
         let mut v = self.body.params(&self.config);
         if let Some(p) = &self.pooler {
-            v.push(("pooler.dense.weight".into(), &p.weight));
+            if p.quantized.is_none() {
+                v.push((POOLER_WEIGHT.into(), &p.weight));
+            }
             v.push(("pooler.dense.bias".into(), &p.bias));
         }
         v
@@ -576,7 +632,9 @@ impl Encoder {
     fn base_params_mut(&mut self) -> Vec<&mut Param> {
         let mut v = self.body.params_mut();
         if let Some(p) = &mut self.pooler {
-            v.push(&mut p.weight);
+            if p.quantized.is_none() {
+                v.push(&mut p.weight);
+            }
             v.push(&mut p.bias);
         }
         v
@@ -653,7 +711,18 @@ impl Encoder {
             .linears()
             .into_iter()
             .filter_map(|(_, l)| l.quantized.as_ref().map(|q| q.dims().0 * q.dims().1))
-            .sum();
+            .sum::<usize>()
+            + self
+                .body
+                .int8_tables()
+                .iter()
+                .map(|(_, t)| t.dims().0 * t.dims().1)
+                .sum::<usize>()
+            + self
+                .pooler
+                .as_ref()
+                .and_then(|p| p.quantized.as_ref())
+                .map_or(0, |q| q.dims().0 * q.dims().1);
         self.base_params()
             .iter()
             .map(|(_, p)| p.elem_count())
@@ -682,6 +751,9 @@ impl Encoder {
         dir: &Path,
         tokenizer_from: Option<&Path>,
     ) -> Result<()> {
+        // A quantised model directory is read by prefine only, which takes the vocabulary from
+        // `tokenizer.json`: `vocab.txt` (0.2 MB for BERT) would be dead weight on a device.
+        let lean = self.precision() != Precision::F32;
         let cfg = serde_json::to_vec_pretty(&self.config.to_json()).map_err(|e| Error::Parse {
             path: dir.join("config.json"),
             reason: e.to_string(),
@@ -695,6 +767,9 @@ impl Encoder {
                 "special_tokens_map.json",
             ] {
                 let p = src.join(f);
+                if lean && f == "vocab.txt" && src.join("tokenizer.json").exists() {
+                    continue;
+                }
                 if p.exists() {
                     let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
                     write_atomic(&dir.join(f), &bytes)?;

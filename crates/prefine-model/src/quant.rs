@@ -1,9 +1,11 @@
 //! Quantised backbone weights for inference: int8 and bf16 linear layers.
 //!
 //! [`Encoder::quantize`] replaces the f32 weight of every linear layer of every block (query,
-//! key, value, attention output, intermediate, output) by a [`QuantizedLinear`] and releases the
-//! f32 copy. Embeddings, layer norms, biases, the pooler, LoRA pairs and heads stay f32; a
-//! LoRA delta is computed in f32 next to the quantised base product.
+//! key, value, attention output, intermediate, output) and of the pooler by a
+//! [`QuantizedLinear`] and releases the f32 copy; at int8 the word and position embedding
+//! tables become [`Int8Table`]s too (together 90% of an int8 MiniLM file otherwise). Layer
+//! norms, biases, the token-type table, LoRA pairs and heads stay f32; a LoRA delta is computed
+//! in f32 next to the quantised base product.
 //!
 //! - [`Precision::Int8`]: per-output-channel symmetric int8 weights, activations quantised per
 //!   row at run time (u8 with a zero point), i32 accumulation with AVX512_VNNI where the CPU has
@@ -16,9 +18,12 @@
 //! A quantised encoder is inference-only: a training forward (dropout on), a trainable
 //! parameter, a backward pass through a quantised layer, merging LoRA groups and writing a
 //! Hugging Face checkpoint are refused with [`Error::InferenceOnly`]. It is written with
-//! [`Encoder::save_quantized`] (safetensors: int8 weights as `I8` `[out, in]` plus an `F32`
-//! `<name>.weight_scale` `[out]`, or `BF16` weights; the precision in the header's metadata
-//! under `prefine_precision`) and read back by [`Encoder::from_model_dir`].
+//! [`Encoder::save_quantized`] (safetensors: int8 weights and tables as `I8` `[out, in]` plus an
+//! `F32` `<name>_scale` `[out]`, or `BF16` weights; the precision in the header's metadata
+//! under `prefine_precision`) and read back by [`Encoder::from_model_dir`], which maps the
+//! file: the word table's codes stay in the mapping (only the rows a text uses are paged in)
+//! and every other tensor's pages are released once converted. Files written before the
+//! tables were quantised (f32 tables and pooler) still load.
 //!
 //! ```no_run
 //! use prefine_model::{Encoder, EncoderInput, Forward, Precision};
@@ -36,10 +41,11 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::encoder::Encoder;
+use crate::encoder::{Encoder, POOLER_WEIGHT};
 use crate::error::{Error, Result};
+use crate::int8_table::{Int8Table, INT8_TABLES};
 use crate::ops::f32_slice;
-use crate::weights::write_atomic;
+use crate::weights::{write_atomic, MappedFile};
 use prefine_kernels::bf16::{bf16_linear, bf16_to_f32, Bf16Matrix};
 use prefine_kernels::packed_f32::{packed_linear, PackedF32Matrix};
 use prefine_kernels::qgemm::{
@@ -462,18 +468,31 @@ pub fn checkpoint_precision_bytes(bytes: &[u8], path: &Path) -> Result<Precision
     }
 }
 
-/// A quantised checkpoint split into its f32 tensors and its quantised linear weights (keyed
-/// by the weight's name, `<layer>.weight`).
+/// A quantised checkpoint split into its f32 tensors, its quantised linear weights (keyed by
+/// the weight's name, `<layer>.weight`) and its int8 tables (the word embeddings, keyed
+/// [`INT8_TABLES`]).
 pub(crate) struct QuantizedCheckpoint {
     pub tensors: HashMap<String, Tensor>,
     pub linears: HashMap<String, Arc<QuantizedLinear>>,
+    pub tables: HashMap<String, Arc<Int8Table>>,
 }
 
-/// Reads a checkpoint written by [`Encoder::save_quantized`].
-pub(crate) fn read_quantized_checkpoint(bytes: &[u8], path: &Path) -> Result<QuantizedCheckpoint> {
+/// Reads a checkpoint written by [`Encoder::save_quantized`] from `bytes`. When `file` is the
+/// mapping those bytes come from, the int8 word table stays in it (see [`Int8Table::mapped`])
+/// and the pages of every other tensor are released once it has been converted.
+pub(crate) fn read_quantized_checkpoint(
+    bytes: &[u8],
+    path: &Path,
+    file: Option<&Arc<MappedFile>>,
+) -> Result<QuantizedCheckpoint> {
     let bad = |reason: String| Error::Weights {
         path: path.to_path_buf(),
         reason,
+    };
+    let release = |data: &[u8]| {
+        if let Some(f) = file {
+            f.release(data);
+        }
     };
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| bad(format!("not a readable safetensors file ({e})")))?;
@@ -486,6 +505,7 @@ pub(crate) fn read_quantized_checkpoint(bytes: &[u8], path: &Path) -> Result<Qua
         match view.dtype() {
             safetensors::Dtype::F32 => {
                 let t = Tensor::from_raw_buffer(data, DType::F32, &shape, &Device::Cpu)?;
+                release(data);
                 let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
                 if v.iter().any(|x| !x.is_finite()) {
                     return Err(bad(format!("tensor {name} holds a NaN or infinite value")));
@@ -503,6 +523,7 @@ pub(crate) fn read_quantized_checkpoint(bytes: &[u8], path: &Path) -> Result<Qua
                     .chunks_exact(2)
                     .map(|c| u16::from_le_bytes([c[0], c[1]]))
                     .collect();
+                release(data);
                 let q = QuantizedLinear::from_bf16_bits(&bits, out, inp)
                     .map_err(|e| bad(format!("{name}: {e}")))?;
                 linears.insert(name.to_string(), Arc::new(q));
@@ -514,6 +535,7 @@ pub(crate) fn read_quantized_checkpoint(bytes: &[u8], path: &Path) -> Result<Qua
             }
         }
     }
+    let mut tables = HashMap::new();
     for (name, (shape, data)) in raw_i8 {
         let [out, inp] = shape[..] else {
             return Err(bad(format!("int8 tensor {name}: expected 2 dimensions")));
@@ -524,12 +546,31 @@ pub(crate) fn read_quantized_checkpoint(bytes: &[u8], path: &Path) -> Result<Qua
             .ok_or_else(|| bad(format!("int8 tensor {name} has no {sname}")))?
             .flatten_all()?
             .to_vec1()?;
+        if let Some(key) = INT8_TABLES.into_iter().find(|t| name.ends_with(t)) {
+            let table = match file {
+                Some(f) => {
+                    let offset = data.as_ptr() as usize - f.bytes().as_ptr() as usize;
+                    Int8Table::mapped(f.clone(), offset, scales, out, inp)
+                }
+                None => {
+                    Int8Table::from_codes(data.iter().map(|&b| b as i8).collect(), scales, out, inp)
+                }
+            }
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+            tables.insert(key.to_string(), Arc::new(table));
+            continue;
+        }
         let q: Vec<i8> = data.iter().map(|&b| b as i8).collect();
+        release(data);
         let lin = QuantizedLinear::from_int8(&q, &scales, out, inp)
             .map_err(|e| bad(format!("{name}: {e}")))?;
         linears.insert(name, Arc::new(lin));
     }
-    Ok(QuantizedCheckpoint { tensors, linears })
+    Ok(QuantizedCheckpoint {
+        tensors,
+        linears,
+        tables,
+    })
 }
 
 impl Encoder {
@@ -555,6 +596,12 @@ impl Encoder {
             });
         }
         self.convert_linears(precision)?;
+        if precision == Precision::Int8 {
+            self.body.quantize_tables()?;
+        }
+        if let Some(p) = &mut self.pooler {
+            p.quantize(precision)?;
+        }
         self.set_precision(precision);
         Ok(())
     }
@@ -618,7 +665,13 @@ impl Encoder {
             .into_iter()
             .filter_map(|(_, l)| l.quantized.as_ref().map(|q| q.bytes()))
             .sum();
-        f32_bytes + q
+        let tables: usize = self.body.int8_tables().iter().map(|(_, t)| t.bytes()).sum();
+        let pooler = self
+            .pooler
+            .as_ref()
+            .and_then(|p| p.quantized.as_ref())
+            .map_or(0, |q| q.bytes());
+        f32_bytes + q + tables + pooler
     }
 
     /// Writes a quantised backbone as a model directory: `config.json`, `model.safetensors`
@@ -659,6 +712,12 @@ impl Encoder {
                 ))
             })?;
             entries.extend(q.checkpoint_entries(&format!("{}.weight", naming.linear(i, t))));
+        }
+        for (name, table) in self.body.int8_tables() {
+            entries.extend(table.checkpoint_entries(&name));
+        }
+        if let Some(q) = self.pooler.as_ref().and_then(|p| p.quantized.as_ref()) {
+            entries.extend(q.checkpoint_entries(POOLER_WEIGHT));
         }
         let mut views = Vec::with_capacity(entries.len());
         for (name, dtype, shape, bytes) in &entries {

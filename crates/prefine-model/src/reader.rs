@@ -8,8 +8,20 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::int8_table::Int8Table;
 use crate::params::Param;
 use crate::quant::{Precision, QuantizedLinear};
+
+/// The quantised parts of a checkpoint (none for an f32 one).
+#[derive(Default)]
+pub struct QuantizedParts {
+    /// Quantised linear weights, keyed `<layer>.weight`, all of `precision`.
+    pub linears: HashMap<String, Arc<QuantizedLinear>>,
+    /// Int8 tables (the word embeddings), keyed by their checkpoint name.
+    pub tables: HashMap<String, Arc<Int8Table>>,
+    /// The number format of the linear weights.
+    pub precision: Precision,
+}
 
 /// The named tensors of one checkpoint, taken one by one. A tensor that is missing or has the
 /// wrong shape is recorded and a zero placeholder is returned, so that loading goes on and
@@ -18,10 +30,19 @@ pub struct WeightReader {
     tensors: HashMap<String, Tensor>,
     /// Quantised linear weights (keyed `<layer>.weight`), all of `precision`.
     quantized: HashMap<String, Arc<QuantizedLinear>>,
+    tables: HashMap<String, Arc<Int8Table>>,
     precision: Precision,
     path: PathBuf,
     missing: Vec<String>,
     shape_errors: Vec<String>,
+}
+
+/// An embedding table as read: f32, or int8.
+pub(crate) enum TableWeight {
+    /// A float table `[rows, dim]`.
+    F32(Param),
+    /// An int8 table.
+    Int8(Arc<Int8Table>),
 }
 
 /// A linear layer's base weight as read: f32, or quantised.
@@ -33,17 +54,14 @@ pub(crate) enum LinearWeight {
 }
 
 impl WeightReader {
-    /// A reader over `tensors` (names already normalised); `path` is named in errors.
-    pub fn new(
-        tensors: HashMap<String, Tensor>,
-        quantized: HashMap<String, Arc<QuantizedLinear>>,
-        precision: Precision,
-        path: &Path,
-    ) -> Self {
+    /// A reader over `tensors` (names already normalised) and the quantised parts;
+    /// `path` is named in errors.
+    pub fn new(tensors: HashMap<String, Tensor>, quantized: QuantizedParts, path: &Path) -> Self {
         Self {
             tensors,
-            quantized,
-            precision,
+            quantized: quantized.linears,
+            tables: quantized.tables,
+            precision: quantized.precision,
             path: path.to_path_buf(),
             missing: Vec::new(),
             shape_errors: Vec::new(),
@@ -77,6 +95,11 @@ impl WeightReader {
             None => Ok(None),
             Some(t) => self.checked(name, t, shape).map(Some),
         }
+    }
+
+    /// Whether the checkpoint holds the quantised weight `name` (not yet taken).
+    pub(crate) fn has_quantized(&self, name: &str) -> bool {
+        self.quantized.contains_key(name)
     }
 
     /// Whether the checkpoint holds `name` (not yet taken).
@@ -122,6 +145,21 @@ impl WeightReader {
         })
     }
 
+    /// The embedding table `name` `[rows, dim]`: int8 when the checkpoint holds it so, f32
+    /// otherwise.
+    pub(crate) fn table(&mut self, name: &str, rows: usize, dim: usize) -> Result<TableWeight> {
+        match self.tables.remove(name) {
+            Some(t) if t.dims() == (rows, dim) => Ok(TableWeight::Int8(t)),
+            Some(t) => {
+                self.shape_errors.push(format!(
+                    "{name}: expected int8 [{rows}, {dim}], found {t:?}"
+                ));
+                Ok(TableWeight::F32(Self::placeholder(&[rows, dim])?))
+            }
+            None => Ok(TableWeight::F32(self.param(name, &[rows, dim])?)),
+        }
+    }
+
     /// Drops buffers that carry no learned weights (e.g. `embeddings.position_ids`).
     pub fn ignore(&mut self, name: &str) {
         self.tensors.remove(name);
@@ -154,6 +192,7 @@ impl WeightReader {
             .tensors
             .into_keys()
             .chain(self.quantized.into_keys())
+            .chain(self.tables.into_keys())
             .collect();
         unexpected.sort();
         Ok(unexpected)

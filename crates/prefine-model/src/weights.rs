@@ -12,6 +12,80 @@ use crate::error::{Error, Result};
 use crate::lora::LoraTarget;
 use crate::models::FamilyNames;
 
+/// A checkpoint file's bytes: memory-mapped where the platform allows it (read into memory
+/// otherwise, e.g. in WebAssembly). Loading from a mapping lets a tensor that is only looked up
+/// (the int8 word table) stay in the file, and lets the pages of a tensor that was converted
+/// into its in-memory form be released at once ([`MappedFile::release`]), so that loading does
+/// not hold the whole file and the whole model in memory together.
+pub struct MappedFile {
+    bytes: FileBytes,
+}
+
+enum FileBytes {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl MappedFile {
+    /// Maps `path` read-only (or reads it where mapping fails).
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the mapping is read-only and private. Rust's aliasing rules would be broken
+        // if another process truncated or rewrote the file in place while it is mapped; prefine
+        // itself never does (every checkpoint is written to a new file and renamed over the
+        // old one, which leaves a mapped inode intact), and the same caveat holds for every
+        // mmap-based loader (safetensors, candle, llama.cpp).
+        let bytes = match unsafe { memmap2::Mmap::map(&file) } {
+            Ok(map) => FileBytes::Mapped(map),
+            Err(_) => FileBytes::Read(std::fs::read(path).map_err(|e| Error::io(path, e))?),
+        };
+        Ok(Self { bytes })
+    }
+
+    /// Bytes held in memory (no file behind them).
+    pub fn from_vec(bytes: Vec<u8>) -> Self {
+        Self {
+            bytes: FileBytes::Read(bytes),
+        }
+    }
+
+    /// The file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.bytes {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Read(v) => v,
+        }
+    }
+
+    /// Whether the bytes are a mapping of the file.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.bytes, FileBytes::Mapped(_))
+    }
+
+    /// Drops the resident pages under `part` (a sub-slice of [`MappedFile::bytes`] that has
+    /// been copied out): they leave the process's memory and are read from the file again if
+    /// touched. Does nothing for bytes read into memory, or off Unix.
+    pub fn release(&self, part: &[u8]) {
+        #[cfg(unix)]
+        if let FileBytes::Mapped(map) = &self.bytes {
+            let start = (part.as_ptr() as usize).wrapping_sub(map.as_ptr() as usize);
+            if part.is_empty() || start >= map.len() || start + part.len() > map.len() {
+                return;
+            }
+            // SAFETY: the mapping is read-only and private and never written, so its pages
+            // always equal the file's: MADV_DONTNEED only drops resident copies, and a later
+            // read faults the same bytes back in from the file. No reference is invalidated
+            // (the addresses stay mapped). memmap2 widens the range down to a page boundary,
+            // which touches only the same read-only mapping.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, part.len())
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = part;
+    }
+}
+
 /// Loads every tensor of a safetensors file (f32/f16/bf16 converted to f32).
 pub fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;

@@ -77,10 +77,10 @@ fn seq_cls_fixture_reproduces_python_logits() {
     let x = &loaded.extra;
     let head = SequenceClassificationHead {
         pooling: Pooling::Cls,
-        pooler: Some(Pooler {
-            weight: Param::new(&x["pooler.dense.weight"]).unwrap(),
-            bias: Param::new(&x["pooler.dense.bias"]).unwrap(),
-        }),
+        pooler: Some(Pooler::new(
+            Param::new(&x["pooler.dense.weight"]).unwrap(),
+            Param::new(&x["pooler.dense.bias"]).unwrap(),
+        )),
         classifier: Classifier::from_tensors(&x["classifier.weight"], &x["classifier.bias"])
             .unwrap(),
         dropout: 0.1,

@@ -42,10 +42,10 @@ impl TaskHead {
             }),
             TaskKind::Tc => {
                 let pooler = if pooling == TcPooling::Pooler {
-                    Some(Pooler {
-                        weight: Param::new(get("pooler.dense.weight")?)?,
-                        bias: Param::new(get("pooler.dense.bias")?)?,
-                    })
+                    Some(Pooler::new(
+                        Param::new(get("pooler.dense.weight")?)?,
+                        Param::new(get("pooler.dense.bias")?)?,
+                    ))
                 } else {
                     None
                 };

@@ -5,16 +5,24 @@
 //! biased variance with eps inside the square root; padding keys get zero attention weight
 //! (HF adds `finfo(f32).min`, which underflows to exactly 0 after `exp`).
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 
 use super::{names, FamilyNames, LinearId, Norm, Run};
 use crate::config::{Activation, EncoderConfig, ModelType};
 use crate::encoder::EncoderInput;
 use crate::error::{Error, Result};
+use crate::int8_table::{Int8Table, POSITION_EMBEDDINGS, WORD_EMBEDDINGS};
 use crate::lora::{LoraLinear, LoraTarget};
 use crate::ops;
 use crate::params::{normal, Param, SeedRng};
-use crate::reader::WeightReader;
+use crate::reader::{TableWeight, WeightReader};
+
+/// The empty `[0, dim]` stand-in for a word table held as int8.
+fn released_table(dim: usize) -> Result<Param> {
+    Param::new(&Tensor::zeros((0, dim), DType::F32, &Device::Cpu)?)
+}
 
 /// BERT's block linear layers: target, module path inside a layer, PEFT module name.
 pub(crate) const LINEARS: &[(LoraTarget, &str, &str)] = &[
@@ -78,10 +86,14 @@ pub struct Projection {
 /// `embedding_size != hidden_size`, a projection to the hidden size).
 #[derive(Debug, Clone)]
 pub struct Embeddings {
-    /// `[vocab, embedding]`.
+    /// `[vocab, embedding]` (empty, `[0, embedding]`, once the table is int8: see `word_int8`).
     pub word: Param,
-    /// `[max_positions, embedding]`.
+    /// The int8 word table used instead of `word` (inference only), if any.
+    pub word_int8: Option<Arc<Int8Table>>,
+    /// `[max_positions, embedding]` (empty once the table is int8: see `position_int8`).
     pub position: Param,
+    /// The int8 position table used instead of `position` (inference only), if any.
+    pub position_int8: Option<Arc<Int8Table>>,
     /// `[type_vocab, embedding]` (absent for DistilBERT).
     pub token_type: Option<Param>,
     /// Embedding layer norm.
@@ -94,11 +106,15 @@ impl Embeddings {
     /// Reads the embedding tables.
     pub(crate) fn load(cfg: &EncoderConfig, r: &mut WeightReader) -> Result<Self> {
         let e = cfg.embedding_size;
-        let word = r.param("embeddings.word_embeddings.weight", &[cfg.vocab_size, e])?;
-        let position = r.param(
-            "embeddings.position_embeddings.weight",
-            &[cfg.max_position_embeddings, e],
-        )?;
+        let (word, word_int8) = match r.table(WORD_EMBEDDINGS, cfg.vocab_size, e)? {
+            TableWeight::F32(p) => (p, None),
+            TableWeight::Int8(t) => (released_table(e)?, Some(t)),
+        };
+        let (position, position_int8) =
+            match r.table(POSITION_EMBEDDINGS, cfg.max_position_embeddings, e)? {
+                TableWeight::F32(p) => (p, None),
+                TableWeight::Int8(t) => (released_table(e)?, Some(t)),
+            };
         let token_type = match cfg.model_type {
             ModelType::Distilbert => None,
             ModelType::Bert | ModelType::Electra => Some(r.param(
@@ -120,7 +136,9 @@ impl Embeddings {
         r.ignore("embeddings.token_type_ids");
         Ok(Self {
             word,
+            word_int8,
             position,
+            position_int8,
             token_type,
             norm: norm?,
             project,
@@ -140,13 +158,36 @@ impl Embeddings {
         }
         // One op, with one gradient buffer per trainable table.
         let types = self.token_type.as_ref().map(Param::t);
-        let x = ops::embedding_sum(
-            &self.word.t(),
-            &self.position.t(),
-            types.as_ref(),
-            &input.input_ids,
-            &input.type_ids,
-        )?;
+        let (batch, seq) = input.input_ids.dims2()?;
+        let position = match &self.position_int8 {
+            None => self.position.t(),
+            // Rows 0..seq, the only ones the batch reads.
+            Some(table) if seq <= table.dims().0 => {
+                table.gather(&(0..seq as u32).collect::<Vec<_>>())?
+            }
+            Some(table) => {
+                return Err(Error::Input(format!(
+                    "{seq} positions, the position table has {}",
+                    table.dims().0
+                )))
+            }
+        };
+        let x = match &self.word_int8 {
+            None => ops::embedding_sum(
+                &self.word.t(),
+                &position,
+                types.as_ref(),
+                &input.input_ids,
+                &input.type_ids,
+            )?,
+            Some(table) => {
+                // The rows the batch reads, dequantised in token order; token t reads row t.
+                let rows = table.gather(&input.input_ids.flatten_all()?.to_vec1::<u32>()?)?;
+                let ids = Tensor::arange(0u32, (batch * seq) as u32, rows.device())?
+                    .reshape((batch, seq))?;
+                ops::embedding_sum(&rows, &position, types.as_ref(), &ids, &input.type_ids)?
+            }
+        };
         let x = self.norm.forward(&x, cfg.layer_norm_eps)?;
         match &self.project {
             Some(p) => Ok(ops::linear(&x, &p.weight.t(), &p.bias.t())?),
@@ -154,14 +195,42 @@ impl Embeddings {
         }
     }
 
+    /// Replaces the f32 word and position tables by their int8 forms (inference only).
+    pub(crate) fn quantize_tables(&mut self) -> Result<()> {
+        for (table, int8) in [
+            (&mut self.word, &mut self.word_int8),
+            (&mut self.position, &mut self.position_int8),
+        ] {
+            if int8.is_none() {
+                let q = Int8Table::quantize(&table.t().detach())?;
+                *table = released_table(q.dims().1)?;
+                *int8 = Some(Arc::new(q));
+            }
+        }
+        Ok(())
+    }
+
+    /// The int8 tables with their checkpoint names.
+    pub(crate) fn int8_tables(&self) -> Vec<(String, &Int8Table)> {
+        [
+            (WORD_EMBEDDINGS, &self.word_int8),
+            (POSITION_EMBEDDINGS, &self.position_int8),
+        ]
+        .into_iter()
+        .filter_map(|(n, t)| t.as_deref().map(|t| (n.to_string(), t)))
+        .collect()
+    }
+
+    /// The parameters, without a table held as int8 (like a quantised linear weight, it is
+    /// no parameter).
     fn params(&self) -> Vec<(String, &Param)> {
-        let mut v: Vec<(String, &Param)> = vec![
-            ("embeddings.word_embeddings.weight".into(), &self.word),
-            (
-                "embeddings.position_embeddings.weight".into(),
-                &self.position,
-            ),
-        ];
+        let mut v: Vec<(String, &Param)> = Vec::new();
+        if self.word_int8.is_none() {
+            v.push((WORD_EMBEDDINGS.into(), &self.word));
+        }
+        if self.position_int8.is_none() {
+            v.push((POSITION_EMBEDDINGS.into(), &self.position));
+        }
         if let Some(tt) = &self.token_type {
             v.push(("embeddings.token_type_embeddings.weight".into(), tt));
         }
@@ -174,7 +243,13 @@ impl Embeddings {
     }
 
     fn params_mut(&mut self) -> Vec<&mut Param> {
-        let mut v: Vec<&mut Param> = vec![&mut self.word, &mut self.position];
+        let mut v: Vec<&mut Param> = Vec::new();
+        if self.word_int8.is_none() {
+            v.push(&mut self.word);
+        }
+        if self.position_int8.is_none() {
+            v.push(&mut self.position);
+        }
         if let Some(tt) = &mut self.token_type {
             v.push(tt);
         }

@@ -197,6 +197,20 @@ impl Body {
             .find_map(|(i, l)| (i == id).then_some(l))
     }
 
+    /// Turns the word- and position-embedding tables to int8 (inference only).
+    pub(crate) fn quantize_tables(&mut self) -> Result<()> {
+        match self {
+            Body::Bert(m) => m.embeddings.quantize_tables(),
+        }
+    }
+
+    /// Every int8 table with its checkpoint name.
+    pub(crate) fn int8_tables(&self) -> Vec<(String, &crate::int8_table::Int8Table)> {
+        match self {
+            Body::Bert(m) => m.embeddings.int8_tables(),
+        }
+    }
+
     /// Every base parameter with its checkpoint name (quantised linear weights excluded).
     pub(crate) fn params(&self, config: &EncoderConfig) -> Vec<(String, &Param)> {
         match self {
