@@ -166,6 +166,7 @@ fn row_params(lo: f32, hi: f32) -> (f32, f32, i32) {
 }
 
 /// Quantises one row (scalar). Returns `(scale, zero)`.
+#[inline(always)]
 fn quantize_row_scalar(x: &[f32], out: &mut [u8]) -> (f32, i32) {
     let (lo, hi) = x
         .iter()
@@ -229,16 +230,28 @@ unsafe fn quantize_row_avx512(x: &[f32], out: &mut [u8]) -> (f32, i32) {
     }
 }
 
+/// [`quantize_row_scalar`] compiled for AVX2+FMA: `round_ties_even` becomes one `vroundps`
+/// (SSE4.1) instead of a call to libm's `rintf` (11% of an int8 batch-32 forward on the AVX2
+/// path), and the loops vectorise; the same operations, the same codes.
+///
+/// # Safety
+/// AVX2 and FMA must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_avx2(x: &[f32], out: &mut [u8]) -> (f32, i32) {
+    quantize_row_scalar(x, out)
+}
+
 /// Quantises the rows of a row-major `[m, k]` matrix to u8 (see [`QuantizedRows`]).
 pub fn quantize_rows(x: &[f32], m: usize, k: usize) -> QuantizedRows {
     quantize_rows_with(x, m, k, vector_quantizer())
 }
 
-/// Whether the family in use has a vector row quantiser (AVX-512, SIMD128); the others run
-/// [`quantize_row_scalar`], which the vector ones equal code for code.
+/// Whether the family in use has a vector row quantiser (AVX-512, AVX2, SIMD128); the others
+/// run [`quantize_row_scalar`], which the vector ones equal code for code.
 fn vector_quantizer() -> bool {
     let isa = crate::cpu::isa();
-    isa.avx512() || isa == Isa::Simd128
+    isa.avx512() || isa == Isa::Avx2Fma || isa == Isa::Simd128
 }
 
 fn quantize_rows_with(x: &[f32], m: usize, k: usize, simd: bool) -> QuantizedRows {
@@ -246,11 +259,18 @@ fn quantize_rows_with(x: &[f32], m: usize, k: usize, simd: bool) -> QuantizedRow
     let lda = k.div_ceil(4) * 4;
     let mut a = vec![0u8; m * lda];
     let mut params = vec![(0f32, 0i32); m];
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = crate::cpu::isa().avx512();
     let run = |xr: &[f32], ar: &mut [u8]| -> (f32, i32) {
         #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: AVX-512F/BW/VL were detected by the caller.
+        if simd && avx512 {
+            // SAFETY: AVX-512F/BW/VL were detected (the family in use is an AVX-512 one).
             return unsafe { quantize_row_avx512(xr, &mut ar[..k]) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: `simd` off AVX-512 on x86-64 means the AVX2+FMA family was detected.
+            return unsafe { quantize_row_avx2(xr, &mut ar[..k]) };
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         if simd {
@@ -402,6 +422,7 @@ struct Cols<'a> {
 /// # Safety
 /// `c` must be valid for writes of `mr` rows of `nr` elements at stride `ldc`.
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+#[inline(always)]
 unsafe fn epilogue_scalar(
     tile: &[[i32; NR]; MR],
     mr: usize,
@@ -430,6 +451,29 @@ unsafe fn epilogue_scalar(
             }
         }
     }
+}
+
+/// [`epilogue_scalar`] compiled for AVX2+FMA: `mul_add` becomes one `vfmadd` instead of a call
+/// to libm's software `fmaf` (5% of an int8 batch-32 forward on the AVX2 path), and the loop
+/// vectorises; identical results (the same fused multiply-add).
+///
+/// # Safety
+/// As [`epilogue_scalar`], plus AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn epilogue_avx2(
+    tile: &[[i32; NR]; MR],
+    mr: usize,
+    nr: usize,
+    sx: &[f32],
+    zero: &[i32],
+    cols: &Cols,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: the contract is `epilogue_scalar`'s, which the caller upholds.
+    unsafe { epilogue_scalar(tile, mr, nr, sx, zero, cols, c, ldc) }
 }
 
 /// [`epilogue_scalar`] with AVX-512 (identical results: the same integer correction, the same
@@ -560,6 +604,13 @@ fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, isa: Isa, sink: &Sink) {
                                 continue;
                             }
                             let _ = simd;
+                            #[cfg(target_arch = "x86_64")]
+                            if isa == Isa::Avx2Fma {
+                                epilogue_avx2(&tile_acc, mr, nr, sx, zr, &cols, dst, n);
+                            } else {
+                                epilogue_scalar(&tile_acc, mr, nr, sx, zr, &cols, dst, n);
+                            }
+                            #[cfg(not(target_arch = "x86_64"))]
                             epilogue_scalar(&tile_acc, mr, nr, sx, zr, &cols, dst, n);
                             if *gelu {
                                 for i in 0..mr {

@@ -6,9 +6,9 @@
 //! scheme of the int8 linear weights; a lookup dequantises only the rows it reads. ONNX
 //! Runtime's `quantize_dynamic` quantises the embedding `Gather` the same way.
 //!
-//! A table read from a memory-mapped model file keeps its codes in the mapping: a process
-//! then holds in memory only the pages of the rows its texts use (see
-//! [`crate::weights::MappedFile`]).
+//! A table read from a memory-mapped model file keeps its codes in the file: a lookup reads the
+//! rows it needs (one positioned read per distinct token, from the OS's page cache), so the
+//! table takes no memory of the process at all (see [`crate::weights::MappedFile`]).
 
 use std::sync::Arc;
 
@@ -30,7 +30,7 @@ pub const INT8_TABLES: [&str; 2] = [WORD_EMBEDDINGS, POSITION_EMBEDDINGS];
 enum Codes {
     /// In memory, row-major `[rows, dim]`.
     Owned(Vec<i8>),
-    /// In a mapped checkpoint, `rows * dim` bytes from `offset`.
+    /// In a mapped checkpoint, `rows * dim` bytes from `offset`, read row by row.
     Mapped {
         file: Arc<MappedFile>,
         offset: usize,
@@ -86,8 +86,8 @@ impl Int8Table {
         Self::checked(rows, dim, scales, Codes::Owned(codes))
     }
 
-    /// From `rows * dim` codes at `offset` in a mapped checkpoint; the codes are not read (nor
-    /// paged in) until a lookup needs their row.
+    /// From `rows * dim` codes at `offset` in a mapped checkpoint; a row is read from the file
+    /// when a lookup needs it, and never kept.
     pub fn mapped(
         file: Arc<MappedFile>,
         offset: usize,
@@ -162,14 +162,39 @@ impl Int8Table {
                 self.rows
             )));
         }
-        let codes = self.codes();
-        let mut out = Vec::with_capacity(ids.len() * self.dim);
-        for &i in ids {
-            let (i, d) = (i as usize, self.dim);
-            let s = self.scales[i];
-            out.extend(codes[i * d..(i + 1) * d].iter().map(|&c| c as f32 * s));
+        let d = self.dim;
+        let mut out = vec![0f32; ids.len() * d];
+        let mut dequantize = |row: usize, codes: &[i8], at: &[usize]| {
+            let s = self.scales[row];
+            for &t in at {
+                for (o, &c) in out[t * d..(t + 1) * d].iter_mut().zip(codes) {
+                    *o = c as f32 * s;
+                }
+            }
+        };
+        match &self.codes {
+            Codes::Owned(codes) => {
+                for (t, &i) in ids.iter().enumerate() {
+                    let i = i as usize;
+                    dequantize(i, &codes[i * d..(i + 1) * d], &[t]);
+                }
+            }
+            Codes::Mapped { file, offset } => {
+                // One read per distinct row (padding and frequent tokens repeat).
+                let mut at: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+                for (t, &i) in ids.iter().enumerate() {
+                    at.entry(i).or_default().push(t);
+                }
+                let mut buf = vec![0u8; d];
+                for (i, ts) in at {
+                    let i = i as usize;
+                    file.read_at(offset + i * d, &mut buf)?;
+                    let codes: Vec<i8> = buf.iter().map(|&b| b as i8).collect();
+                    dequantize(i, &codes, &ts);
+                }
+            }
         }
-        Ok(Tensor::from_vec(out, (ids.len(), self.dim), &Device::Cpu)?)
+        Ok(Tensor::from_vec(out, (ids.len(), d), &Device::Cpu)?)
     }
 
     /// The whole table dequantised to f32 `[rows, dim]`.

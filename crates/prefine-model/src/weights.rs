@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
@@ -13,16 +13,22 @@ use crate::lora::LoraTarget;
 use crate::models::FamilyNames;
 
 /// A checkpoint file's bytes: memory-mapped where the platform allows it (read into memory
-/// otherwise, e.g. in WebAssembly). Loading from a mapping lets a tensor that is only looked up
-/// (the int8 word table) stay in the file, and lets the pages of a tensor that was converted
-/// into its in-memory form be released at once ([`MappedFile::release`]), so that loading does
-/// not hold the whole file and the whole model in memory together.
+/// otherwise, e.g. in WebAssembly). Loading from a mapping lets the pages of a tensor that was
+/// converted into its in-memory form be released at once ([`MappedFile::release`]), so that
+/// loading does not hold the whole file and the whole model in memory together, and lets a
+/// table that is only looked up (the int8 word table) stay in the file: its rows are read on
+/// demand ([`MappedFile::read_at`]).
 pub struct MappedFile {
+    path: PathBuf,
     bytes: FileBytes,
 }
 
 enum FileBytes {
-    Mapped(memmap2::Mmap),
+    Mapped {
+        map: memmap2::Mmap,
+        /// The open file, for positioned reads.
+        file: std::fs::File,
+    },
     Read(Vec<u8>),
 }
 
@@ -36,30 +42,55 @@ impl MappedFile {
         // old one, which leaves a mapped inode intact), and the same caveat holds for every
         // mmap-based loader (safetensors, candle, llama.cpp).
         let bytes = match unsafe { memmap2::Mmap::map(&file) } {
-            Ok(map) => FileBytes::Mapped(map),
+            Ok(map) => FileBytes::Mapped { map, file },
             Err(_) => FileBytes::Read(std::fs::read(path).map_err(|e| Error::io(path, e))?),
         };
-        Ok(Self { bytes })
-    }
-
-    /// Bytes held in memory (no file behind them).
-    pub fn from_vec(bytes: Vec<u8>) -> Self {
-        Self {
-            bytes: FileBytes::Read(bytes),
-        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            bytes,
+        })
     }
 
     /// The file's bytes.
     pub fn bytes(&self) -> &[u8] {
         match &self.bytes {
-            FileBytes::Mapped(m) => m,
+            FileBytes::Mapped { map, .. } => map,
             FileBytes::Read(v) => v,
         }
     }
 
     /// Whether the bytes are a mapping of the file.
     pub fn is_mapped(&self) -> bool {
-        matches!(self.bytes, FileBytes::Mapped(_))
+        matches!(self.bytes, FileBytes::Mapped { .. })
+    }
+
+    /// Fills `buf` with the bytes at `offset`. From a mapped file this is a positioned read
+    /// (served by the OS's page cache) rather than a touch of the mapping: touching a mapped
+    /// page makes it, and with large page-cache folios up to hundreds of KiB around it,
+    /// resident in this process, which a few hundred token lookups would spread over most of
+    /// a word table.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+        let end = offset
+            .checked_add(buf.len())
+            .filter(|&e| e <= self.bytes().len());
+        let Some(end) = end else {
+            return Err(Error::io(
+                &self.path,
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{} bytes at {offset} overrun the file", buf.len()),
+                ),
+            ));
+        };
+        #[cfg(unix)]
+        if let FileBytes::Mapped { file, .. } = &self.bytes {
+            use std::os::unix::fs::FileExt;
+            return file
+                .read_exact_at(buf, offset as u64)
+                .map_err(|e| Error::io(&self.path, e));
+        }
+        buf.copy_from_slice(&self.bytes()[offset..end]);
+        Ok(())
     }
 
     /// Drops the resident pages under `part` (a sub-slice of [`MappedFile::bytes`] that has
@@ -67,7 +98,7 @@ impl MappedFile {
     /// touched. Does nothing for bytes read into memory, or off Unix.
     pub fn release(&self, part: &[u8]) {
         #[cfg(unix)]
-        if let FileBytes::Mapped(map) = &self.bytes {
+        if let FileBytes::Mapped { map, .. } = &self.bytes {
             let start = (part.as_ptr() as usize).wrapping_sub(map.as_ptr() as usize);
             if part.is_empty() || start >= map.len() || start + part.len() > map.len() {
                 return;

@@ -9,20 +9,35 @@ use std::time::Instant;
 
 use prefine_runtime::Engine;
 
-/// Peak resident set size in bytes (Linux `VmHWM`), 0 elsewhere.
-fn peak_rss_bytes() -> u64 {
+/// A `/proc/self/status` field in bytes (Linux), 0 elsewhere.
+fn status_bytes(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Peak resident set size in bytes (`VmHWM`).
+fn peak_rss_bytes() -> u64 {
+    status_bytes("VmHWM:")
+}
+
+/// Resident set size now: `[total, anonymous, file-backed]` (`VmRSS`, `RssAnon`, `RssFile`).
+fn rss_bytes() -> [u64; 3] {
+    [
+        status_bytes("VmRSS:"),
+        status_bytes("RssAnon:"),
+        status_bytes("RssFile:"),
+    ]
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
+    let rss_start = rss_bytes();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((backbone, adapters)) = args.split_first() else {
         return Err("usage: ondevice_budget BACKBONE ADAPTER_DIR...".into());
@@ -34,6 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Engine::load(backbone)?
     };
     let loaded = start.elapsed();
+    let rss_loaded = rss_bytes();
     let mut names = Vec::new();
     for (i, dir) in adapters.iter().enumerate() {
         let name = format!("app{i}");
@@ -41,6 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         names.push(name);
     }
     let registered = start.elapsed();
+    let rss_registered = rss_bytes();
     let text = vec!["Angela Merkel met Emmanuel Macron in Paris on Tuesday.".to_string()];
     let first = names
         .first()
@@ -61,6 +78,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "first_prediction_ms": first_prediction.as_secs_f64() * 1e3,
             "all_predictions_ms": start.elapsed().as_secs_f64() * 1e3,
             "peak_rss_bytes": peak_rss_bytes(),
+            "rss_bytes": {
+                "start": rss_start,
+                "backbone_loaded": rss_loaded,
+                "adapters_registered": rss_registered,
+                "after_predictions": rss_bytes(),
+            },
             "first_prediction": first,
         })
     );

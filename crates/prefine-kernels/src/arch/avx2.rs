@@ -2,8 +2,9 @@
 //!
 //! - f32 GEMM: the 12 x 32 tile in sub-tiles of up to 6 rows x 16 columns (12 accumulators,
 //!   two `B` vectors and one broadcast: 15 registers), reading the panels every family shares.
-//! - int8 GEMM: u8 activations and s8 weights widened to i16, pairs multiplied and added by
-//!   `vpmaddwd` into i32 (exact: `vpmaddubsw` would saturate), sub-tiles of 6 rows x 8 columns.
+//! - int8 GEMM: u8 activations (widened once per tile) and s8 weights widened to i16, pairs
+//!   multiplied and added by `vpmaddwd` into i32 (exact: `vpmaddubsw` would saturate),
+//!   sub-tiles of 6 rows x 8 columns.
 //! - GELU: the table-polynomial GELU of [`crate::math::gelu`] with the table permuted per lane
 //!   (`vpermps` on each half of the 16 intervals), the same operations: the same bits.
 //! - softmax numerators: `exp` with the polynomial of [`crate::math::exp`].
@@ -141,8 +142,17 @@ unsafe fn store<const R: usize>(acc: &[[__m256; 2]; R], t: Tile) {
 /// Int8 rows per sub-tile and columns per block.
 const QROWS: usize = 6;
 
+thread_local! {
+    /// The tile's activations widened to i16 (see [`qgemm_tile`]).
+    static WIDENED: crate::cpu::ScratchI16 = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The i32 products of one `MR x NR` tile: `acc[i][j] = Σ_p a[i][p] · w[j][p]` for rows
 /// `i < mr` (rows past `mr` are left as they are).
+///
+/// The rows' four bytes per group are widened to i16 once per tile (not once per 8-column
+/// block: four times fewer widenings), so that each row and group costs the sub-tile one
+/// 64-bit broadcast load.
 ///
 /// # Safety
 /// AVX2; `a` holds `mr` rows of `4 * kq` bytes at stride `lda`, `panel` `kq * NR * 4` bytes.
@@ -155,53 +165,79 @@ pub(crate) unsafe fn qgemm_tile(
     panel: *const i8,
     acc: &mut [[i32; NR]; MR],
 ) {
-    let mut i0 = 0;
-    while i0 < mr {
-        let rows = (mr - i0).min(QROWS);
-        for blk in 0..NR / 8 {
-            // SAFETY: rows `i0..i0 + rows` of `a`, columns `8 blk..8 blk + 8` of the panel.
-            unsafe {
-                let a0 = a.add(i0 * lda);
-                let out = &mut acc[i0..i0 + rows];
-                match rows {
-                    1 => q_sub::<1>(kq, a0, lda, panel, blk, out),
-                    2 => q_sub::<2>(kq, a0, lda, panel, blk, out),
-                    3 => q_sub::<3>(kq, a0, lda, panel, blk, out),
-                    4 => q_sub::<4>(kq, a0, lda, panel, blk, out),
-                    5 => q_sub::<5>(kq, a0, lda, panel, blk, out),
-                    _ => q_sub::<QROWS>(kq, a0, lda, panel, blk, out),
+    crate::cpu::with_buffer(&WIDENED, mr * kq * 4, |wide| {
+        for i in 0..mr {
+            let (src, dst) = (
+                a.wrapping_add(i * lda),
+                wide[i * kq * 4..(i + 1) * kq * 4].as_mut_ptr(),
+            );
+            let mut q = 0;
+            while q + 4 <= kq {
+                // SAFETY: 16 bytes of row `i < mr` from group `q` (`q + 4 <= kq`) and 16 i16
+                // of its widened copy.
+                unsafe {
+                    let bytes = _mm_loadu_si128(src.add(4 * q) as *const __m128i);
+                    let w = _mm256_cvtepu8_epi16(bytes);
+                    _mm256_storeu_si256(dst.add(4 * q) as *mut __m256i, w);
+                }
+                q += 4;
+            }
+            for q in q..kq {
+                for b in 0..4 {
+                    // SAFETY: byte `b` of group `q < kq` of row `i < mr`.
+                    unsafe { *dst.add(4 * q + b) = *src.add(4 * q + b) as i16 };
                 }
             }
         }
-        i0 += QROWS;
-    }
+        let mut i0 = 0;
+        while i0 < mr {
+            let rows = (mr - i0).min(QROWS);
+            for blk in 0..NR / 8 {
+                // SAFETY: rows `i0..i0 + rows` of the widened activations, columns
+                // `8 blk..8 blk + 8` of the panel.
+                unsafe {
+                    let a0 = wide.as_ptr().add(i0 * kq * 4);
+                    let out = &mut acc[i0..i0 + rows];
+                    match rows {
+                        1 => q_sub::<1>(kq, a0, panel, blk, out),
+                        2 => q_sub::<2>(kq, a0, panel, blk, out),
+                        3 => q_sub::<3>(kq, a0, panel, blk, out),
+                        4 => q_sub::<4>(kq, a0, panel, blk, out),
+                        5 => q_sub::<5>(kq, a0, panel, blk, out),
+                        _ => q_sub::<QROWS>(kq, a0, panel, blk, out),
+                    }
+                }
+            }
+            i0 += QROWS;
+        }
+    });
 }
 
 /// `R` rows x the 8 columns of block `blk`: two accumulators per row, each holding 4 columns
 /// x 2 partial sums (`vpmaddwd` adds pairs of the 4 products of a group), folded at the end.
 ///
 /// # Safety
-/// AVX2; as [`qgemm_tile`], `out.len() == R`.
+/// AVX2; `wide` holds `R` rows of `kq * 4` i16; the panel as [`qgemm_tile`];
+/// `out.len() == R`.
+#[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn q_sub<const R: usize>(
     kq: usize,
-    a: *const u8,
-    lda: usize,
+    wide: *const i16,
     panel: *const i8,
     blk: usize,
     out: &mut [[i32; NR]],
 ) {
     let mut acc = [[_mm256_setzero_si256(); 2]; R];
     for q in 0..kq {
-        // SAFETY: group `q < kq` of the panel (128 bytes) and of each row `i < R` (4 bytes).
+        // SAFETY: group `q < kq` of the panel (128 bytes) and of each row `i < R` (4 i16).
         unsafe {
             let wq = panel.add(q * NR * 4 + blk * 32);
             let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wq as *const __m128i));
             let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wq.add(16) as *const __m128i));
             for (i, row) in acc.iter_mut().enumerate() {
-                let bytes = (a.add(i * lda + 4 * q) as *const i32).read_unaligned();
-                let a16 = _mm_cvtepu8_epi16(_mm_cvtsi32_si128(bytes));
-                let av = _mm256_broadcastq_epi64(a16);
+                let four = (wide.add((i * kq + q) * 4) as *const i64).read_unaligned();
+                let av = _mm256_set1_epi64x(four);
                 row[0] = _mm256_add_epi32(row[0], _mm256_madd_epi16(av, w0));
                 row[1] = _mm256_add_epi32(row[1], _mm256_madd_epi16(av, w1));
             }
