@@ -19,6 +19,8 @@ if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
 if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi
 step fmt
 cargo fmt --all -- --check
+step import cycles
+python3 scripts/check-cycles.py
 step clippy
 cargo clippy --workspace --all-targets -q -- -D warnings
 step cargo test

@@ -70,7 +70,7 @@ pub enum Error {
     )]
     InferenceOnly {
         /// The encoder's precision.
-        precision: crate::quant::Precision,
+        precision: crate::precision::Precision,
         /// What was asked.
         what: String,
     },

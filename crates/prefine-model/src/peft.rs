@@ -14,8 +14,9 @@ use crate::config::ModelType;
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::lora::{LoraConfig, LoraPair, LoraTarget};
+use crate::models::Naming;
 use crate::params::Param;
-use crate::weights::{load_safetensors_bytes, save_safetensors, write_atomic, Naming};
+use crate::weights::{load_safetensors_bytes, save_safetensors, write_atomic};
 
 /// PEFT's file names.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";

@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::config::ModelType;
 use crate::error::{Error, Result};
-use crate::lora::LoraTarget;
-use crate::models::FamilyNames;
 
 /// A checkpoint file's bytes: memory-mapped where the platform allows it (read into memory
 /// otherwise, e.g. in WebAssembly). Loading from a mapping lets the pages of a tensor that was
@@ -212,87 +209,6 @@ pub fn save_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Resu
         reason: e.to_string(),
     })?;
     write_atomic(path, &bytes)
-}
-
-/// Checkpoint names of one model type (the family's naming map, [`crate::models::names`]).
-#[derive(Debug, Clone, Copy)]
-pub struct Naming(pub ModelType);
-
-impl Naming {
-    fn names(&self) -> &'static FamilyNames {
-        crate::models::names(self.0)
-    }
-
-    /// The prefix the task-head classes add (`bert.` / `distilbert.`).
-    pub fn model_prefix(&self) -> &'static str {
-        self.names().prefix
-    }
-
-    /// Module path of layer `i` (e.g. `encoder.layer.3`).
-    pub fn layer(&self, i: usize) -> String {
-        format!("{}{i}", self.names().layers)
-    }
-
-    /// Module path of a linear layer (without `.weight`); `None` when the family has no such
-    /// layer.
-    pub fn try_linear(&self, i: usize, t: LoraTarget) -> Option<String> {
-        let (_, suffix, _) = self.names().linears.iter().find(|(tt, _, _)| *tt == t)?;
-        Some(format!("{}.{suffix}", self.layer(i)))
-    }
-
-    /// Module path of a linear layer (without `.weight`); a target the family lacks is named
-    /// `<layer>.<target>`.
-    pub fn linear(&self, i: usize, t: LoraTarget) -> String {
-        self.try_linear(i, t)
-            .unwrap_or_else(|| format!("{}.{t:?}", self.layer(i)))
-    }
-
-    /// PEFT's `target_modules` name of a linear layer.
-    pub fn peft_name(&self, t: LoraTarget) -> Option<&'static str> {
-        self.names()
-            .linears
-            .iter()
-            .find_map(|(tt, _, p)| (*tt == t).then_some(*p))
-    }
-
-    /// The LoRA targets the family has, in block order.
-    pub fn targets(&self) -> Vec<LoraTarget> {
-        self.names().linears.iter().map(|(t, _, _)| *t).collect()
-    }
-
-    /// Parses the module path of a linear layer back into `(layer, target)`.
-    pub fn parse_linear(&self, path: &str) -> Option<(usize, LoraTarget)> {
-        let rest = path.strip_prefix(self.names().layers)?;
-        let (idx, _) = rest.split_once('.')?;
-        let i: usize = idx.parse().ok()?;
-        self.names()
-            .linears
-            .iter()
-            .find(|&&(t, _, _)| self.linear(i, t) == path)
-            .map(|&(t, _, _)| (i, t))
-    }
-}
-
-/// Normalises checkpoint keys: strips a `bert.`/`distilbert.` prefix and maps the legacy
-/// `LayerNorm.gamma/beta` names to `weight/bias`.
-pub fn normalise_keys(tensors: HashMap<String, Tensor>, naming: Naming) -> HashMap<String, Tensor> {
-    tensors
-        .into_iter()
-        .map(|(k, v)| {
-            let k = k
-                .strip_prefix(naming.model_prefix())
-                .map(str::to_string)
-                .unwrap_or(k);
-            let k = if k.contains("LayerNorm.gamma") || k.contains("layer_norm.gamma") {
-                k.replace(".gamma", ".weight")
-            } else if k.contains("LayerNorm.beta") || k.contains("layer_norm.beta") {
-                k.replace(".beta", ".bias")
-            } else {
-                k
-            };
-            (k, v)
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::{names, FamilyNames, LinearId, Norm, Run};
 use crate::config::{Activation, EncoderConfig, ModelType};
-use crate::encoder::EncoderInput;
 use crate::error::{Error, Result};
+use crate::input::EncoderInput;
 use crate::int8_table::{Int8Table, POSITION_EMBEDDINGS, WORD_EMBEDDINGS};
 use crate::lora::{LoraLinear, LoraTarget};
 use crate::ops;

@@ -11,12 +11,15 @@
 pub mod bert;
 pub mod distilbert;
 pub mod electra;
+mod naming;
+
+pub use naming::{normalise_keys, Naming};
 
 use candle_core::Tensor;
 
 use crate::config::{EncoderConfig, ModelType};
-use crate::encoder::{EncoderInput, Forward};
 use crate::error::Result;
+use crate::input::{EncoderInput, Forward};
 use crate::lora::{LoraLinear, LoraTarget};
 use crate::ops;
 use crate::params::Param;
