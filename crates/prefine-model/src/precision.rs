@@ -23,8 +23,8 @@ impl Precision {
     /// Parses `f32` (or `none`), `bf16`, `int8`.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
-            "f32" | "none" => Self::F32,
-            "bf16" => Self::Bf16,
+            "f32" | "fp32" | "none" => Self::F32,
+            "bf16" | "bfloat16" => Self::Bf16,
             "int8" => Self::Int8,
             _ => return None,
         })
@@ -50,5 +50,13 @@ impl std::str::FromStr for Precision {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         Self::parse(s).ok_or_else(|| format!("unknown precision {s:?}: f32, bf16 or int8"))
+    }
+}
+
+impl Precision {
+    /// Whether training can run at this precision (`f32`, or `bf16` mixed precision; int8 is
+    /// inference-only).
+    pub fn trainable(self) -> bool {
+        self != Self::Int8
     }
 }

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use prefine_model::ops::MatmulPrecision;
 use prefine_train::finetune::config::FinetuneOverrides;
 use prefine_train::finetune::{
     run_finetune_with, FinetuneConfig, Mode, RunHooks, TaskKind, TcPooling,
@@ -81,8 +80,8 @@ pub struct FinetuneArgs {
     checkpoint_every: Option<u64>,
     /// Matmul precision while training: f32 | bf16 (mixed precision: bf16 operands, f32
     /// accumulation and weights).
-    #[arg(long, value_parser = super::parse_matmul_precision)]
-    precision: Option<MatmulPrecision>,
+    #[arg(long, value_parser = super::parse_training_precision)]
+    precision: Option<prefine_model::Precision>,
 }
 
 /// Builds the config: file first, then the flags as typed overrides; every setting validated.

@@ -30,10 +30,14 @@ pub fn serde_value<T: serde::de::DeserializeOwned>(s: &str) -> std::result::Resu
     T::deserialize(StrDeserializer::<Error>::new(s)).map_err(|e| e.to_string())
 }
 
-/// Parses `--precision` of the training commands (`f32` or `bf16`).
-pub fn parse_matmul_precision(
-    s: &str,
-) -> std::result::Result<prefine_model::ops::MatmulPrecision, String> {
-    prefine_model::ops::MatmulPrecision::parse(s)
-        .ok_or_else(|| format!("{s:?}: expected f32 or bf16"))
+/// Parses `--precision` of the training commands (`f32` or `bf16`; the one `Precision` of
+/// every command, int8 refused here as the configs refuse it).
+pub fn parse_training_precision(s: &str) -> std::result::Result<prefine_model::Precision, String> {
+    match prefine_model::Precision::parse(s) {
+        Some(p) if p.trainable() => Ok(p),
+        Some(p) => Err(format!(
+            "{p} is inference-only; training runs in f32 or bf16"
+        )),
+        None => Err(format!("{s:?}: expected f32 or bf16")),
+    }
 }

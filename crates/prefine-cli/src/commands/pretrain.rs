@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use prefine_model::ops::MatmulPrecision;
 use prefine_train::pretrain::{resolve_config, run_pretrain, PretrainOverrides, Start, Strategy};
 
 /// Arguments of `prefine pretrain`.
@@ -33,8 +32,8 @@ pub struct PretrainArgs {
     resume: bool,
     /// Matmul precision: f32 | bf16 (mixed precision: bf16 operands, f32 accumulation and
     /// weights); overrides the config.
-    #[arg(long, value_parser = super::parse_matmul_precision)]
-    precision: Option<MatmulPrecision>,
+    #[arg(long, value_parser = super::parse_training_precision)]
+    precision: Option<prefine_model::Precision>,
 }
 
 /// Runs `prefine pretrain`.

@@ -49,6 +49,17 @@ impl MatmulPrecision {
     }
 }
 
+impl From<crate::precision::Precision> for MatmulPrecision {
+    /// The matmul precision that trains at a [`crate::Precision`]: bf16 operands for `bf16`,
+    /// f32 otherwise (training configs refuse `int8` before they get here).
+    fn from(p: crate::precision::Precision) -> Self {
+        match p {
+            crate::precision::Precision::Bf16 => Self::Bf16,
+            _ => Self::F32,
+        }
+    }
+}
+
 impl std::fmt::Display for MatmulPrecision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -3,8 +3,7 @@
 
 use std::path::Path;
 
-use prefine_model::ops::MatmulPrecision;
-use prefine_model::{LoraConfig, LoraTarget};
+use prefine_model::{LoraConfig, LoraTarget, Precision};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -50,8 +49,8 @@ fn d_cache_mb() -> usize {
 fn d_true() -> bool {
     true
 }
-fn is_f32(p: &MatmulPrecision) -> bool {
-    *p == MatmulPrecision::F32
+fn is_f32(p: &Precision) -> bool {
+    *p == Precision::F32
 }
 fn is_true(v: &bool) -> bool {
     *v
@@ -156,7 +155,7 @@ pub struct FinetuneConfig {
     /// rounded to bf16, f32 accumulation, f32 master weights, gradients and optimizer; like
     /// PyTorch's bf16 autocast). Evaluation and the saved weights stay f32.
     #[serde(default, skip_serializing_if = "is_f32")]
-    pub precision: MatmulPrecision,
+    pub precision: Precision,
 }
 
 impl FinetuneConfig {
@@ -190,7 +189,7 @@ impl FinetuneConfig {
             keep_checkpoints: d_keep(),
             feature_cache_mb: d_cache_mb(),
             group_by_length: true,
-            precision: MatmulPrecision::default(),
+            precision: Precision::default(),
         }
     }
 
@@ -274,6 +273,15 @@ impl FinetuneConfig {
         };
         if self.epochs == 0 {
             return bad("epochs", "must be at least 1".into());
+        }
+        if !self.precision.trainable() {
+            return bad(
+                "precision",
+                format!(
+                    "{} is inference-only; training runs in f32 or bf16",
+                    self.precision
+                ),
+            );
         }
         if self.batch_size == 0 || self.eval_batch_size == 0 || self.grad_accumulation == 0 {
             return bad(
@@ -376,7 +384,7 @@ pub struct FinetuneOverrides {
     /// `--checkpoint-every`.
     pub checkpoint_every: Option<u64>,
     /// `--precision`.
-    pub precision: Option<MatmulPrecision>,
+    pub precision: Option<Precision>,
 }
 
 impl FinetuneOverrides {
@@ -447,22 +455,33 @@ mod tests {
     #[test]
     fn precision_is_f32_by_default_and_a_bad_one_names_its_line() {
         let c = FinetuneConfig::new(TaskKind::Tc, Mode::Lora);
-        assert_eq!(c.precision, MatmulPrecision::F32);
+        assert_eq!(c.precision, Precision::F32);
         let bf = FinetuneConfig::from_toml_str(
             "task = \"tc\"\nmode = \"lora\"\nprecision = \"bf16\"\n",
             Path::new("c.toml"),
         )
         .unwrap();
-        assert_eq!(bf.precision, MatmulPrecision::Bf16);
+        assert_eq!(bf.precision, Precision::Bf16);
         let back = FinetuneConfig::from_toml_str(&bf.to_toml(), Path::new("c.toml")).unwrap();
         assert_eq!(back, bf);
         let err = FinetuneConfig::from_toml_str(
-            "task = \"tc\"\nmode = \"lora\"\nprecision = \"int8\"\n",
+            "task = \"tc\"\nmode = \"lora\"\nprecision = \"fp16\"\n",
             Path::new("c.toml"),
         )
         .unwrap_err()
         .to_string();
         assert!(err.contains("line 3") && err.contains("`bf16`"), "{err}");
+        // The one Precision of every command: int8 parses, and training refuses it by name.
+        let int8 = FinetuneConfig::from_toml_str(
+            "task = \"tc\"\nmode = \"lora\"\nprecision = \"int8\"\n",
+            Path::new("c.toml"),
+        )
+        .and_then(|c| c.validate().map(|()| c));
+        let err = int8.unwrap_err().to_string();
+        assert!(
+            err.contains("precision") && err.contains("inference-only"),
+            "{err}"
+        );
     }
 
     #[test]

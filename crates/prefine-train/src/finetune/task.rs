@@ -267,7 +267,9 @@ impl FinetuneTask {
         let logits = {
             let _span = tracing::debug_span!("forward", batch = batch.len()).entered();
             let (model, rng) = (&self.model, &mut self.dropout_rng);
-            with_matmul_precision(self.cfg.precision, || model.logits(&input, Some(&mut *rng)))?
+            with_matmul_precision(self.cfg.precision.into(), || {
+                model.logits(&input, Some(&mut *rng))
+            })?
         };
         let loss = self.loss(batch, &logits)?;
         let lv = finite_loss(&loss, "loss", self.st.step)?;

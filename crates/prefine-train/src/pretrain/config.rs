@@ -2,8 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use prefine_model::ops::MatmulPrecision;
-use prefine_model::{LoraConfig, LoraTarget};
+use prefine_model::{LoraConfig, LoraTarget, Precision};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -269,11 +268,11 @@ pub struct PretrainConfig {
     /// Matmul precision while training: `f32`, or `bf16` mixed precision (matmul operands
     /// rounded to bf16, f32 accumulation, master weights, gradients and optimizer).
     #[serde(default, skip_serializing_if = "is_f32")]
-    pub precision: MatmulPrecision,
+    pub precision: Precision,
 }
 
-fn is_f32(p: &MatmulPrecision) -> bool {
-    *p == MatmulPrecision::F32
+fn is_f32(p: &Precision) -> bool {
+    *p == Precision::F32
 }
 
 /// Keys at their default are left out of the written config (as before they existed).
@@ -317,7 +316,7 @@ impl PretrainConfig {
             conflict_every: d_conflict(),
             checkpoint_every: d_ckpt(),
             log_every: d_log(),
-            precision: MatmulPrecision::default(),
+            precision: Precision::default(),
         }
     }
 
@@ -353,6 +352,15 @@ impl PretrainConfig {
         };
         if self.max_steps == 0 {
             return bad("max_steps", "must be at least 1".into());
+        }
+        if !self.precision.trainable() {
+            return bad(
+                "precision",
+                format!(
+                    "{} is inference-only; training runs in f32 or bf16",
+                    self.precision
+                ),
+            );
         }
         if self.ner_batch_size == 0 || self.tc_batch_size < 2 {
             return bad(
@@ -470,7 +478,7 @@ pub struct PretrainOverrides {
     /// `--max-steps`.
     pub max_steps: Option<u64>,
     /// `--precision`.
-    pub precision: Option<MatmulPrecision>,
+    pub precision: Option<Precision>,
 }
 
 /// Reads a config file (or the defaults; `strategy` must come from the file or the overrides),

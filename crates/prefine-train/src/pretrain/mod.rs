@@ -395,7 +395,7 @@ impl Pretrainer {
         let precision = self.cfg.precision;
         let loss = {
             let _span = tracing::debug_span!("forward", family = fam.name()).entered();
-            with_matmul_precision(precision, || self.loss(fam, RngKind::Training, true))?
+            with_matmul_precision(precision.into(), || self.loss(fam, RngKind::Training, true))?
         };
         let lv = finite_loss(&loss, &format!("{} loss", fam.name()), self.step + 1)?;
         let _span = tracing::debug_span!("backward").entered();
@@ -622,7 +622,7 @@ impl Pretrainer {
         for fam in [Family::Ner, Family::Tc] {
             let loss = {
                 let _span = tracing::debug_span!("forward", family = fam.name()).entered();
-                with_matmul_precision(precision, || self.loss(fam, RngKind::Training, true))?
+                with_matmul_precision(precision.into(), || self.loss(fam, RngKind::Training, true))?
             };
             let lv = finite_loss(&loss, &format!("{} loss", fam.name()), self.step + 1)?;
             let _span = tracing::debug_span!("backward").entered();
