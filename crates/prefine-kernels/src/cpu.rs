@@ -3,7 +3,8 @@
 //! ([`with_buffer`]) and bf16 rounding.
 //!
 //! This is the one place that looks at CPU features. [`isa()`] is the best family the CPU
-//! supports, lowered by the environment variable `PREFINE_ISA` (`avx512bf16`, `avx512`, `avx2`,
+//! supports, lowered by the environment variable `PREFINE_ISA` (`avx512bf16`, `avx512`,
+//! `avx2-vnni`, `avx2`,
 //! `neon-dotprod`, `neon`, `simd128`, `scalar`), so that tests and benchmarks can run every path on one
 //! machine. A value the CPU cannot run (a higher family, or another architecture's) is ignored
 //! with a warning on stderr. `PREFINE_BF16_NATIVE=0`, the older switch, still caps the family at
@@ -21,8 +22,13 @@ use std::sync::OnceLock;
 pub enum Isa {
     /// Portable Rust (what wasm32 runs; what every other family is tested against).
     Scalar,
-    /// x86-64 with AVX2 and FMA (Haswell / Zen 1 and later): 8-lane f32, widening int8.
-    Avx2Fma,
+    /// x86-64 with AVX2 and FMA (Haswell / Zen 1 and later): 8-lane f32; int8 on `vpdpbusd`
+    /// ymm when the CPU has AVX-VNNI (Alder Lake, Sapphire Rapids, Zen 5 and later), widening
+    /// multiplies otherwise.
+    Avx2Fma {
+        /// AVX-VNNI (the VEX-encoded `vpdpbusd`) is available.
+        vnni: bool,
+    },
     /// x86-64 with AVX-512 F, BW, VL and VNNI (Ice Lake, Cascade Lake, Zen 4 and later):
     /// 16-lane f32 and `vpdpbusd` int8.
     Avx512,
@@ -44,7 +50,8 @@ impl Isa {
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
-            Isa::Avx2Fma => "avx2",
+            Isa::Avx2Fma { vnni: false } => "avx2",
+            Isa::Avx2Fma { vnni: true } => "avx2-vnni",
             Isa::Avx512 => "avx512",
             Isa::Avx512Bf16 => "avx512bf16",
             Isa::Neon { dotprod: false } => "neon",
@@ -58,7 +65,8 @@ impl Isa {
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s.trim().to_ascii_lowercase().as_str() {
             "scalar" | "portable" => Isa::Scalar,
-            "avx2" | "avx2fma" | "avx2+fma" => Isa::Avx2Fma,
+            "avx2" | "avx2fma" | "avx2+fma" => Isa::Avx2Fma { vnni: false },
+            "avx2-vnni" | "avxvnni" => Isa::Avx2Fma { vnni: true },
             "avx512" => Isa::Avx512,
             "avx512bf16" => Isa::Avx512Bf16,
             "neon" => Isa::Neon { dotprod: false },
@@ -72,9 +80,13 @@ impl Isa {
     fn rank(self) -> u8 {
         match self {
             Isa::Scalar => 0,
-            Isa::Avx2Fma | Isa::Neon { dotprod: false } | Isa::Simd128 => 1,
-            Isa::Avx512 | Isa::Neon { dotprod: true } => 2,
-            Isa::Avx512Bf16 => 3,
+            Isa::Avx2Fma { vnni: false } | Isa::Neon { dotprod: false } | Isa::Simd128 => 1,
+            // Below AVX-512 in what it offers, though not every AVX-512 CPU has AVX-VNNI: see
+            // `cpu_runs`.
+            Isa::Avx2Fma { vnni: true } => 2,
+            Isa::Avx512 => 3,
+            Isa::Neon { dotprod: true } => 2,
+            Isa::Avx512Bf16 => 4,
         }
     }
 
@@ -87,8 +99,8 @@ impl Isa {
                 | (Isa::Neon { .. }, Isa::Neon { .. })
                 | (Isa::Simd128, Isa::Simd128)
                 | (
-                    Isa::Avx2Fma | Isa::Avx512 | Isa::Avx512Bf16,
-                    Isa::Avx2Fma | Isa::Avx512 | Isa::Avx512Bf16
+                    Isa::Avx2Fma { .. } | Isa::Avx512 | Isa::Avx512Bf16,
+                    Isa::Avx2Fma { .. } | Isa::Avx512 | Isa::Avx512Bf16
                 )
         );
         same_arch && self.rank() <= other.rank()
@@ -130,7 +142,9 @@ fn detect() -> Isa {
             }
             return Isa::Avx512;
         }
-        Isa::Avx2Fma
+        Isa::Avx2Fma {
+            vnni: has!("avxvnni"),
+        }
     }
     #[cfg(target_arch = "aarch64")]
     {
@@ -166,7 +180,7 @@ fn selected() -> Isa {
         match std::env::var("PREFINE_ISA") {
             Err(std::env::VarError::NotPresent) => isa,
             Ok(v) => match Isa::parse(&v) {
-                Some(want) if want.runs_within(best) => want,
+                Some(want) if cpu_runs(want) => want,
                 Some(want) => {
                     eprintln!(
                         "prefine: PREFINE_ISA={want} is not supported by this CPU (best: {best}); \
@@ -176,8 +190,8 @@ fn selected() -> Isa {
                 }
                 None => {
                     eprintln!(
-                        "prefine: PREFINE_ISA={v:?} is not one of scalar, avx2, avx512, \
-                         avx512bf16, neon, neon-dotprod, simd128; using {isa}"
+                        "prefine: PREFINE_ISA={v:?} is not one of scalar, avx2, avx2-vnni, \
+                         avx512, avx512bf16, neon, neon-dotprod, simd128; using {isa}"
                     );
                     isa
                 }
@@ -202,12 +216,28 @@ pub fn isa() -> Isa {
     OVERRIDE.with(Cell::get).unwrap_or_else(selected)
 }
 
+/// Whether this CPU can run `isa`: within the detected family, and for AVX-VNNI only where the
+/// CPU has it (an AVX-512 CPU may lack it: Ice Lake and Cascade Lake servers, Zen 4).
+fn cpu_runs(isa: Isa) -> bool {
+    let vnni_ok = || {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avxvnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    };
+    isa.runs_within(detected()) && (isa != (Isa::Avx2Fma { vnni: true }) || vnni_ok())
+}
+
 /// Every family this CPU can run, lowest first (the ones tests compare).
 pub fn supported() -> Vec<Isa> {
-    let best = detected();
     [
         Isa::Scalar,
-        Isa::Avx2Fma,
+        Isa::Avx2Fma { vnni: false },
+        Isa::Avx2Fma { vnni: true },
         Isa::Avx512,
         Isa::Avx512Bf16,
         Isa::Neon { dotprod: false },
@@ -215,7 +245,7 @@ pub fn supported() -> Vec<Isa> {
         Isa::Simd128,
     ]
     .into_iter()
-    .filter(|i| i.runs_within(best))
+    .filter(|&i| cpu_runs(i))
     .collect()
 }
 
@@ -223,7 +253,7 @@ pub fn supported() -> Vec<Isa> {
 /// when the CPU cannot run `isa`. For tests that compare families within one process.
 pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     assert!(
-        isa.runs_within(detected()),
+        cpu_runs(isa),
         "with_isa: {isa} does not run on this CPU ({})",
         detected()
     );
@@ -390,10 +420,13 @@ mod tests {
         }
         assert_eq!(supported()[0], Isa::Scalar);
         assert!(supported().contains(&detected()));
-        assert!(!Isa::Avx2Fma.runs_within(Isa::Neon { dotprod: true }));
-        assert!(!Isa::Avx512.runs_within(Isa::Avx2Fma));
+        assert!(!Isa::Avx2Fma { vnni: false }.runs_within(Isa::Neon { dotprod: true }));
+        assert!(!Isa::Avx512.runs_within(Isa::Avx2Fma { vnni: true }));
+        assert!(Isa::Avx2Fma { vnni: false }.runs_within(Isa::Avx2Fma { vnni: true }));
+        assert!(!Isa::Avx2Fma { vnni: true }.runs_within(Isa::Avx2Fma { vnni: false }));
         assert!(Isa::Neon { dotprod: false }.runs_within(Isa::Neon { dotprod: true }));
-        assert_eq!(Isa::parse("AVX2"), Some(Isa::Avx2Fma));
+        assert_eq!(Isa::parse("AVX2"), Some(Isa::Avx2Fma { vnni: false }));
+        assert_eq!(Isa::parse("avx2-vnni"), Some(Isa::Avx2Fma { vnni: true }));
         assert_eq!(Isa::parse("sse9"), None);
     }
 

@@ -104,7 +104,7 @@ pub fn gelu_backward_into(dst: &mut [std::mem::MaybeUninit<f32>], x: &[f32], dy:
         Isa::Avx512 | Isa::Avx512Bf16 => return unsafe { gelu_backward_avx512(dst, x, dy) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA are selected.
-        Isa::Avx2Fma => return unsafe { gelu_backward_avx2(dst, x, dy) },
+        Isa::Avx2Fma { .. } => return unsafe { gelu_backward_avx2(dst, x, dy) },
         _ => {}
     }
     for ((o, &xv), &g) in dst.iter_mut().zip(x).zip(dy) {
@@ -184,7 +184,7 @@ unsafe fn gelu_row(isa: Isa, dst: *mut f32, src: *const f32, n: usize) {
         Isa::Avx512 | Isa::Avx512Bf16 => unsafe { gelu_row_avx512(dst, src, n) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA selected; the pointers are this function's.
-        Isa::Avx2Fma => unsafe { crate::arch::avx2::gelu_row(dst, src, n) },
+        Isa::Avx2Fma { .. } => unsafe { crate::arch::avx2::gelu_row(dst, src, n) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON selected; the pointers are this function's.
         Isa::Neon { .. } => unsafe { crate::arch::neon::gelu_row(dst, src, n) },
@@ -273,7 +273,7 @@ pub fn map_into_uninit(
         Isa::Avx512 | Isa::Avx512Bf16 => return unsafe { map_into_uninit_avx512(dst, src, f) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA selected.
-        Isa::Avx2Fma => return unsafe { map_into_uninit_avx2(dst, src, f) },
+        Isa::Avx2Fma { .. } => return unsafe { map_into_uninit_avx2(dst, src, f) },
         _ => {}
     }
     for (d, s) in dst.iter_mut().zip(src) {
@@ -327,7 +327,7 @@ pub fn zip_map_into(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) 
         Isa::Avx512 | Isa::Avx512Bf16 => return unsafe { zip_map_into_avx512(dst, a, b, f) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA selected.
-        Isa::Avx2Fma => return unsafe { zip_map_into_avx2(dst, a, b, f) },
+        Isa::Avx2Fma { .. } => return unsafe { zip_map_into_avx2(dst, a, b, f) },
         _ => {}
     }
     for ((d, x), y) in dst.iter_mut().zip(a).zip(b) {
@@ -364,7 +364,9 @@ pub fn masked_exp_sum(row: &mut [f32], mask: &[f32], scale: f32, max: f32) -> f3
         }
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA selected; both slices have `row.len()` elements.
-        Isa::Avx2Fma => return unsafe { crate::arch::avx2::masked_exp_sum(row, mask, scale, max) },
+        Isa::Avx2Fma { .. } => {
+            return unsafe { crate::arch::avx2::masked_exp_sum(row, mask, scale, max) }
+        }
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON selected; both slices have `row.len()` elements.
         Isa::Neon { .. } => {
@@ -478,7 +480,7 @@ pub fn masked_max(v: &[f32], mask: &[f32]) -> f32 {
         Isa::Avx512 | Isa::Avx512Bf16 => unsafe { masked_max_avx512(v, mask) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA selected.
-        Isa::Avx2Fma => unsafe { masked_max_avx2(v, mask) },
+        Isa::Avx2Fma { .. } => unsafe { masked_max_avx2(v, mask) },
         _ => masked_max_lanes(v, mask),
     }
 }

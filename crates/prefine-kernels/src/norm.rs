@@ -50,7 +50,7 @@ pub fn layer_norm_row(
         Isa::Avx512 | Isa::Avx512Bf16 => unsafe { row_avx512(row, g, b, eps, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA selected.
-        Isa::Avx2Fma => unsafe { row_avx2(row, g, b, eps, out) },
+        Isa::Avx2Fma { .. } => unsafe { row_avx2(row, g, b, eps, out) },
         _ => row_lanes(row, g, b, eps, out),
     }
 }

@@ -251,7 +251,7 @@ pub fn quantize_rows(x: &[f32], m: usize, k: usize) -> QuantizedRows {
 /// run [`quantize_row_scalar`], which the vector ones equal code for code.
 fn vector_quantizer() -> bool {
     let isa = crate::cpu::isa();
-    isa.avx512() || isa == Isa::Avx2Fma || isa == Isa::Simd128
+    isa.avx512() || matches!(isa, Isa::Avx2Fma { .. }) || isa == Isa::Simd128
 }
 
 fn quantize_rows_with(x: &[f32], m: usize, k: usize, simd: bool) -> QuantizedRows {
@@ -605,7 +605,7 @@ fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, isa: Isa, sink: &Sink) {
                             }
                             let _ = simd;
                             #[cfg(target_arch = "x86_64")]
-                            if isa == Isa::Avx2Fma {
+                            if matches!(isa, Isa::Avx2Fma { .. }) {
                                 epilogue_avx2(&tile_acc, mr, nr, sx, zr, &cols, dst, n);
                             } else {
                                 epilogue_scalar(&tile_acc, mr, nr, sx, zr, &cols, dst, n);
@@ -720,8 +720,13 @@ fn tile(
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 selected; operands as above.
-        Isa::Avx2Fma => unsafe {
+        Isa::Avx2Fma { vnni: false } => unsafe {
             crate::arch::avx2::qgemm_tile(kq, rows, lda, mr, panel.as_ptr(), acc)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and AVX-VNNI selected; operands as above.
+        Isa::Avx2Fma { vnni: true } => unsafe {
+            crate::arch::avx2::qgemm_tile_vnni(kq, rows, lda, mr, panel.as_ptr(), acc)
         },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON (and SDOT when `dotprod`) selected; operands as above.

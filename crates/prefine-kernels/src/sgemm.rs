@@ -818,7 +818,7 @@ unsafe fn kernel_tile(isa: Isa, kc: usize, a: ASource, bp: *const f32, t: Tile) 
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the selected family runs on this CPU (`cpu::isa`), and the operands meet the callee's contract (this function's).
-        Isa::Avx2Fma => unsafe { crate::arch::avx2::sgemm_tile(kc, a, bp, t) },
+        Isa::Avx2Fma { .. } => unsafe { crate::arch::avx2::sgemm_tile(kc, a, bp, t) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: the selected family runs on this CPU (`cpu::isa`), and the operands meet the callee's contract (this function's).
         Isa::Neon { .. } => unsafe { crate::arch::neon::sgemm_tile(kc, a, bp, t) },

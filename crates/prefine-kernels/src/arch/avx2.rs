@@ -2,9 +2,10 @@
 //!
 //! - f32 GEMM: the 12 x 32 tile in sub-tiles of up to 6 rows x 16 columns (12 accumulators,
 //!   two `B` vectors and one broadcast: 15 registers), reading the panels every family shares.
-//! - int8 GEMM: u8 activations (widened once per tile) and s8 weights widened to i16, pairs
-//!   multiplied and added by `vpmaddwd` into i32 (exact: `vpmaddubsw` would saturate),
-//!   sub-tiles of 6 rows x 8 columns.
+//! - int8 GEMM: with AVX-VNNI, `vpdpbusd` on ymm straight from the packed panels (sub-tiles of
+//!   6 rows x 16 columns); without it, u8 activations (widened once per tile) and s8 weights
+//!   widened to i16, pairs multiplied and added by `vpmaddwd` into i32 (exact: `vpmaddubsw`
+//!   would saturate), sub-tiles of 6 rows x 8 columns.
 //! - GELU: the table-polynomial GELU of [`crate::math::gelu`] with the table permuted per lane
 //!   (`vpermps` on each half of the 16 intervals), the same operations: the same bits.
 //! - softmax numerators: `exp` with the polynomial of [`crate::math::exp`].
@@ -248,6 +249,85 @@ unsafe fn q_sub<const R: usize>(
         let folded = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(row[0], row[1]));
         // SAFETY: columns `8 blk..8 blk + 8` of an `NR`-wide row.
         unsafe { _mm256_storeu_si256(o.as_mut_ptr().add(blk * 8) as *mut __m256i, folded) };
+    }
+}
+
+/// [`qgemm_tile`] with AVX-VNNI: `vpdpbusd` on ymm multiplies the four u8 activations of a
+/// group, broadcast to every lane, with the four s8 weights of 8 columns and adds the products
+/// into i32 lanes without saturation: 32 multiply-adds per instruction, the same integers as
+/// every other family. Sub-tiles of 6 rows x 16 columns (12 accumulators, two weight vectors,
+/// one broadcast: 15 registers), the panel's 4-byte groups read as they are packed.
+///
+/// # Safety
+/// AVX2 and AVX-VNNI; operands as [`qgemm_tile`].
+#[target_feature(enable = "avx2,fma,avxvnni")]
+pub(crate) unsafe fn qgemm_tile_vnni(
+    kq: usize,
+    a: *const u8,
+    lda: usize,
+    mr: usize,
+    panel: *const i8,
+    acc: &mut [[i32; NR]; MR],
+) {
+    let mut i0 = 0;
+    while i0 < mr {
+        let rows = (mr - i0).min(QROWS);
+        for half in 0..NR / 16 {
+            // SAFETY: rows `i0..i0 + rows` of `a`, columns `16 half..16 half + 16` of the
+            // panel.
+            unsafe {
+                let a0 = a.add(i0 * lda);
+                let out = &mut acc[i0..i0 + rows];
+                match rows {
+                    1 => vnni_sub::<1>(kq, a0, lda, panel, half, out),
+                    2 => vnni_sub::<2>(kq, a0, lda, panel, half, out),
+                    3 => vnni_sub::<3>(kq, a0, lda, panel, half, out),
+                    4 => vnni_sub::<4>(kq, a0, lda, panel, half, out),
+                    5 => vnni_sub::<5>(kq, a0, lda, panel, half, out),
+                    _ => vnni_sub::<QROWS>(kq, a0, lda, panel, half, out),
+                }
+            }
+        }
+        i0 += QROWS;
+    }
+}
+
+/// `R` rows x the 16 columns of `half` (two ymm of 8 columns each).
+///
+/// # Safety
+/// AVX2 and AVX-VNNI; as [`qgemm_tile_vnni`], `out.len() == R`.
+#[inline]
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn vnni_sub<const R: usize>(
+    kq: usize,
+    a: *const u8,
+    lda: usize,
+    panel: *const i8,
+    half: usize,
+    out: &mut [[i32; NR]],
+) {
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    for q in 0..kq {
+        // SAFETY: group `q < kq` of the panel (its 64 bytes of this half at `64 half`) and the
+        // four bytes of each row `i < R` at group `q`.
+        unsafe {
+            let wq = panel.add(q * NR * 4 + half * 64);
+            let w0 = _mm256_loadu_si256(wq as *const __m256i);
+            let w1 = _mm256_loadu_si256(wq.add(32) as *const __m256i);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let four = (a.add(i * lda + 4 * q) as *const i32).read_unaligned();
+                let av = _mm256_set1_epi32(four);
+                row[0] = _mm256_dpbusd_avx_epi32(row[0], av, w0);
+                row[1] = _mm256_dpbusd_avx_epi32(row[1], av, w1);
+            }
+        }
+    }
+    for (o, row) in out.iter_mut().zip(&acc) {
+        // SAFETY: columns `16 half..16 half + 16` of an `NR`-wide row.
+        unsafe {
+            _mm256_storeu_si256(o.as_mut_ptr().add(16 * half) as *mut __m256i, row[0]);
+            _mm256_storeu_si256(o.as_mut_ptr().add(16 * half + 8) as *mut __m256i, row[1]);
+        }
     }
 }
 

@@ -104,7 +104,7 @@ fn backward_rows(
                 Isa::Avx512 | Isa::Avx512Bf16 => unsafe { chunk.run_avx512(dxc, params.as_mut()) },
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the selected kernel family has AVX2 and FMA.
-                Isa::Avx2Fma => unsafe { chunk.run_avx2(dxc, params.as_mut()) },
+                Isa::Avx2Fma { .. } => unsafe { chunk.run_avx2(dxc, params.as_mut()) },
                 _ => chunk.run(dxc, params.as_mut()),
             }
             params.unwrap_or_default()
