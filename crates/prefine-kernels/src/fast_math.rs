@@ -365,7 +365,8 @@ pub fn masked_exp_sum(row: &mut [f32], mask: &[f32], scale: f32, max: f32) -> f3
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA selected; both slices have `row.len()` elements.
         Isa::Avx2Fma { .. } => {
-            return unsafe { crate::arch::avx2::masked_exp_sum(row, mask, scale, max) }
+            // SAFETY: AVX2 and FMA selected; both slices have `row.len()` elements.
+            return unsafe { crate::arch::avx2::masked_exp_sum(row, mask, scale, max) };
         }
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON selected; both slices have `row.len()` elements.
