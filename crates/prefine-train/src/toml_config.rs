@@ -62,3 +62,15 @@ pub fn serde_name<T: serde::Serialize>(v: &T) -> String {
         _ => String::new(),
     }
 }
+
+/// Refuses a precision training cannot run at (int8 is inference-only), naming the field
+/// `precision`.
+pub fn check_training_precision(p: prefine_model::Precision) -> crate::error::Result<()> {
+    if p.trainable() {
+        return Ok(());
+    }
+    Err(crate::error::Error::Config {
+        field: "precision".into(),
+        reason: format!("{p} is inference-only; training runs in f32 or bf16"),
+    })
+}

@@ -274,15 +274,7 @@ impl FinetuneConfig {
         if self.epochs == 0 {
             return bad("epochs", "must be at least 1".into());
         }
-        if !self.precision.trainable() {
-            return bad(
-                "precision",
-                format!(
-                    "{} is inference-only; training runs in f32 or bf16",
-                    self.precision
-                ),
-            );
-        }
+        crate::toml_config::check_training_precision(self.precision)?;
         if self.batch_size == 0 || self.eval_batch_size == 0 || self.grad_accumulation == 0 {
             return bad(
                 "batch_size",

@@ -353,15 +353,7 @@ impl PretrainConfig {
         if self.max_steps == 0 {
             return bad("max_steps", "must be at least 1".into());
         }
-        if !self.precision.trainable() {
-            return bad(
-                "precision",
-                format!(
-                    "{} is inference-only; training runs in f32 or bf16",
-                    self.precision
-                ),
-            );
-        }
+        crate::toml_config::check_training_precision(self.precision)?;
         if self.ner_batch_size == 0 || self.tc_batch_size < 2 {
             return bad(
                 "batch sizes",
@@ -401,20 +393,13 @@ impl PretrainConfig {
                 ),
             );
         }
-        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return bad(
-                "weight_decay",
-                format!("{}: must be finite and non-negative", self.weight_decay),
-            );
-        }
-        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
-            return bad(
-                "max_grad_norm",
-                format!(
-                    "{}: must be finite and non-negative (0 disables)",
-                    self.max_grad_norm
-                ),
-            );
+        for (k, v, note) in [
+            ("weight_decay", self.weight_decay, ""),
+            ("max_grad_norm", self.max_grad_norm, " (0 disables)"),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(k, format!("{v}: must be finite and non-negative{note}"));
+            }
         }
         if self.tpl_last_k == 0 {
             return bad("tpl_last_k", "must be at least 1".into());
