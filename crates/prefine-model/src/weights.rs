@@ -23,7 +23,8 @@ pub struct MappedFile {
 enum FileBytes {
     Mapped {
         map: memmap2::Mmap,
-        /// The open file, for positioned reads.
+        /// The open file, for positioned reads (Unix; elsewhere rows are copied from `map`).
+        #[cfg_attr(not(unix), allow(dead_code))]
         file: std::fs::File,
     },
     Read(Vec<u8>),
