@@ -48,3 +48,21 @@ pub struct Tile {
     /// Apply the exact GELU after the store's add.
     pub gelu: bool,
 }
+
+/// Calls the sub-tile kernel `f::<R>` monomorphised for the row count `rows` (1 to 5, or
+/// `max` rows for anything larger), the dispatch every family's tile driver needs: a kernel's
+/// accumulators live in registers only when `R` is a constant.
+macro_rules! by_rows {
+    ($rows:expr, $max:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $rows {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            _ => $f::<{ $max }>($($arg),*),
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use by_rows;

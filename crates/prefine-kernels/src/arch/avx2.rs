@@ -13,7 +13,7 @@
 use std::arch::x86_64::*;
 
 use crate::math::{GELU_LIMIT, GELU_STEP, GELU_TAIL, LN2_HI, LN2_LO, LOG2E};
-use crate::tile::{ASource, Tile, MR, NR};
+use crate::tile::{by_rows, ASource, Tile, MR, NR};
 
 /// Rows per f32 sub-tile.
 const ROWS: usize = 6;
@@ -45,14 +45,7 @@ pub(crate) unsafe fn sgemm_tile(kc: usize, a: ASource, bp: *const f32, t: Tile) 
                     ..t
                 };
                 let (a0, b0) = (ap.add(i0 * rs), bp.add(j0));
-                match rows {
-                    1 => sub_tile::<1>(kc, a0, rs, ps, b0, sub),
-                    2 => sub_tile::<2>(kc, a0, rs, ps, b0, sub),
-                    3 => sub_tile::<3>(kc, a0, rs, ps, b0, sub),
-                    4 => sub_tile::<4>(kc, a0, rs, ps, b0, sub),
-                    5 => sub_tile::<5>(kc, a0, rs, ps, b0, sub),
-                    _ => sub_tile::<ROWS>(kc, a0, rs, ps, b0, sub),
-                }
+                by_rows!(rows, ROWS, sub_tile(kc, a0, rs, ps, b0, sub))
             }
             j0 += 16;
         }
@@ -199,14 +192,7 @@ pub(crate) unsafe fn qgemm_tile(
                 unsafe {
                     let a0 = wide.as_ptr().add(i0 * kq * 4);
                     let out = &mut acc[i0..i0 + rows];
-                    match rows {
-                        1 => q_sub::<1>(kq, a0, panel, blk, out),
-                        2 => q_sub::<2>(kq, a0, panel, blk, out),
-                        3 => q_sub::<3>(kq, a0, panel, blk, out),
-                        4 => q_sub::<4>(kq, a0, panel, blk, out),
-                        5 => q_sub::<5>(kq, a0, panel, blk, out),
-                        _ => q_sub::<QROWS>(kq, a0, panel, blk, out),
-                    }
+                    by_rows!(rows, QROWS, q_sub(kq, a0, panel, blk, out))
                 }
             }
             i0 += QROWS;
@@ -278,14 +264,7 @@ pub(crate) unsafe fn qgemm_tile_vnni(
             unsafe {
                 let a0 = a.add(i0 * lda);
                 let out = &mut acc[i0..i0 + rows];
-                match rows {
-                    1 => vnni_sub::<1>(kq, a0, lda, panel, half, out),
-                    2 => vnni_sub::<2>(kq, a0, lda, panel, half, out),
-                    3 => vnni_sub::<3>(kq, a0, lda, panel, half, out),
-                    4 => vnni_sub::<4>(kq, a0, lda, panel, half, out),
-                    5 => vnni_sub::<5>(kq, a0, lda, panel, half, out),
-                    _ => vnni_sub::<QROWS>(kq, a0, lda, panel, half, out),
-                }
+                by_rows!(rows, QROWS, vnni_sub(kq, a0, lda, panel, half, out))
             }
         }
         i0 += QROWS;

@@ -24,7 +24,7 @@
 use std::arch::wasm32::*;
 
 use crate::math::{GELU_LIMIT, GELU_STEP, GELU_TAIL, LN2_HI, LN2_LO, LOG2E};
-use crate::tile::{ASource, Tile, MR, NR};
+use crate::tile::{by_rows, ASource, Tile, MR, NR};
 
 /// Rows per f32 sub-tile.
 const ROWS: usize = 6;
@@ -58,14 +58,7 @@ pub(crate) unsafe fn sgemm_tile(kc: usize, a: ASource, bp: *const f32, t: Tile) 
                     ..t
                 };
                 let (a0, b0) = (ap.add(i0 * rs), bp.add(j0));
-                match rows {
-                    1 => sub_tile::<1>(kc, a0, rs, ps, b0, sub),
-                    2 => sub_tile::<2>(kc, a0, rs, ps, b0, sub),
-                    3 => sub_tile::<3>(kc, a0, rs, ps, b0, sub),
-                    4 => sub_tile::<4>(kc, a0, rs, ps, b0, sub),
-                    5 => sub_tile::<5>(kc, a0, rs, ps, b0, sub),
-                    _ => sub_tile::<ROWS>(kc, a0, rs, ps, b0, sub),
-                }
+                by_rows!(rows, ROWS, sub_tile(kc, a0, rs, ps, b0, sub))
             }
             j0 += COLS;
         }
