@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 use prefine_train::finetune::{FinetuneConfig, Mode, TaskKind};
 use prefine_train::pretrain::{PretrainConfig, Strategy};
+use prefine_train::toml_config::serde_name;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -41,18 +42,6 @@ fn d_fractions() -> Vec<f64> {
 }
 fn d_seeds() -> Vec<u64> {
     vec![13, 14, 15]
-}
-fn d_head() -> Mode {
-    Mode::Head
-}
-fn d_epochs() -> usize {
-    3
-}
-fn d_batch() -> usize {
-    32
-}
-fn d_max_length() -> usize {
-    128
 }
 
 /// A backbone variant: a column of the table.
@@ -85,68 +74,92 @@ impl PretrainSection {
     /// The validated pre-finetuning config of one strategy.
     pub fn config_for(&self, strategy: Strategy) -> Result<PretrainConfig> {
         let mut table = self.settings.clone();
-        let name = serde_json::to_value(strategy)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        table.insert("strategy".into(), toml::Value::String(name));
+        table.insert(
+            "strategy".into(),
+            toml::Value::String(serde_name(&strategy)),
+        );
         table.insert(
             "max_steps".into(),
             toml::Value::Integer(self.max_steps as i64),
         );
-        let text = toml::to_string(&table).map_err(|e| Error::Config {
-            field: "pretrain.settings".into(),
-            reason: e.to_string(),
-        })?;
-        Ok(PretrainConfig::from_toml_str(
-            &text,
-            Path::new("[pretrain.settings]"),
-        )?)
+        let cfg: PretrainConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| Error::Config {
+                    field: "pretrain.settings".into(),
+                    reason: e.message().to_string(),
+                })?;
+        cfg.validate()?;
+        Ok(cfg)
     }
 }
 
-/// The downstream protocol: how each cell fine-tunes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The downstream protocol: the mode per family plus the fine-tuning config every cell starts
+/// from. `[protocol]` takes `ner` and `tc` (the modes) and any other key of
+/// [`FinetuneConfig`] (`epochs`, `lr`, `max_length`, `[protocol.lora]`, ...), with that
+/// config's defaults. The suite sets `task`, `mode`, `fraction`, `seed` and `init_adapter` per
+/// cell, so those keys are refused here. Two keys read differently than in `prefine finetune`:
+/// - `max_train` caps a task *before* the fraction (fraction 0.1 with a cap of 2000 trains on at
+///   most 200 examples), so that the low-data column stays a tenth of the full one;
+/// - `stride`, when not given, is at most a quarter of `max_length`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Protocol {
     /// What NER cells train (`head` = the deployment setting: frozen backbone + family adapter).
-    #[serde(default = "d_head")]
     pub ner: Mode,
     /// What TC cells train.
-    #[serde(default = "d_head")]
     pub tc: Mode,
-    /// Epochs per cell.
-    #[serde(default = "d_epochs")]
-    pub epochs: usize,
-    /// Peak learning rate (default: the fine-tuning default of the mode).
-    #[serde(default)]
-    pub lr: Option<f64>,
-    /// Batch size.
-    #[serde(default = "d_batch")]
-    pub batch_size: usize,
-    /// Per-task cap on training examples, for budgeted runs. The fraction applies to the capped
-    /// budget too (fraction 0.1 with a cap of 2000 trains on at most 200 examples), so that the
-    /// low-data column stays a tenth of the full one.
-    #[serde(default)]
-    pub max_train: Option<usize>,
-    /// Per-task cap on dev and test examples (a fixed subset), for budgeted runs.
-    #[serde(default)]
-    pub max_eval: Option<usize>,
-    /// Maximum subword tokens per input.
-    #[serde(default = "d_max_length")]
-    pub max_length: usize,
-    /// Early-stopping patience in epochs.
-    #[serde(default)]
-    pub patience: Option<usize>,
+    /// The fine-tuning config of every cell (its `task` and `mode` are placeholders).
+    pub finetune: FinetuneConfig,
 }
+
+/// `[protocol]` keys the suite sets per cell.
+const PER_CELL_KEYS: [&str; 5] = ["task", "mode", "fraction", "seed", "init_adapter"];
 
 impl Default for Protocol {
     fn default() -> Self {
-        toml::from_str("").expect("defaults parse")
+        Self {
+            ner: Mode::Head,
+            tc: Mode::Head,
+            finetune: FinetuneConfig::new(TaskKind::Ner, Mode::Head),
+        }
     }
 }
 
 impl Protocol {
+    /// Reads the `[protocol]` table (see the type's documentation).
+    fn from_table(mut table: toml::Table) -> std::result::Result<Self, String> {
+        if let Some(k) = PER_CELL_KEYS.iter().find(|k| table.contains_key(**k)) {
+            return Err(format!("`{k}` is set per cell by the suite; remove it"));
+        }
+        let mode = |v: Option<toml::Value>, key: &str| match v {
+            None => Ok(Mode::Head),
+            Some(v) => v.try_into::<Mode>().map_err(|e| format!("{key}: {e}")),
+        };
+        let ner = mode(table.remove("ner"), "ner")?;
+        let tc = mode(table.remove("tc"), "tc")?;
+        let stride_given = table.contains_key("stride");
+        table.insert("task".into(), toml::Value::String("ner".into()));
+        table.insert("mode".into(), toml::Value::String("head".into()));
+        let mut finetune: FinetuneConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.message().to_string())?;
+        if !stride_given {
+            finetune.stride = finetune.stride.min(finetune.max_length / 4);
+        }
+        Ok(Self { ner, tc, finetune })
+    }
+
+    /// The `[protocol]` table: the modes and every fine-tuning key but the per-cell ones.
+    fn to_table(&self) -> std::result::Result<toml::Table, String> {
+        let mut table = toml::Table::try_from(&self.finetune).map_err(|e| e.to_string())?;
+        for k in PER_CELL_KEYS {
+            table.remove(k);
+        }
+        table.insert("ner".into(), toml::Value::String(serde_name(&self.ner)));
+        table.insert("tc".into(), toml::Value::String(serde_name(&self.tc)));
+        Ok(table)
+    }
+
     /// The mode of a family.
     pub fn mode(&self, task: TaskKind) -> Mode {
         match task {
@@ -157,20 +170,35 @@ impl Protocol {
 
     /// The fine-tuning config of one cell (the family adapter is set by the runner).
     pub fn finetune_config(&self, task: TaskKind, fraction: f64, seed: u64) -> FinetuneConfig {
-        let mut c = FinetuneConfig::new(task, self.mode(task));
-        c.epochs = self.epochs;
-        c.lr = self.lr;
-        c.batch_size = self.batch_size;
+        let mut c = self.finetune.clone();
+        c.task = task;
+        c.mode = self.mode(task);
+        if task == TaskKind::Ner {
+            // TC pooling does not apply to NER cells.
+            c.pooling = FinetuneConfig::new(task, c.mode).pooling;
+        }
         c.max_train = self
+            .finetune
             .max_train
             .map(|m| ((m as f64 * fraction).round() as usize).max(1));
-        c.max_eval = self.max_eval;
-        c.max_length = self.max_length;
-        c.stride = c.stride.min(self.max_length / 4);
-        c.patience = self.patience;
         c.fraction = fraction;
         c.seed = seed;
         c
+    }
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let table = toml::Table::deserialize(d)?;
+        Self::from_table(table).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Protocol {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_table()
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s)
     }
 }
 
@@ -397,5 +425,49 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn protocol_embeds_the_finetune_config() {
+        let text = "[[variants]]\nname = \"b\"\npath = \"m\"\n[protocol]\ntc = \"lora\"\nepochs = 10\nlr = 5e-3\nmax_train = 1000\nmax_length = 64\nwarmup_ratio = 0.2\n[protocol.lora]\nrank = 4\n";
+        let c = SuiteConfig::from_toml_str(text, Path::new("s.toml")).unwrap();
+        let cell = c.protocol.finetune_config(TaskKind::Tc, 0.1, 14);
+        let mut want = FinetuneConfig::new(TaskKind::Tc, Mode::Lora);
+        want.epochs = 10;
+        want.lr = Some(5e-3);
+        want.max_train = Some(100);
+        want.max_length = 64;
+        want.stride = 16;
+        want.warmup_ratio = 0.2;
+        want.lora.rank = 4;
+        want.fraction = 0.1;
+        want.seed = 14;
+        assert_eq!(cell, want);
+        // A partial [protocol.lora] keeps the fine-tuning defaults of the other keys.
+        assert_eq!(cell.lora.alpha, FinetuneConfig::default_lora().alpha);
+        assert_eq!(c.protocol.mode(TaskKind::Ner), Mode::Head);
+        // Saved and read back unchanged.
+        let again: SuiteConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn protocol_refuses_per_cell_and_unknown_keys() {
+        let bad = |extra: &str| {
+            SuiteConfig::from_toml_str(
+                &format!("[[variants]]\nname = \"b\"\npath = \"m\"\n[protocol]\n{extra}\n"),
+                Path::new("s.toml"),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let e = bad("seed = 3");
+        assert!(e.contains("s.toml line 4") && e.contains("`seed`"), "{e}");
+        let e = bad("epoch = 3");
+        assert!(e.contains("epoch") && e.contains("s.toml line"), "{e}");
+        let e = bad("ner = \"partial\"");
+        assert!(e.contains("ner"), "{e}");
+        let e = bad("epochs = 0");
+        assert!(e.contains("epochs"), "{e}");
     }
 }
