@@ -131,7 +131,7 @@ pub fn row_error(py: Python<'_>, split: &str, row: Option<usize>, msg: String) -
 /// The exception for an error of the dataset readers.
 pub fn data_error(py: Python<'_>, e: &prefine_data::Error) -> PyErr {
     use prefine_data::Error as E;
-    let msg = e.to_string();
+    let msg = prefine_runtime::report(e);
     match e {
         E::Parse { path, line, .. } => with_attrs(
             py,
@@ -156,7 +156,7 @@ pub fn data_error(py: Python<'_>, e: &prefine_data::Error) -> PyErr {
 /// The exception for an error of the inference runtime.
 pub fn runtime_error(py: Python<'_>, e: &prefine_runtime::Error, doing: Doing) -> PyErr {
     use prefine_runtime::Error as E;
-    let msg = e.to_string();
+    let msg = prefine_runtime::report(e);
     // Where the errors of files, weights and the tokenizer belong.
     let of_files = |msg: String| match doing {
         Doing::LoadBackbone => ModelError::new_err(msg),
@@ -164,7 +164,7 @@ pub fn runtime_error(py: Python<'_>, e: &prefine_runtime::Error, doing: Doing) -
         Doing::Infer => PrefineError::new_err(msg),
     };
     match e {
-        E::UnknownAdapter(_) | E::AdapterExists(_) | E::Adapter { .. } => {
+        E::UnknownAdapter(_) | E::AdapterExists(_) | E::Adapter { .. } | E::AdapterLoad { .. } => {
             AdapterError::new_err(msg)
         }
         E::BadRequest(_) => InputError::new_err(msg),
@@ -185,7 +185,7 @@ pub fn runtime_error(py: Python<'_>, e: &prefine_runtime::Error, doing: Doing) -
 /// The exception for an error of the training crate (`Interrupted` is `KeyboardInterrupt`).
 pub fn train_error(py: Python<'_>, e: &prefine_train::Error) -> PyErr {
     use prefine_train::Error as E;
-    let msg = e.to_string();
+    let msg = prefine_runtime::report(e);
     match e {
         E::Config { field, .. } => config_error(py, field, msg),
         E::NonFinite { .. } => TrainingError::new_err(msg),
@@ -194,7 +194,10 @@ pub fn train_error(py: Python<'_>, e: &prefine_train::Error) -> PyErr {
             checkpoint.display()
         )),
         E::Data(_) => DataError::new_err(msg),
-        E::File { path, .. } | E::Io { path, .. } | E::Json { path, .. } => {
+        E::File { path, .. }
+        | E::Io { path, .. }
+        | E::Json { path, .. }
+        | E::Chart { path, .. } => {
             with_attrs(py, FileError::new_err(msg), &[("path", path_obj(py, path))])
         }
         E::Dataset(d) => data_error(py, d),

@@ -11,7 +11,7 @@ use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use prefine_runtime::{AdapterFiles, Aggregation, BackboneFiles, Engine, Precision};
+use prefine_runtime::{report, AdapterFiles, Aggregation, BackboneFiles, Engine, Precision};
 
 /// An opened backbone with its registered adapters (opaque to C).
 pub struct PrefineEngine {
@@ -156,7 +156,7 @@ pub unsafe extern "C" fn prefine_engine_open(dir: *const c_char) -> *mut Prefine
         } else {
             Engine::load(dir)
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| report(&e))?;
         Ok(boxed(engine))
     })
 }
@@ -186,7 +186,7 @@ pub unsafe extern "C" fn prefine_engine_open_memory(
                 weights: bytes_arg(weights, weights_len, "weights")?.to_vec(),
             }
         };
-        let engine = Engine::from_memory(&files).map_err(|e| e.to_string())?;
+        let engine = Engine::from_memory(&files).map_err(|e| report(&e))?;
         Ok(boxed(engine))
     })
 }
@@ -206,7 +206,7 @@ pub unsafe extern "C" fn prefine_engine_set_precision(
         let (e, p) = unsafe { (self::engine(engine)?, str_arg(precision, "precision")?) };
         let p =
             Precision::parse(p).ok_or_else(|| format!("precision {p:?}: use f32, bf16 or int8"))?;
-        e.prepare_inference(p).map_err(|e| e.to_string())?;
+        e.prepare_inference(p).map_err(|e| report(&e))?;
         Ok(PREFINE_OK)
     })
 }
@@ -231,8 +231,7 @@ pub unsafe extern "C" fn prefine_adapter_register(
                 str_arg(dir, "dir")?,
             )
         };
-        e.register(name, Path::new(dir))
-            .map_err(|e| e.to_string())?;
+        e.register(name, Path::new(dir)).map_err(|e| report(&e))?;
         Ok(PREFINE_OK)
     })
 }
@@ -270,7 +269,7 @@ pub unsafe extern "C" fn prefine_adapter_register_memory(
             map.insert(fname.to_string(), data.to_vec());
         }
         let files = AdapterFiles::from_memory(format!("<memory:{name}>"), map);
-        e.register_files(name, &files).map_err(|e| e.to_string())?;
+        e.register_files(name, &files).map_err(|e| report(&e))?;
         Ok(PREFINE_OK)
     })
 }
@@ -288,7 +287,7 @@ pub unsafe extern "C" fn prefine_adapter_unregister(
     guard(PREFINE_ERROR, || {
         // SAFETY: forwarded caller contract.
         let (e, name) = unsafe { (self::engine(engine)?, str_arg(name, "name")?) };
-        e.unregister(name).map_err(|e| e.to_string())?;
+        e.unregister(name).map_err(|e| report(&e))?;
         Ok(PREFINE_OK)
     })
 }
@@ -327,8 +326,8 @@ pub unsafe extern "C" fn prefine_predict(
         };
         let out = e
             .predict_with(adapter, &texts, agg)
-            .map_err(|e| e.to_string())?;
-        into_c_string(serde_json::to_string(&out).map_err(|e| e.to_string())?)
+            .map_err(|e| report(&e))?;
+        into_c_string(serde_json::to_string(&out).map_err(|e| report(&e))?)
     })
 }
 
@@ -376,7 +375,7 @@ pub unsafe extern "C" fn prefine_embed(
                 e.embedding_dim()
             ));
         }
-        let rows = e.embed(&texts, adapter).map_err(|e| e.to_string())?;
+        let rows = e.embed(&texts, adapter).map_err(|e| report(&e))?;
         // SAFETY: `out` is non-null with at least `need` writable floats (checked above and
         // the caller's contract).
         let dst = unsafe { std::slice::from_raw_parts_mut(out, need) };
@@ -397,7 +396,7 @@ pub unsafe extern "C" fn prefine_adapters(engine: *const PrefineEngine) -> *mut 
     guard(std::ptr::null_mut(), || {
         // SAFETY: forwarded caller contract.
         let e = unsafe { self::engine(engine) }?;
-        into_c_string(serde_json::to_string(&e.adapters()).map_err(|e| e.to_string())?)
+        into_c_string(serde_json::to_string(&e.adapters()).map_err(|e| report(&e))?)
     })
 }
 

@@ -216,9 +216,9 @@ impl EncoderConfig {
 
     /// Parses the text of a `config.json`; `path` is only used in error messages.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        let parse_err = |e: serde_json::Error| Error::Parse {
+        let parse_err = |source| Error::Json {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source,
         };
         let raw: serde_json::Value = serde_json::from_str(text).map_err(parse_err)?;
         let model_type = raw
@@ -400,12 +400,14 @@ mod tests {
 
     #[test]
     fn malformed_json_names_file_and_line() {
-        let err = EncoderConfig::from_json_str(
+        let e = EncoderConfig::from_json_str(
             "{\n\"model_type\": \"bert\",\n oops",
             Path::new("x/config.json"),
         )
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+        // The file is the error's text, the parser's line its source.
+        let source = std::error::Error::source(&e).expect("the parser error is kept");
+        let err = format!("{e}: {source}");
         assert!(
             err.contains("x/config.json") && err.contains("line 3"),
             "{err}"

@@ -21,6 +21,24 @@ pub enum Error {
         /// What the parser said (with line and column where known).
         reason: String,
     },
+    /// A JSON file could not be parsed or written (the parser's error is the source).
+    #[error("{}", path.display())]
+    Json {
+        /// The file involved.
+        path: PathBuf,
+        /// The parser's error, with line and column.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A safetensors file could not be serialised (the library's error is the source).
+    #[error("{}", path.display())]
+    Safetensors {
+        /// The weights file.
+        path: PathBuf,
+        /// The library's error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
     /// `config.json` names a `model_type` this crate does not implement.
     #[error("{path}: unsupported model_type {found:?}; supported: {supported}")]
     UnsupportedModel {

@@ -260,9 +260,9 @@ pub fn parse_adapter_config(
         path: path.to_path_buf(),
         reason,
     };
-    let raw: Value = serde_json::from_slice(text).map_err(|e| Error::Parse {
+    let raw: Value = serde_json::from_slice(text).map_err(|source| Error::Json {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        source,
     })?;
     let field = |k: &str| raw.get(k).cloned().unwrap_or(Value::Null);
     if field("peft_type").as_str() != Some("LORA") {

@@ -205,9 +205,9 @@ pub fn save_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Resu
     }
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Weights {
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|source| Error::Safetensors {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        source,
     })?;
     write_atomic(path, &bytes)
 }

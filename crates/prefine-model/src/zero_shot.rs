@@ -83,9 +83,9 @@ impl ZeroShotSpec {
             });
         }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let spec: Self = serde_json::from_str(&text).map_err(|e| Error::Parse {
+        let spec: Self = serde_json::from_str(&text).map_err(|source| Error::Json {
             path: path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         if spec.version != ZERO_SHOT_VERSION {
             return Err(Error::Parse {

@@ -247,9 +247,9 @@ fn write_bundle(opts: &ExportOptions, root: &Path) -> Result<BundleManifest> {
                     reason: "--merge: this adapter has no LoRA group to fold in".into(),
                 });
             }
-            load_adapter(&mut encoder, dir, "merge").map_err(|e| Error::Adapter {
+            load_adapter(&mut encoder, dir, "merge").map_err(|source| Error::AdapterLoad {
                 path: dir.clone(),
-                reason: e.to_string(),
+                source,
             })?;
             encoder.bake_group("merge")?;
             manifest.has_lora = false;

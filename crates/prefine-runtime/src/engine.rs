@@ -29,7 +29,7 @@ use crate::artifact::{
 };
 use crate::backbone::BackboneFiles;
 use crate::embed::{embed_texts, EmbedderConfig};
-use crate::error::{Error, Result};
+use crate::error::{report, Error, Result};
 use crate::head::TaskHead;
 use crate::predict::{
     argmax, decode_entities, Aggregation, Prediction, SubwordScores, TextPrediction,
@@ -340,9 +340,9 @@ impl Engine {
         if encoder.group_config(&g).is_some() {
             encoder.remove_lora_group(&g)?;
         }
-        let adapter_err = |e: prefine_model::Error| Error::Adapter {
+        let adapter_err = |source| Error::AdapterLoad {
             path: files.origin.clone(),
-            reason: e.to_string(),
+            source,
         };
         let load = |encoder: &mut Encoder| {
             load_adapter_bytes(
@@ -613,7 +613,7 @@ impl Engine {
         for chunk in rows.chunks(self.max_batch_rows) {
             if let Err(e) = self.run_chunk(&reg, chunk, &adapters, &mut work) {
                 // Only the jobs with rows in this chunk fail.
-                let msg = e.to_string();
+                let msg = report(&e);
                 for r in chunk {
                     if errors[r.job].is_none() {
                         errors[r.job] = Some(Error::Inference(format!("forward pass: {msg}")));

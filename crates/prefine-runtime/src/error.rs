@@ -22,6 +22,15 @@ pub enum Error {
         /// Why it cannot be used.
         reason: String,
     },
+    /// An adapter the model crate refused to load (its error is the source).
+    #[error("{}", path.display())]
+    AdapterLoad {
+        /// The adapter directory or file.
+        path: PathBuf,
+        /// The model crate's error.
+        #[source]
+        source: prefine_model::Error,
+    },
     /// A file whose contents are wrong (or missing from an in-memory adapter).
     #[error("{path}: {reason}")]
     File {
@@ -85,5 +94,42 @@ impl Error {
     }
 }
 
+/// An error and its chain of sources as one line (`outer: cause: root cause`), for boundaries
+/// that hand a message to another language (C, JavaScript, Python, HTTP). A source whose text
+/// the previous message already contains is not repeated.
+pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut last = out.clone();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !last.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+        next = s.source();
+    }
+    out
+}
+
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_walks_the_sources_without_repeating_them() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        // A variant that shows its source in its own text: not repeated.
+        assert_eq!(report(&Error::io("a.bin", io())), "a.bin: no such file");
+        // One that leaves it to the chain: appended.
+        let e = Error::Model(prefine_model::Error::Json {
+            path: "c.json".into(),
+            source: serde_json::from_str::<u8>("x").unwrap_err(),
+        });
+        assert_eq!(report(&e), "c.json: expected value at line 1 column 1");
+    }
+}

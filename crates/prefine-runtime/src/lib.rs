@@ -37,7 +37,7 @@ pub use backbone::BackboneFiles;
 pub use bundle::{export_bundle, is_bundle, load_bundle, BundleManifest, ExportOptions};
 pub use embed::{Embedder, EmbedderConfig};
 pub use engine::{AdapterInfo, Engine, PredictJob};
-pub use error::{Error, Result};
+pub use error::{report, Error, Result};
 pub use head::TaskHead;
 pub use predict::{Aggregation, PredictedEntity, Prediction, TextPrediction};
 pub use prefine_model::Precision;

@@ -23,6 +23,24 @@ pub enum Error {
         /// Why it cannot be used.
         reason: String,
     },
+    /// An adapter the model crate refused to load (422; its error is the source).
+    #[error("{}", path.display())]
+    AdapterLoad {
+        /// The adapter directory or file.
+        path: PathBuf,
+        /// The model crate's error.
+        #[source]
+        source: prefine_model::Error,
+    },
+    /// A file that cannot be read (422; the operating system's error is the source).
+    #[error("{}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A file that is wrong or cannot be read (422).
     #[error("{path}: {reason}")]
     File {
@@ -59,10 +77,8 @@ impl From<prefine_runtime::Error> for Error {
             R::BadRequest(m) => Self::BadRequest(m),
             R::Adapter { path, reason } => Self::Adapter { path, reason },
             R::File { path, reason } => Self::File { path, reason },
-            R::Io { path, source } => Self::File {
-                path,
-                reason: source.to_string(),
-            },
+            R::AdapterLoad { path, source } => Self::AdapterLoad { path, source },
+            R::Io { path, source } => Self::Io { path, source },
             R::Bundle { path, reason } => Self::Bundle { path, reason },
             R::Model(m) => Self::Model(m),
             other => Self::Runtime(other),

@@ -174,13 +174,15 @@ impl From<Error> for ApiError {
             Error::UnknownAdapter(_) => StatusCode::NOT_FOUND,
             Error::AdapterExists(_) => StatusCode::CONFLICT,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Error::Adapter { .. } | Error::File { .. } | Error::Bundle { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Error::Adapter { .. }
+            | Error::AdapterLoad { .. }
+            | Error::Io { .. }
+            | Error::File { .. }
+            | Error::Bundle { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Model(_) => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError(status, e.to_string())
+        ApiError(status, prefine_runtime::report(&e))
     }
 }
 

@@ -55,7 +55,7 @@ fn groups(a: &Aggregate) -> Vec<Group> {
 fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     a: &Aggregate,
-) -> std::result::Result<(), Box<dyn std::error::Error>>
+) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     DB::ErrorType: 'static,
 {
@@ -144,9 +144,9 @@ pub fn write_charts(out: &Path, a: &Aggregate) -> Result<()> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        draw(&root, a).map_err(|e| Error::Chart {
+        draw(&root, a).map_err(|source| Error::Chart {
             path: svg_path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
     }
     write_atomic(&svg_path, svg.as_bytes())?;
@@ -155,9 +155,9 @@ pub fn write_charts(out: &Path, a: &Aggregate) -> Result<()> {
     let mut rgb = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (WIDTH, HEIGHT)).into_drawing_area();
-        draw(&root, a).map_err(|e| Error::Chart {
+        draw(&root, a).map_err(|source| Error::Chart {
             path: png_path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
     }
     let mut bytes = Vec::new();
@@ -167,11 +167,11 @@ pub fn write_charts(out: &Path, a: &Aggregate) -> Result<()> {
         enc.set_depth(png::BitDepth::Eight);
         let mut w = enc.write_header().map_err(|e| Error::Chart {
             path: png_path.clone(),
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
         w.write_image_data(&rgb).map_err(|e| Error::Chart {
             path: png_path.clone(),
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
     }
     write_atomic(&png_path, &bytes)?;

@@ -340,9 +340,12 @@ impl SuiteConfig {
             self.protocol
                 .finetune_config(task, 1.0, 0)
                 .validate()
-                .map_err(|e| Error::Config {
-                    field: "protocol".into(),
-                    reason: e.to_string(),
+                .map_err(|e| match e {
+                    prefine_train::Error::Config { field, reason } => Error::Config {
+                        field: format!("protocol.{field}"),
+                        reason,
+                    },
+                    other => Error::Train(other),
                 })?;
         }
         Ok(())

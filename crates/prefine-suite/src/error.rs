@@ -38,12 +38,13 @@ pub enum Error {
     #[error(transparent)]
     Model(#[from] prefine_model::Error),
     /// A chart could not be drawn.
-    #[error("chart {path}: {reason}")]
+    #[error("chart {}", path.display())]
     Chart {
         /// The chart file.
         path: std::path::PathBuf,
-        /// What went wrong.
-        reason: String,
+        /// The plotting or PNG library's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 

@@ -438,7 +438,7 @@ pub fn run_suite(cfg: &SuiteConfig, out: &Path) -> Result<SuiteSummary> {
                         }
                         Ok(Err(e)) => {
                             r.status = "error".into();
-                            r.error = Some(error_chain(&e));
+                            r.error = Some(prefine_runtime::report(&e));
                         }
                         Err(p) => {
                             r.status = "error".into();
@@ -491,15 +491,4 @@ pub fn run_suite(cfg: &SuiteConfig, out: &Path) -> Result<SuiteSummary> {
         table,
         seconds: t0.elapsed().as_secs_f64(),
     })
-}
-
-/// An error and its sources, `: `-separated (as `{:#}` of anyhow prints them).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    text
 }

@@ -6,20 +6,22 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The tokenizer file is missing or unreadable.
-    #[error("cannot read tokenizer file {path}: {reason}")]
+    #[error("cannot read tokenizer file {}", path.display())]
     Read {
         /// The file that failed.
         path: PathBuf,
-        /// Why it failed.
-        reason: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
     },
     /// The tokenizer file exists but is not a valid `tokenizer.json`.
-    #[error("invalid tokenizer file {path}: {reason}")]
+    #[error("invalid tokenizer file {}", path.display())]
     Parse {
         /// The file that failed.
         path: PathBuf,
-        /// The parser's message.
-        reason: String,
+        /// The parser's error.
+        #[source]
+        source: tokenizers::Error,
     },
     /// The text to encode is unusable (empty, or too long with `Overflow::Error`).
     #[error("text #{index}: {reason}")]

@@ -110,9 +110,9 @@ impl TextTokenizer {
     /// Loads a `tokenizer.json` file.
     pub fn from_file(path: impl AsRef<Path>, config: TokenizeConfig) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let bytes = std::fs::read(&path).map_err(|e| Error::Read {
+        let bytes = std::fs::read(&path).map_err(|source| Error::Read {
             path: path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         Self::from_bytes(&bytes, &path, config)
     }
@@ -120,9 +120,9 @@ impl TextTokenizer {
     /// Loads a `tokenizer.json` held in memory; `path` names it in errors.
     pub fn from_bytes(bytes: &[u8], path: &Path, config: TokenizeConfig) -> Result<Self> {
         let path = path.to_path_buf();
-        let mut inner = Tokenizer::from_bytes(bytes).map_err(|e| Error::Parse {
+        let mut inner = Tokenizer::from_bytes(bytes).map_err(|source| Error::Parse {
             path: path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         // We pad and truncate ourselves, so that over-long texts are reported, not hidden.
         inner.with_padding(None);

@@ -37,10 +37,10 @@ pub fn clear_stop() {
     STOP.store(false, Ordering::SeqCst);
 }
 
-fn file_err(path: &Path, e: impl std::fmt::Display) -> Error {
+fn file_err(path: &Path, reason: String) -> Error {
     Error::File {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason,
     }
 }
 

@@ -56,6 +56,15 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A chart could not be drawn (the plotting library's error is the source).
+    #[error("chart {}", path.display())]
+    Chart {
+        /// The chart file.
+        path: std::path::PathBuf,
+        /// The plotting library's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A dataset reader error (names file and line).
     #[error(transparent)]
     Dataset(#[from] prefine_data::Error),

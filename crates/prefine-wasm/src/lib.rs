@@ -214,7 +214,7 @@ fn precision_name(p: Precision) -> &'static str {
 }
 
 fn js_error(e: prefine_runtime::Error) -> JsError {
-    JsError::new(&e.to_string())
+    JsError::new(&prefine_runtime::report(&e))
 }
 
 /// A Rust value as a plain JS value (through JSON: the exact shapes `prefine predict` prints).

@@ -684,10 +684,11 @@ impl Encoder {
         // A quantised model directory is read by prefine only, which takes the vocabulary from
         // `tokenizer.json`: `vocab.txt` (0.2 MB for BERT) would be dead weight on a device.
         let lean = self.precision() != Precision::F32;
-        let cfg = serde_json::to_vec_pretty(&self.config.to_json()).map_err(|e| Error::Parse {
-            path: dir.join("config.json"),
-            reason: e.to_string(),
-        })?;
+        let cfg =
+            serde_json::to_vec_pretty(&self.config.to_json()).map_err(|source| Error::Json {
+                path: dir.join("config.json"),
+                source,
+            })?;
         write_atomic(&dir.join("config.json"), &cfg)?;
         if let Some(src) = tokenizer_from {
             for f in [

@@ -172,10 +172,11 @@ impl Encoder {
             PRECISION_METADATA_KEY.to_string(),
             self.precision().name().to_string(),
         );
-        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Weights {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let bytes =
+            safetensors::serialize(views, Some(meta)).map_err(|source| Error::Safetensors {
+                path: path.clone(),
+                source,
+            })?;
         write_atomic(&path, &bytes)?;
         self.write_config_and_tokenizer(dir, tokenizer_from)
     }

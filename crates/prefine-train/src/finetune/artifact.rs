@@ -39,10 +39,7 @@ pub fn save_artifact(
     labels: &LabelSet,
     base_model: &Path,
 ) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(|e| Error::File {
-        path: out.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let head = model.head_tensors();
     save_safetensors(&out.join("head.safetensors"), &head)?;
     if let Some(g) = &model.group {
@@ -95,23 +92,12 @@ pub struct LoadedArtifact {
 /// Loads `OUT` on top of `model_dir` (or the base model recorded in `adapter.json`).
 pub fn load_artifact(adapter_dir: &Path, model_dir: Option<&Path>) -> Result<LoadedArtifact> {
     let mpath = adapter_dir.join("adapter.json");
-    let text = std::fs::read_to_string(&mpath).map_err(|e| Error::File {
-        path: mpath.clone(),
-        reason: e.to_string(),
-    })?;
-    let manifest: ArtifactManifest = serde_json::from_str(&text).map_err(|e| Error::File {
-        path: mpath.clone(),
-        reason: e.to_string(),
-    })?;
+    let text = std::fs::read_to_string(&mpath).map_err(|e| Error::io(&mpath, e))?;
+    let manifest: ArtifactManifest =
+        serde_json::from_str(&text).map_err(|e| Error::json(&mpath, e))?;
     let lpath = adapter_dir.join("labels.json");
-    let ltext = std::fs::read_to_string(&lpath).map_err(|e| Error::File {
-        path: lpath.clone(),
-        reason: e.to_string(),
-    })?;
-    let labels: LabelSet = serde_json::from_str(&ltext).map_err(|e| Error::File {
-        path: lpath.clone(),
-        reason: e.to_string(),
-    })?;
+    let ltext = std::fs::read_to_string(&lpath).map_err(|e| Error::io(&lpath, e))?;
+    let labels: LabelSet = serde_json::from_str(&ltext).map_err(|e| Error::json(&lpath, e))?;
     let base = if manifest.mode == Mode::Full {
         adapter_dir.join("model")
     } else {

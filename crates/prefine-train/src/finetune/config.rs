@@ -209,10 +209,7 @@ impl FinetuneConfig {
 
     /// Reads a TOML file; unknown keys and bad values are reported with the file and line.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
-            field: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_toml_str(&text, path)
     }
 

@@ -17,7 +17,7 @@ pub fn write_curves(
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (800, 600)).into_drawing_area();
-        let draw = |root: &DrawingArea<SVGBackend, plotters::coord::Shift>| -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let draw = |root: &DrawingArea<SVGBackend, plotters::coord::Shift>| -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
             root.fill(&WHITE)?;
             let (top, bottom) = root.split_vertically(300);
             let max_step = losses.last().map_or(1, |l| l.0).max(1);
@@ -42,9 +42,9 @@ pub fn write_curves(
             root.present()?;
             Ok(())
         };
-        draw(&root).map_err(|e| Error::File {
+        draw(&root).map_err(|e| Error::Chart {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source: e,
         })?;
     }
     Ok(prefine_model::weights::write_atomic(path, svg.as_bytes())?)

@@ -82,11 +82,8 @@ fn read_sources(
     let mut sources = Vec::new();
     match text {
         Some(text) => {
-            let map: BTreeMap<String, SourceJson> =
-                serde_json::from_str(&text).map_err(|e| Error::File {
-                    path: dir.join("sources.json"),
-                    reason: e.to_string(),
-                })?;
+            let map: BTreeMap<String, SourceJson> = serde_json::from_str(&text)
+                .map_err(|e| Error::json(&dir.join("sources.json"), e))?;
             for (name, s) in map {
                 if s.train.1 > sentences.len() || s.train.0 > s.train.1 {
                     return Err(Error::File {

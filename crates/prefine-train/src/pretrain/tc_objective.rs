@@ -39,10 +39,7 @@ impl TcPool {
     pub fn load(pairs: Option<&Path>, labelled: Option<&Path>) -> Result<Self> {
         let mut pool = TcPool::default();
         if let Some(p) = pairs {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::File {
-                path: p.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
             for (i, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;
