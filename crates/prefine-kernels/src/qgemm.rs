@@ -244,42 +244,35 @@ unsafe fn quantize_row_avx2(x: &[f32], out: &mut [u8]) -> (f32, i32) {
 
 /// Quantises the rows of a row-major `[m, k]` matrix to u8 (see [`QuantizedRows`]).
 pub fn quantize_rows(x: &[f32], m: usize, k: usize) -> QuantizedRows {
-    quantize_rows_with(x, m, k, vector_quantizer())
+    quantize_rows_on(crate::cpu::isa(), x, m, k)
 }
 
-/// Whether the family in use has a vector row quantiser (AVX-512, AVX2, SIMD128); the others
-/// run [`quantize_row_scalar`], which the vector ones equal code for code.
-fn vector_quantizer() -> bool {
-    let isa = crate::cpu::isa();
-    isa.avx512() || matches!(isa, Isa::Avx2Fma { .. }) || isa == Isa::Simd128
-}
-
-fn quantize_rows_with(x: &[f32], m: usize, k: usize, simd: bool) -> QuantizedRows {
+/// [`quantize_rows`] with the row quantiser of `isa`'s family: a vector one on AVX-512, AVX2
+/// and SIMD128, [`quantize_row_scalar`] elsewhere (the vector ones equal it code for code).
+fn quantize_rows_on(isa: Isa, x: &[f32], m: usize, k: usize) -> QuantizedRows {
     assert!(x.len() >= m * k, "quantize_rows: x is shorter than m x k");
     let lda = k.div_ceil(4) * 4;
     let mut a = vec![0u8; m * lda];
     let mut params = vec![(0f32, 0i32); m];
-    #[cfg(target_arch = "x86_64")]
-    let avx512 = crate::cpu::isa().avx512();
     let run = |xr: &[f32], ar: &mut [u8]| -> (f32, i32) {
         #[cfg(target_arch = "x86_64")]
-        if simd && avx512 {
-            // SAFETY: AVX-512F/BW/VL were detected (the family in use is an AVX-512 one).
+        if isa.avx512() {
+            // SAFETY: AVX-512F/BW/VL are part of every AVX-512 family (checked when chosen).
             return unsafe { quantize_row_avx512(xr, &mut ar[..k]) };
         }
         #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: `simd` off AVX-512 on x86-64 means the AVX2+FMA family was detected.
+        if matches!(isa, Isa::Avx2Fma { .. }) {
+            // SAFETY: the AVX2+FMA family is only chosen where the CPU has both.
             return unsafe { quantize_row_avx2(xr, &mut ar[..k]) };
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        if simd {
+        if isa == Isa::Simd128 {
             let (lo, hi) = crate::arch::wasm::min_max(xr);
             let (scale, inv, zero) = row_params(lo, hi);
             crate::arch::wasm::quantize_row(xr, inv, zero, &mut ar[..k]);
             return (scale, zero);
         }
-        let _ = simd;
+        let _ = isa;
         quantize_row_scalar(xr, &mut ar[..k])
     };
     let rows_per_task = (16384 / lda.max(1)).max(1);
@@ -417,24 +410,62 @@ struct Cols<'a> {
     bias: &'a [f32],
 }
 
+/// One tile's epilogue: the i32 accumulators of an `mr x nr` tile, the quantisation parameters
+/// of its rows and columns, and where its f32 result goes.
+struct Epilogue<'a> {
+    tile: &'a [[i32; NR]; MR],
+    mr: usize,
+    nr: usize,
+    /// Row scales and zero points (`mr` values each).
+    sx: &'a [f32],
+    zero: &'a [i32],
+    cols: Cols<'a>,
+    /// The tile's first output element; rows are `ldc` apart.
+    c: *mut f32,
+    ldc: usize,
+}
+
+impl Epilogue<'_> {
+    /// Writes the tile with the epilogue of `isa`'s family (all give identical results).
+    ///
+    /// # Safety
+    /// `c` must be valid for writes of `mr` rows of `nr` elements at stride `ldc`, and
+    /// `cols.scale` and `cols.sum` hold `NR` values.
+    unsafe fn write(&self, isa: Isa) {
+        #[cfg(target_arch = "x86_64")]
+        if isa.avx512() {
+            // SAFETY: AVX-512F is part of every AVX-512 family; the bounds are the caller's.
+            return unsafe { epilogue_avx512(self) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if matches!(isa, Isa::Avx2Fma { .. }) {
+            // SAFETY: the AVX2+FMA family was detected; the bounds are the caller's.
+            return unsafe { epilogue_avx2(self) };
+        }
+        let _ = isa;
+        // SAFETY: the bounds are the caller's.
+        unsafe { epilogue_scalar(self) }
+    }
+}
+
 /// `c[i][j] = (sx_i · sw_j) · (tile[i][j] - z_i · sum_j) + b_j` for `i < mr`, `j < nr`.
 ///
 /// # Safety
 /// `c` must be valid for writes of `mr` rows of `nr` elements at stride `ldc`.
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn epilogue_scalar(
-    tile: &[[i32; NR]; MR],
-    mr: usize,
-    nr: usize,
-    sx: &[f32],
-    zero: &[i32],
-    cols: &Cols,
-    c: *mut f32,
-    ldc: usize,
-) {
-    // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
-    // caller upholds.
+unsafe fn epilogue_scalar(e: &Epilogue) {
+    let Epilogue {
+        tile,
+        mr,
+        nr,
+        sx,
+        zero,
+        ref cols,
+        c,
+        ldc,
+    } = *e;
+    // SAFETY: covered by this unsafe fn's contract (pointer bounds), which the caller upholds.
     unsafe {
         for i in 0..mr {
             let cr = c.add(i * ldc);
@@ -461,19 +492,9 @@ unsafe fn epilogue_scalar(
 /// As [`epilogue_scalar`], plus AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn epilogue_avx2(
-    tile: &[[i32; NR]; MR],
-    mr: usize,
-    nr: usize,
-    sx: &[f32],
-    zero: &[i32],
-    cols: &Cols,
-    c: *mut f32,
-    ldc: usize,
-) {
+unsafe fn epilogue_avx2(e: &Epilogue) {
     // SAFETY: the contract is `epilogue_scalar`'s, which the caller upholds.
-    unsafe { epilogue_scalar(tile, mr, nr, sx, zero, cols, c, ldc) }
+    unsafe { epilogue_scalar(e) }
 }
 
 /// [`epilogue_scalar`] with AVX-512 (identical results: the same integer correction, the same
@@ -483,17 +504,17 @@ unsafe fn epilogue_avx2(
 /// As [`epilogue_scalar`], plus AVX-512F; `cols.scale` and `cols.sum` hold `NR` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn epilogue_avx512(
-    tile: &[[i32; NR]; MR],
-    mr: usize,
-    nr: usize,
-    sx: &[f32],
-    zero: &[i32],
-    cols: &Cols,
-    c: *mut f32,
-    ldc: usize,
-) {
+unsafe fn epilogue_avx512(e: &Epilogue) {
+    let Epilogue {
+        tile,
+        mr,
+        nr,
+        sx,
+        zero,
+        ref cols,
+        c,
+        ldc,
+    } = *e;
     // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
     // caller upholds.
     unsafe {
@@ -543,7 +564,6 @@ enum Sink<'a> {
     F32 {
         c: OutPtr<f32>,
         bias: &'a [f32],
-        simd: bool,
         /// Apply the exact GELU to each tile once written (the layer's activation, fused).
         gelu: bool,
     },
@@ -578,40 +598,33 @@ fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, isa: Isa, sink: &Sink) {
                 let sums = &w.row_sums[j0..j0 + NR];
                 tile(isa, w.kq, &x.a, x.lda, row0, mr, panel, sums, &mut tile_acc);
                 match sink {
-                    Sink::F32 {
-                        c,
-                        bias,
-                        simd,
-                        gelu,
-                    } => {
-                        let cols = Cols {
-                            scale: &w.scales[j0..j0 + NR],
-                            sum: &w.row_sums[j0..j0 + NR],
-                            bias: &bias[j0..j0 + nr],
-                        };
-                        let (sx, zr) = (&x.scale[row0..row0 + mr], &x.zero[row0..row0 + mr]);
-                        let cp = c.get();
+                    Sink::F32 { c, bias, gelu } => {
                         // SAFETY: the tile's rows and columns lie inside the m x n output,
                         // written by this task only.
+                        let dst = unsafe { c.get().add(row0 * n + j0) };
+                        let e = Epilogue {
+                            tile: &tile_acc,
+                            mr,
+                            nr,
+                            sx: &x.scale[row0..row0 + mr],
+                            zero: &x.zero[row0..row0 + mr],
+                            cols: Cols {
+                                scale: &w.scales[j0..j0 + NR],
+                                sum: &w.row_sums[j0..j0 + NR],
+                                bias: &bias[j0..j0 + nr],
+                            },
+                            c: dst,
+                            ldc: n,
+                        };
+                        // SAFETY: as above; `w.scales` and `w.row_sums` are padded to whole
+                        // panels, so they hold `NR` values from `j0`.
                         unsafe {
-                            let dst = cp.add(row0 * n + j0);
+                            e.write(isa);
                             #[cfg(target_arch = "x86_64")]
-                            if *simd {
-                                epilogue_avx512(&tile_acc, mr, nr, sx, zr, &cols, dst, n);
-                                if *gelu {
-                                    crate::fast_math::gelu_tile_avx512(dst, n, mr, nr);
-                                }
+                            if *gelu && isa.avx512() {
+                                crate::fast_math::gelu_tile_avx512(dst, n, mr, nr);
                                 continue;
                             }
-                            let _ = simd;
-                            #[cfg(target_arch = "x86_64")]
-                            if matches!(isa, Isa::Avx2Fma { .. }) {
-                                epilogue_avx2(&tile_acc, mr, nr, sx, zr, &cols, dst, n);
-                            } else {
-                                epilogue_scalar(&tile_acc, mr, nr, sx, zr, &cols, dst, n);
-                            }
-                            #[cfg(not(target_arch = "x86_64"))]
-                            epilogue_scalar(&tile_acc, mr, nr, sx, zr, &cols, dst, n);
                             if *gelu {
                                 for i in 0..mr {
                                     let row = std::slice::from_raw_parts_mut(dst.add(i * n), nr);
@@ -644,7 +657,7 @@ fn drive(x: &QuantizedRows, m: usize, w: &PackedI8, isa: Isa, sink: &Sink) {
 /// weight; f32 output, on the selected kernel family.
 pub fn int8_linear(x: &[f32], m: usize, w: &PackedI8, bias: &[f32], gelu: bool) -> Vec<f32> {
     assert!(x.len() >= m * w.k, "int8_linear: x is shorter than m x k");
-    let xq = quantize_rows_with(x, m, w.k, vector_quantizer());
+    let xq = quantize_rows(x, m, w.k);
     int8_linear_quantized(&xq, m, w, bias, gelu)
 }
 
@@ -668,7 +681,6 @@ pub fn int8_linear_quantized(
     let sink = Sink::F32 {
         c: OutPtr(y.as_mut_ptr()),
         bias,
-        simd: isa.avx512(),
         gelu,
     };
     drive(xq, m, w, isa, &sink);
@@ -831,8 +843,8 @@ mod tests {
                 assert_eq!(plain, slow, "{m}x{n}x{k} on {isa}");
             }
             // And the quantisers agree code for code.
-            let qa = quantize_rows_with(&x, m, k, vector_quantizer());
-            let qb = quantize_rows_with(&x, m, k, false);
+            let qa = quantize_rows(&x, m, k);
+            let qb = quantize_rows_on(Isa::Scalar, &x, m, k);
             assert_eq!(qa.a, qb.a);
             assert_eq!(qa.zero, qb.zero);
             assert_eq!(qa.scale, qb.scale);
@@ -904,6 +916,6 @@ mod tests {
         assert_eq!(q.a[4 + 1], 255);
         assert_eq!(q.a[4 + 2], 0);
         // Non-finite values give some codes, never a panic.
-        let _ = quantize_rows_with(&x, 3, 3, false);
+        let _ = quantize_rows_on(Isa::Scalar, &x, 3, 3);
     }
 }
