@@ -164,43 +164,69 @@ impl Int8Table {
         }
         let d = self.dim;
         let mut out = vec![0f32; ids.len() * d];
-        let mut dequantize = |row: usize, codes: &[i8], at: &[usize]| {
-            let s = self.scales[row];
-            for &t in at {
-                for (o, &c) in out[t * d..(t + 1) * d].iter_mut().zip(codes) {
-                    *o = c as f32 * s;
-                }
-            }
-        };
         match &self.codes {
             Codes::Owned(codes) => {
-                for (t, &i) in ids.iter().enumerate() {
+                for (o, &i) in out.chunks_exact_mut(d).zip(ids) {
                     let i = i as usize;
-                    dequantize(i, &codes[i * d..(i + 1) * d], &[t]);
+                    let row: &[i8] = &codes[i * d..(i + 1) * d];
+                    for (o, &c) in o.iter_mut().zip(row) {
+                        *o = c as f32 * self.scales[i];
+                    }
                 }
             }
             Codes::Mapped { file, offset } => {
-                // One read per distinct row (padding and frequent tokens repeat).
-                let mut at: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
-                for (t, &i) in ids.iter().enumerate() {
-                    at.entry(i).or_default().push(t);
-                }
+                // One read per distinct row (padding and frequent tokens repeat): positions
+                // sorted by row, the first of each run read and dequantised, the rest copied.
+                let mut order: Vec<(u32, usize)> = ids.iter().copied().zip(0..).collect();
+                order.sort_unstable();
                 let mut buf = vec![0u8; d];
-                for (i, ts) in at {
-                    let i = i as usize;
-                    file.read_at(offset + i * d, &mut buf)?;
-                    let codes: Vec<i8> = buf.iter().map(|&b| b as i8).collect();
-                    dequantize(i, &codes, &ts);
+                let mut first = None;
+                for (k, &(i, t)) in order.iter().enumerate() {
+                    match first {
+                        Some(f) if k > 0 && order[k - 1].0 == i => {
+                            out.copy_within(f * d..(f + 1) * d, t * d);
+                        }
+                        _ => {
+                            let row = i as usize;
+                            file.read_at(offset + row * d, &mut buf)?;
+                            self.dequantize_row(&mut out[t * d..(t + 1) * d], row, &buf);
+                            first = Some(t);
+                        }
+                    }
                 }
             }
         }
         Ok(Tensor::from_vec(out, (ids.len(), d), &Device::Cpu)?)
     }
 
-    /// The whole table dequantised to f32 `[rows, dim]`.
+    /// The whole table dequantised to f32 `[rows, dim]` (a mapped table is read at once).
     pub fn dequantize(&self) -> Result<Tensor> {
-        let ids: Vec<u32> = (0..self.rows as u32).collect();
-        self.gather(&ids)
+        let d = self.dim;
+        let codes: Vec<u8> = match &self.codes {
+            Codes::Owned(codes) => codes.iter().map(|&c| c as u8).collect(),
+            Codes::Mapped { file, offset } => {
+                let mut buf = vec![0u8; self.rows * d];
+                file.read_at(*offset, &mut buf)?;
+                buf
+            }
+        };
+        let mut out = vec![0f32; self.rows * d];
+        for (row, (o, c)) in out
+            .chunks_exact_mut(d)
+            .zip(codes.chunks_exact(d))
+            .enumerate()
+        {
+            self.dequantize_row(o, row, c);
+        }
+        Ok(Tensor::from_vec(out, (self.rows, d), &Device::Cpu)?)
+    }
+
+    /// Row `row`'s codes (as stored: two's-complement bytes) times its scale, into `out`.
+    fn dequantize_row(&self, out: &mut [f32], row: usize, codes: &[u8]) {
+        let s = self.scales[row];
+        for (o, &c) in out.iter_mut().zip(codes) {
+            *o = c as i8 as f32 * s;
+        }
     }
 
     /// The safetensors entries of the table under `name`: the codes as `I8` `[rows, dim]` and
@@ -249,6 +275,31 @@ mod tests {
         }
         let err = table.gather(&[5]).unwrap_err().to_string();
         assert!(err.contains("token id 5"), "{err}");
+    }
+
+    #[test]
+    fn mapped_and_owned_tables_agree_with_repeated_ids() {
+        let (rows, dim) = (6, 5);
+        let codes: Vec<i8> = (0..rows * dim)
+            .map(|i| (i as i32 * 53 % 255 - 127) as i8)
+            .collect();
+        let scales: Vec<f32> = (0..rows).map(|r| 0.01 * (r + 1) as f32).collect();
+        let owned = Int8Table::from_codes(codes.clone(), scales.clone(), rows, dim).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("table.bin");
+        let mut bytes = vec![7u8; 3];
+        bytes.extend(codes.iter().map(|&c| c as u8));
+        std::fs::write(&path, &bytes).unwrap();
+        let file = Arc::new(MappedFile::open(&path).unwrap());
+        let mapped = Int8Table::mapped(file, 3, scales, rows, dim).unwrap();
+        let ids = [4, 0, 4, 5, 0, 0, 2];
+        let a: Vec<Vec<f32>> = owned.gather(&ids).unwrap().to_vec2().unwrap();
+        let b: Vec<Vec<f32>> = mapped.gather(&ids).unwrap().to_vec2().unwrap();
+        assert_eq!(a, b);
+        let a: Vec<Vec<f32>> = owned.dequantize().unwrap().to_vec2().unwrap();
+        let b: Vec<Vec<f32>> = mapped.dequantize().unwrap().to_vec2().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a[5][1], codes[5 * dim + 1] as f32 * 0.06);
     }
 
     #[test]
