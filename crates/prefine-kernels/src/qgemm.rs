@@ -505,16 +505,8 @@ unsafe fn epilogue_avx2(e: &Epilogue) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn epilogue_avx512(e: &Epilogue) {
-    let Epilogue {
-        tile,
-        mr,
-        nr,
-        sx,
-        zero,
-        ref cols,
-        c,
-        ldc,
-    } = *e;
+    let (tile, cols, c) = (e.tile, &e.cols, e.c);
+    let (mr, nr, sx, zero, ldc) = (e.mr, e.nr, e.sx, e.zero, e.ldc);
     // SAFETY: covered by this unsafe fn's contract (CPU features, pointer bounds), which the
     // caller upholds.
     unsafe {
