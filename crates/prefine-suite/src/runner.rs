@@ -30,7 +30,8 @@ use sha2::{Digest, Sha256};
 use crate::config::{parse_task, strategy_name, SuiteConfig};
 use crate::error::{Error, Result};
 use crate::report::{write_report, SuiteLayout};
-use crate::results::{append_result, fraction_label, read_results, CellResult};
+use crate::results::{append_result, fraction_label, read_results, CellKey, CellResult};
+use prefine_train::toml_config::serde_name;
 
 /// A backbone variant ready to use.
 #[derive(Debug, Clone)]
@@ -286,208 +287,281 @@ fn prune_cell(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir.join("checkpoints"));
 }
 
+/// Writes `OUT/config.toml` (the suite config as run) and `OUT/suite.json` (the table's layout).
+fn write_run_files(cfg: &SuiteConfig, out: &Path, layout: &SuiteLayout) -> Result<()> {
+    let config_path = out.join("config.toml");
+    let text = toml::to_string_pretty(cfg).map_err(|e| Error::file(&config_path, e))?;
+    write_atomic(&config_path, text.as_bytes())?;
+    let layout_path = out.join("suite.json");
+    let text = serde_json::to_string_pretty(layout).map_err(|e| Error::file(&layout_path, e))?;
+    write_atomic(&layout_path, text.as_bytes())?;
+    Ok(())
+}
+
+/// `ner` or `tc`: the family's name in paths, results and adapter directories.
+fn family_name(kind: TaskKind) -> &'static str {
+    match kind {
+        TaskKind::Ner => "ner",
+        TaskKind::Tc => "tc",
+    }
+}
+
+/// One (variant, task, fraction, seed) cell, resolved.
+struct Cell<'a> {
+    variant: &'a ResolvedVariant,
+    /// `ner/<name>` or `tc/<name>`.
+    task: &'a str,
+    kind: TaskKind,
+    data_dir: &'a Path,
+    fraction: f64,
+    seed: u64,
+    config: FinetuneConfig,
+    hash: String,
+}
+
+impl Cell<'_> {
+    fn family(&self) -> &'static str {
+        family_name(self.kind)
+    }
+
+    fn metric(&self) -> &'static str {
+        match self.kind {
+            TaskKind::Ner => "f1",
+            TaskKind::Tc => "accuracy",
+        }
+    }
+
+    fn key(&self) -> CellKey {
+        CellKey {
+            variant: self.variant.name.clone(),
+            task: self.task.to_string(),
+            fraction: fraction_label(self.fraction),
+            seed: self.seed,
+        }
+    }
+
+    /// `<variant> <task> f=<fraction> s=<seed>`, for messages.
+    fn label(&self) -> String {
+        format!(
+            "{} {} f={} s={}",
+            self.variant.name,
+            self.task,
+            fraction_label(self.fraction),
+            self.seed
+        )
+    }
+
+    /// `OUT/cells/<variant>/<family>_<task>/f<fraction>_s<seed>`.
+    fn dir(&self, out: &Path) -> PathBuf {
+        let name = self.task.split_once('/').map_or(self.task, |x| x.1);
+        out.join("cells")
+            .join(&self.variant.name)
+            .join(format!("{}_{name}", self.family()))
+            .join(format!("f{}_s{}", fraction_label(self.fraction), self.seed))
+    }
+
+    /// Fine-tunes and evaluates the cell into `dir`. A failure (error or panic) is recorded in
+    /// the result; only Ctrl-C is returned as an error.
+    fn run(&self, dir: &Path, hooks: RunHooks) -> Result<CellResult> {
+        let t0 = Instant::now();
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            run_finetune_with(
+                &self.config,
+                &self.variant.backbone,
+                self.data_dir,
+                dir,
+                hooks,
+            )
+        }));
+        let metric = self.metric();
+        let mut r = CellResult {
+            variant: self.variant.name.clone(),
+            task: self.task.to_string(),
+            family: self.family().into(),
+            fraction: self.fraction,
+            seed: self.seed,
+            hash: self.hash.clone(),
+            status: "ok".into(),
+            metric: metric.into(),
+            score: None,
+            dev_score: None,
+            mode: serde_name(&self.config.mode),
+            seconds: 0.0,
+            error: None,
+            metrics: None,
+        };
+        let failure = match run {
+            // Ctrl-C: stop the suite; finished cells are kept, this one reruns.
+            Ok(Err(e @ prefine_train::Error::Interrupted { .. })) => return Err(e.into()),
+            Ok(Ok(rep)) => {
+                let m = &rep.metrics;
+                r.dev_score = m["dev"][metric].as_f64();
+                r.score = m["test"][metric].as_f64().or(r.dev_score);
+                r.metrics = Some(m.clone());
+                r.score
+                    .is_none()
+                    .then(|| format!("no {metric} in metrics.json"))
+            }
+            Ok(Err(e)) => Some(prefine_runtime::report(&e)),
+            Err(p) => Some(format!("panic: {}", panic_message(p))),
+        };
+        if let Some(reason) = failure {
+            r.status = "error".into();
+            r.error = Some(reason);
+        }
+        r.seconds = t0.elapsed().as_secs_f64();
+        Ok(r)
+    }
+}
+
+/// The suite's progress: the overall bar and the counts.
+struct Progress {
+    bars: MultiProgress,
+    overall: ProgressBar,
+    total: usize,
+    ran: usize,
+    skipped: usize,
+    failed: usize,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        let bars = MultiProgress::new();
+        let overall = bars.add(ProgressBar::new(total as u64));
+        overall.set_style(
+            ProgressStyle::with_template(
+                "suite {bar:30} {pos}/{len} cells [{elapsed_precise} < {eta_precise}] {msg}",
+            )
+            .expect("template"),
+        );
+        Self {
+            bars,
+            overall,
+            total,
+            ran: 0,
+            skipped: 0,
+            failed: 0,
+        }
+    }
+
+    fn skip(&mut self) {
+        self.skipped += 1;
+        self.overall.inc(1);
+    }
+
+    fn finished(&mut self, cell: &Cell, r: &CellResult) {
+        self.ran += 1;
+        let at = format!(
+            "[{}/{}] {}",
+            self.overall.position() + 1,
+            self.total,
+            cell.label()
+        );
+        let line = if r.ok() {
+            format!(
+                "{at}: {} {:.4} ({:.0}s)",
+                r.metric,
+                r.score.unwrap_or(0.0),
+                r.seconds
+            )
+        } else {
+            self.failed += 1;
+            format!("{at}: FAILED: {}", r.error.as_deref().unwrap_or(""))
+        };
+        say(&self.overall, line);
+        self.overall.inc(1);
+    }
+}
+
 /// Runs the whole suite into `out` and writes the report.
 pub fn run_suite(cfg: &SuiteConfig, out: &Path) -> Result<SuiteSummary> {
     let t0 = Instant::now();
     cfg.validate()?;
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
-    write_atomic(
-        &out.join("config.toml"),
-        toml::to_string_pretty(cfg)
-            .map_err(|e| Error::file(&out.join("config.toml"), e))?
-            .as_bytes(),
-    )?;
     let data = DataRoot::resolve(cfg.data_root.as_deref())?;
     let tasks = resolve_tasks(cfg, &data)?;
-    run_pretraining(cfg, &data, out)?;
-    let variants = resolve_variants(cfg, out)?;
     let mut fractions = cfg.fractions.clone();
     fractions.sort_by(|a, b| b.total_cmp(a));
     let layout = SuiteLayout {
-        variants: variants.iter().map(|v| v.name.clone()).collect(),
+        variants: cfg.variant_names(),
         baseline: cfg.baseline_name(),
         tasks: tasks.iter().map(|t| t.0.clone()).collect(),
         fractions: fractions.clone(),
     };
-    write_atomic(
-        &out.join("suite.json"),
-        serde_json::to_string_pretty(&layout)
-            .expect("json")
-            .as_bytes(),
-    )?;
+    write_run_files(cfg, out, &layout)?;
+    run_pretraining(cfg, &data, out)?;
+    let variants = resolve_variants(cfg, out)?;
 
     let results_path = out.join("results.jsonl");
     let existing = read_results(&results_path)?;
-    let total = variants.len() * tasks.len() * fractions.len() * cfg.seeds.len();
-    let mp = MultiProgress::new();
-    let overall = mp.add(ProgressBar::new(total as u64));
-    overall.set_style(
-        ProgressStyle::with_template(
-            "suite {bar:30} {pos}/{len} cells [{elapsed_precise} < {eta_precise}] {msg}",
-        )
-        .expect("template"),
-    );
-    let (mut ran, mut skipped, mut failed) = (0usize, 0usize, 0usize);
-    let mut task_fps: BTreeMap<String, String> = BTreeMap::new();
+    let mut progress =
+        Progress::new(variants.len() * tasks.len() * fractions.len() * cfg.seeds.len());
+    let task_fps = tasks
+        .iter()
+        .map(|t| task_fingerprint(&t.2))
+        .collect::<Result<Vec<_>>>()?;
     for v in &variants {
-        for (task, kind, dir) in &tasks {
-            let task_fp = match task_fps.get(task) {
-                Some(f) => f.clone(),
-                None => {
-                    let f = task_fingerprint(dir)?;
-                    task_fps.insert(task.clone(), f.clone());
-                    f
-                }
-            };
-            let family = match kind {
-                TaskKind::Ner => "ner",
-                TaskKind::Tc => "tc",
-            };
-            let adapter = v.adapters.get(family).cloned();
+        for ((task, kind, dir), task_fp) in tasks.iter().zip(&task_fps) {
+            let adapter = v.adapters.get(family_name(*kind)).cloned();
             let mut shared: Option<Arc<HiddenCache>> = None;
             for &fraction in &fractions {
                 for &seed in &cfg.seeds {
-                    let mut fcfg = cfg.protocol.finetune_config(*kind, fraction, seed);
-                    fcfg.init_adapter = adapter.clone();
-                    let hash = cell_hash(v, &task_fp, &fcfg);
-                    let key = crate::results::CellKey {
-                        variant: v.name.clone(),
-                        task: task.clone(),
-                        fraction: fraction_label(fraction),
+                    let mut config = cfg.protocol.finetune_config(*kind, fraction, seed);
+                    config.init_adapter = adapter.clone();
+                    let hash = cell_hash(v, task_fp, &config);
+                    let cell = Cell {
+                        variant: v,
+                        task,
+                        kind: *kind,
+                        data_dir: dir,
+                        fraction,
                         seed,
+                        config,
+                        hash,
                     };
-                    if let Some(prev) = existing.get(&key) {
-                        if prev.ok() && prev.hash == hash {
-                            skipped += 1;
-                            overall.inc(1);
+                    if let Some(prev) = existing.get(&cell.key()).filter(|p| p.ok()) {
+                        if prev.hash == cell.hash {
+                            progress.skip();
                             continue;
                         }
-                        if prev.ok() {
-                            say(&overall, format!(
-                                "{} {task} f={} s={seed}: config, weights or data changed since the recorded result; running again",
-                                v.name, key.fraction
-                            ));
-                        }
+                        say(&progress.overall, format!(
+                            "{}: config, weights or data changed since the recorded result; running again",
+                            cell.label()
+                        ));
                     }
-                    overall.set_message(format!("{} {task} f={} s={seed}", v.name, key.fraction));
-                    let cell_dir = out
-                        .join("cells")
-                        .join(&v.name)
-                        .join(format!(
-                            "{family}_{}",
-                            task.split_once('/').map_or(task.as_str(), |x| x.1)
+                    progress.overall.set_message(cell.label());
+                    let cache = shared.get_or_insert_with(|| {
+                        Arc::new(HiddenCache::new(
+                            cache_owner(&cell.config, &v.backbone),
+                            cell.config.feature_cache_mb,
                         ))
-                        .join(format!("f{}_s{seed}", key.fraction));
-                    let cache = shared
-                        .get_or_insert_with(|| {
-                            Arc::new(HiddenCache::new(
-                                cache_owner(&fcfg, &v.backbone),
-                                fcfg.feature_cache_mb,
-                            ))
-                        })
-                        .clone();
+                    });
                     let hooks = RunHooks {
-                        cache: Some(cache),
-                        progress: Some(mp.clone()),
+                        cache: Some(cache.clone()),
+                        progress: Some(progress.bars.clone()),
                         // Cells are short: an interrupted one starts again.
                         resume: false,
                     };
-                    let t_cell = Instant::now();
-                    let run = catch_unwind(AssertUnwindSafe(|| {
-                        run_finetune_with(&fcfg, &v.backbone, dir, &cell_dir, hooks)
-                    }));
-                    let metric = if *kind == TaskKind::Ner {
-                        "f1"
-                    } else {
-                        "accuracy"
-                    };
-                    let mut r = CellResult {
-                        variant: v.name.clone(),
-                        task: task.clone(),
-                        family: family.into(),
-                        fraction,
-                        seed,
-                        hash,
-                        status: "ok".into(),
-                        metric: metric.into(),
-                        score: None,
-                        dev_score: None,
-                        mode: serde_json::to_value(fcfg.mode)
-                            .ok()
-                            .and_then(|m| m.as_str().map(str::to_string))
-                            .unwrap_or_default(),
-                        seconds: 0.0,
-                        error: None,
-                        metrics: None,
-                    };
-                    if let Ok(Err(e @ prefine_train::Error::Interrupted { .. })) = run {
-                        // Ctrl-C: stop the suite; finished cells are kept, this one reruns.
-                        overall.abandon();
-                        return Err(e.into());
-                    }
-                    match run {
-                        Ok(Ok(rep)) => {
-                            let m = &rep.metrics;
-                            r.dev_score = m["dev"][metric].as_f64();
-                            r.score = m["test"][metric].as_f64().or(r.dev_score);
-                            r.metrics = Some(m.clone());
-                            if r.score.is_none() {
-                                r.status = "error".into();
-                                r.error = Some(format!("no {metric} in metrics.json"));
-                            }
-                        }
-                        Ok(Err(e)) => {
-                            r.status = "error".into();
-                            r.error = Some(prefine_runtime::report(&e));
-                        }
-                        Err(p) => {
-                            r.status = "error".into();
-                            r.error = Some(format!("panic: {}", panic_message(p)));
-                        }
-                    }
-                    r.seconds = t_cell.elapsed().as_secs_f64();
+                    let cell_dir = cell.dir(out);
+                    let r = cell
+                        .run(&cell_dir, hooks)
+                        .inspect_err(|_| progress.overall.abandon())?;
                     append_result(&results_path, &r)?;
                     if !cfg.keep_artifacts {
                         prune_cell(&cell_dir);
                     }
-                    ran += 1;
-                    if r.ok() {
-                        say(
-                            &overall,
-                            format!(
-                                "[{}/{total}] {} {task} f={} s={seed}: {metric} {:.4} ({:.0}s)",
-                                overall.position() + 1,
-                                v.name,
-                                key.fraction,
-                                r.score.unwrap_or(0.0),
-                                r.seconds
-                            ),
-                        );
-                    } else {
-                        failed += 1;
-                        say(
-                            &overall,
-                            format!(
-                                "[{}/{total}] {} {task} f={} s={seed}: FAILED: {}",
-                                overall.position() + 1,
-                                v.name,
-                                key.fraction,
-                                r.error.as_deref().unwrap_or("")
-                            ),
-                        );
-                    }
-                    overall.inc(1);
+                    progress.finished(&cell, &r);
                 }
             }
         }
     }
-    overall.finish_and_clear();
+    progress.overall.finish_and_clear();
     let table = write_report(out)?;
     Ok(SuiteSummary {
-        total,
-        ran,
-        skipped,
-        failed,
+        total: progress.total,
+        ran: progress.ran,
+        skipped: progress.skipped,
+        failed: progress.failed,
         table,
         seconds: t0.elapsed().as_secs_f64(),
     })
