@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// The model types this crate can load.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "distilbert", "electra"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "distilbert", "electra", "modernbert"];
 
 /// The checkpoint family, which fixes tensor names and a few architectural details.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +21,34 @@ pub enum ModelType {
     /// ELECTRA discriminator body (BERT blocks; embeddings of `embedding_size` projected to
     /// `hidden_size` by `embeddings_project` when the two differ; no pooler).
     Electra,
+    /// ModernBERT and the Ettin encoders (pre-norm blocks, fused `Wqkv`, rotary positions,
+    /// GeGLU, alternating global and sliding-window attention; see [`ModernBertConfig`]).
+    #[serde(rename = "modernbert")]
+    ModernBert,
+}
+
+/// What ModernBERT adds to the common settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModernBertConfig {
+    /// Per layer: whether it attends in a sliding window (`sliding_attention`) instead of
+    /// globally (`full_attention`).
+    pub sliding: Vec<bool>,
+    /// The whole window (`local_attention`): a token sees keys at most half of it away.
+    pub local_attention: usize,
+    /// RoPE base of the global layers.
+    pub global_rope_theta: f64,
+    /// RoPE base of the sliding-window layers.
+    pub local_rope_theta: f64,
+    /// Whether the layer norms have a bias (`norm_bias`).
+    pub norm_bias: bool,
+    /// Whether `Wqkv` and the attention `Wo` have biases (`attention_bias`).
+    pub attention_bias: bool,
+    /// Whether `Wi` and the feed-forward `Wo` have biases (`mlp_bias`).
+    pub mlp_bias: bool,
+    /// Dropout after the embedding norm (`embedding_dropout`; `mlp_dropout` is the common
+    /// `hidden_dropout_prob`, `attention_dropout` the common `attention_probs_dropout_prob`,
+    /// which ModernBERT also applies after the attention's `Wo`).
+    pub embedding_dropout: f64,
 }
 
 /// Feed-forward activation. BERT's `"gelu"` is the exact erf form (not the tanh approximation).
@@ -68,6 +96,9 @@ pub struct EncoderConfig {
     pub layer_norm_eps: f64,
     /// Padding token id.
     pub pad_token_id: u32,
+    /// ModernBERT's own settings (`None` for the BERT-shaped families).
+    #[serde(default)]
+    pub modernbert: Option<ModernBertConfig>,
     /// The original `config.json`, kept so that saving writes back everything it had.
     #[serde(skip)]
     pub raw: serde_json::Value,
@@ -121,6 +152,153 @@ struct DistilbertJson {
     #[serde(default)]
     sinusoidal_pos_embds: bool,
 }
+
+#[derive(Deserialize)]
+struct ModernBertJson {
+    vocab_size: usize,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    #[serde(default = "default_act")]
+    hidden_activation: String,
+    #[serde(default)]
+    mlp_dropout: f64,
+    #[serde(default)]
+    attention_dropout: f64,
+    #[serde(default)]
+    embedding_dropout: f64,
+    #[serde(default = "default_modern_max_pos")]
+    max_position_embeddings: usize,
+    #[serde(default = "default_modern_eps")]
+    norm_eps: f64,
+    #[serde(default)]
+    norm_bias: bool,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default)]
+    mlp_bias: bool,
+    #[serde(default)]
+    pad_token_id: Option<u32>,
+    #[serde(default = "default_global_every")]
+    global_attn_every_n_layers: usize,
+    #[serde(default)]
+    layer_types: Option<Vec<String>>,
+    #[serde(default = "default_local_attention")]
+    local_attention: usize,
+    /// transformers 5: `{"full_attention": {"rope_theta": ..}, "sliding_attention": {..}}`.
+    #[serde(default)]
+    rope_parameters: Option<serde_json::Value>,
+    /// transformers 4.
+    #[serde(default = "default_global_theta")]
+    global_rope_theta: f64,
+    #[serde(default = "default_local_theta")]
+    local_rope_theta: f64,
+}
+
+fn default_modern_max_pos() -> usize {
+    8192
+}
+fn default_modern_eps() -> f64 {
+    1e-5
+}
+fn default_global_every() -> usize {
+    3
+}
+fn default_local_attention() -> usize {
+    128
+}
+fn default_global_theta() -> f64 {
+    160_000.0
+}
+fn default_local_theta() -> f64 {
+    10_000.0
+}
+
+impl ModernBertJson {
+    /// The canonical config, with the per-layer attention kinds and RoPE bases resolved from
+    /// either transformers 5 keys (`layer_types`, `rope_parameters`) or 4 keys.
+    fn into_config(self, path: &Path, raw: serde_json::Value) -> Result<EncoderConfig> {
+        let bad = |reason: String| Error::Parse {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let sliding = match &self.layer_types {
+            Some(types) => types
+                .iter()
+                .map(|t| match t.as_str() {
+                    "full_attention" => Ok(false),
+                    "sliding_attention" => Ok(true),
+                    other => Err(bad(format!(
+                        "layer_types: {other:?} is neither full_attention nor sliding_attention"
+                    ))),
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => (0..self.num_hidden_layers)
+                .map(|i| i % self.global_attn_every_n_layers.max(1) != 0)
+                .collect(),
+        };
+        if sliding.len() != self.num_hidden_layers {
+            return Err(bad(format!(
+                "layer_types has {} entries for {} layers",
+                sliding.len(),
+                self.num_hidden_layers
+            )));
+        }
+        let theta = |kind: &str, fallback: f64| -> Result<f64> {
+            let Some(p) = self.rope_parameters.as_ref().and_then(|r| r.get(kind)) else {
+                return Ok(fallback);
+            };
+            if let Some(t) = p.get("rope_type").and_then(|t| t.as_str()) {
+                if t != "default" {
+                    return Err(bad(format!(
+                        "rope_parameters.{kind}.rope_type {t:?} is not supported (default)"
+                    )));
+                }
+            }
+            Ok(p.get("rope_theta")
+                .and_then(|t| t.as_f64())
+                .unwrap_or(fallback))
+        };
+        let modern = ModernBertConfig {
+            sliding,
+            local_attention: self.local_attention,
+            global_rope_theta: theta("full_attention", self.global_rope_theta)?,
+            local_rope_theta: theta("sliding_attention", self.local_rope_theta)?,
+            norm_bias: self.norm_bias,
+            attention_bias: self.attention_bias,
+            mlp_bias: self.mlp_bias,
+            embedding_dropout: self.embedding_dropout,
+        };
+        Ok(EncoderConfig {
+            model_type: ModelType::ModernBert,
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            embedding_size: self.hidden_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            intermediate_size: self.intermediate_size,
+            hidden_act: parse_act(path, &self.hidden_activation)?,
+            hidden_dropout_prob: self.mlp_dropout,
+            attention_probs_dropout_prob: self.attention_dropout,
+            max_position_embeddings: self.max_position_embeddings,
+            type_vocab_size: 0,
+            layer_norm_eps: self.norm_eps,
+            pad_token_id: self.pad_token_id.unwrap_or(0),
+            modernbert: Some(modern),
+            raw,
+        })
+    }
+}
+
+/// The keys `ModernBertJson` cannot do without.
+const MODERNBERT_REQUIRED: &[&str] = &[
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+];
 
 fn default_act() -> String {
     "gelu".into()
@@ -261,8 +439,13 @@ impl EncoderConfig {
                     type_vocab_size: j.type_vocab_size,
                     layer_norm_eps: j.layer_norm_eps,
                     pad_token_id: j.pad_token_id.unwrap_or(0),
+                    modernbert: None,
                     raw,
                 }
+            }
+            "modernbert" => {
+                let j: ModernBertJson = from_fields(&raw, MODERNBERT_REQUIRED, path)?;
+                j.into_config(path, raw)?
             }
             "distilbert" => {
                 let j: DistilbertJson = from_fields(&raw, DISTILBERT_REQUIRED, path)?;
@@ -288,6 +471,7 @@ impl EncoderConfig {
                     // HF DistilBERT hard-codes eps = 1e-12.
                     layer_norm_eps: 1e-12,
                     pad_token_id: j.pad_token_id.unwrap_or(0),
+                    modernbert: None,
                     raw,
                 }
             }

@@ -23,6 +23,9 @@ pub enum LoraTarget {
     Key,
     /// Attention value projection (`attention.self.value`).
     Value,
+    /// The fused query, key and value projection of families that have one (ModernBERT's
+    /// `attn.Wqkv`). On such a family `query`, `key` and `value` name it too.
+    Qkv,
     /// Attention output projection (`attention.output.dense`).
     AttentionOutput,
     /// Feed-forward up projection (`intermediate.dense`).
@@ -32,7 +35,8 @@ pub enum LoraTarget {
 }
 
 impl LoraTarget {
-    /// All targets, in block order.
+    /// Every target of a BERT block, in block order (on a fused family, the first three name
+    /// its fused projection).
     pub const ALL: [LoraTarget; 6] = [
         Self::Query,
         Self::Key,
@@ -48,9 +52,12 @@ impl LoraTarget {
             "query" | "q_lin" => Self::Query,
             "key" | "k_lin" => Self::Key,
             "value" | "v_lin" => Self::Value,
-            "attention_output" | "attention.output.dense" | "out_lin" => Self::AttentionOutput,
-            "intermediate" | "intermediate.dense" | "lin1" => Self::Intermediate,
-            "output" | "output.dense" | "lin2" => Self::Output,
+            "qkv" | "Wqkv" => Self::Qkv,
+            "attention_output" | "attention.output.dense" | "out_lin" | "attn.Wo" => {
+                Self::AttentionOutput
+            }
+            "intermediate" | "intermediate.dense" | "lin1" | "Wi" => Self::Intermediate,
+            "output" | "output.dense" | "lin2" | "mlp.Wo" => Self::Output,
             _ => return None,
         })
     }
@@ -259,8 +266,29 @@ impl LoraLinear {
 
     /// Reads `{base}.weight` (`[out, in]`, f32 or quantised) and `{base}.bias` (`[out]`).
     pub(crate) fn load(r: &mut WeightReader, base: &str, out: usize, inp: usize) -> Result<Self> {
+        Self::load_with_bias(r, base, out, inp, true)
+    }
+
+    /// [`LoraLinear::load`], or for a layer without a bias (`has_bias = false`) a frozen zero
+    /// bias that is no parameter: the family leaves it out of its parameter lists, so it is
+    /// neither trained nor saved.
+    pub(crate) fn load_with_bias(
+        r: &mut WeightReader,
+        base: &str,
+        out: usize,
+        inp: usize,
+        has_bias: bool,
+    ) -> Result<Self> {
         let weight = r.linear_weight(&format!("{base}.weight"), out, inp)?;
-        let bias = r.param(&format!("{base}.bias"), &[out])?;
+        let bias = if has_bias {
+            r.param(&format!("{base}.bias"), &[out])?
+        } else {
+            Param::new(&Tensor::zeros(
+                out,
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )?)?
+        };
         match weight {
             LinearWeight::F32(w) => Ok(Self::new(w, bias)),
             LinearWeight::Quantized(q) => Self::new_quantized(q, bias),

@@ -141,6 +141,11 @@ fn electra_matches_pytorch() {
     check("electra");
 }
 
+#[test]
+fn modernbert_matches_pytorch() {
+    check("modernbert");
+}
+
 /// Runs `enc` on the reference batch and returns the hidden states.
 fn run(enc: &Encoder, family: &str, group: Option<&str>) -> Vec<f32> {
     let r = expected(family);

@@ -421,20 +421,19 @@ impl Encoder {
                 format!("{name:?} already exists"),
             ));
         }
-        let available: Vec<LoraTarget> = crate::models::names(self.config.model_type)
-            .linears
-            .iter()
-            .map(|(t, _, _)| *t)
-            .collect();
-        if let Some(t) = cfg.targets.iter().find(|t| !available.contains(t)) {
-            return Err(Error::config(
+        let targets = self.naming().resolve_targets(&cfg.targets).map_err(|t| {
+            Error::config(
                 "lora.targets",
                 format!(
                     "{t:?} is not a linear layer of a {:?} model",
                     self.config.model_type
                 ),
-            ));
-        }
+            )
+        })?;
+        let cfg = &LoraConfig {
+            targets,
+            ..cfg.clone()
+        };
         // Layer by layer, targets in the config's order (the RNG draw order of PEFT).
         let mut linears = self.body.linears_mut();
         for i in (0..self.config.num_hidden_layers).filter(|&i| cfg.covers_layer(i)) {

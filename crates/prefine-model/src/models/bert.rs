@@ -116,7 +116,7 @@ impl Embeddings {
                 TableWeight::Int8(t) => (released_table(e)?, Some(t)),
             };
         let token_type = match cfg.model_type {
-            ModelType::Distilbert => None,
+            ModelType::Distilbert | ModelType::ModernBert => None,
             ModelType::Bert | ModelType::Electra => Some(r.param(
                 "embeddings.token_type_embeddings.weight",
                 &[cfg.type_vocab_size, e],
@@ -334,18 +334,6 @@ impl Block {
             (LoraTarget::Intermediate, &mut self.intermediate),
             (LoraTarget::Output, &mut self.output),
         ]
-    }
-
-    /// The linear layer of target `t`.
-    pub fn linear(&self, t: LoraTarget) -> &LoraLinear {
-        match t {
-            LoraTarget::Query => &self.query,
-            LoraTarget::Key => &self.key,
-            LoraTarget::Value => &self.value,
-            LoraTarget::AttentionOutput => &self.attention_output,
-            LoraTarget::Intermediate => &self.intermediate,
-            LoraTarget::Output => &self.output,
-        }
     }
 
     fn forward(

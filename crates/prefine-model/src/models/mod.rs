@@ -11,6 +11,7 @@
 pub mod bert;
 pub mod distilbert;
 pub mod electra;
+pub mod modernbert;
 mod naming;
 
 pub use naming::{normalise_keys, Naming};
@@ -45,6 +46,7 @@ pub fn names(model_type: ModelType) -> &'static FamilyNames {
         ModelType::Bert => &bert::NAMES,
         ModelType::Distilbert => &distilbert::NAMES,
         ModelType::Electra => &electra::NAMES,
+        ModelType::ModernBert => &modernbert::NAMES,
     }
 }
 
@@ -143,6 +145,8 @@ fn mixed_linear(lin: &LoraLinear, x: &Tensor, routes: &[MixedRoute<'_>]) -> Resu
 pub enum Body {
     /// BERT, MiniLM, DistilBERT and ELECTRA (post-LN BERT blocks; see [`bert`]).
     Bert(bert::Model),
+    /// ModernBERT and the Ettin encoders (see [`modernbert`]).
+    ModernBert(modernbert::Model),
 }
 
 impl Body {
@@ -152,6 +156,7 @@ impl Body {
             ModelType::Bert | ModelType::Distilbert | ModelType::Electra => {
                 Ok(Body::Bert(bert::Model::load(config, r)?))
             }
+            ModelType::ModernBert => Ok(Body::ModernBert(modernbert::Model::load(config, r)?)),
         }
     }
 
@@ -164,6 +169,7 @@ impl Body {
             ModelType::Bert | ModelType::Distilbert | ModelType::Electra => {
                 bert::random_tensors(config, rng)
             }
+            ModelType::ModernBert => modernbert::random_tensors(config, rng),
         }
     }
 
@@ -176,6 +182,7 @@ impl Body {
     ) -> Result<Tensor> {
         match self {
             Body::Bert(m) => m.forward(config, input, run),
+            Body::ModernBert(m) => m.forward(config, input, run),
         }
     }
 
@@ -183,6 +190,7 @@ impl Body {
     pub fn linears(&self) -> Vec<(LinearId, &LoraLinear)> {
         match self {
             Body::Bert(m) => m.linears(),
+            Body::ModernBert(m) => m.linears(),
         }
     }
 
@@ -190,6 +198,7 @@ impl Body {
     pub fn linears_mut(&mut self) -> Vec<(LinearId, &mut LoraLinear)> {
         match self {
             Body::Bert(m) => m.linears_mut(),
+            Body::ModernBert(m) => m.linears_mut(),
         }
     }
 
@@ -200,10 +209,12 @@ impl Body {
             .find_map(|(i, l)| (i == id).then_some(l))
     }
 
-    /// Turns the word- and position-embedding tables to int8 (inference only).
+    /// Turns the word- and position-embedding tables to int8 (inference only; ModernBERT's
+    /// token table stays f32).
     pub(crate) fn quantize_tables(&mut self) -> Result<()> {
         match self {
             Body::Bert(m) => m.embeddings.quantize_tables(),
+            Body::ModernBert(_) => Ok(()),
         }
     }
 
@@ -211,6 +222,7 @@ impl Body {
     pub(crate) fn int8_tables(&self) -> Vec<(String, &crate::int8_table::Int8Table)> {
         match self {
             Body::Bert(m) => m.embeddings.int8_tables(),
+            Body::ModernBert(_) => Vec::new(),
         }
     }
 
@@ -218,6 +230,7 @@ impl Body {
     pub(crate) fn params(&self, config: &EncoderConfig) -> Vec<(String, &Param)> {
         match self {
             Body::Bert(m) => m.params(config),
+            Body::ModernBert(m) => m.params(),
         }
     }
 
@@ -225,6 +238,7 @@ impl Body {
     pub(crate) fn params_mut(&mut self) -> Vec<&mut Param> {
         match self {
             Body::Bert(m) => m.params_mut(),
+            Body::ModernBert(m) => m.params_mut(),
         }
     }
 }

@@ -55,6 +55,42 @@ impl Naming {
         self.names().linears.iter().map(|(t, _, _)| *t).collect()
     }
 
+    /// `targets` as this family has them, in order and without repeats: on a family with a
+    /// fused query/key/value projection `query`, `key` and `value` all name it (as PEFT's
+    /// default for ModernBERT adapts `Wqkv`), and on one without, `qkv` names all three.
+    /// A target the family lacks otherwise is an error naming it.
+    pub fn resolve_targets(&self, targets: &[LoraTarget]) -> Result<Vec<LoraTarget>, LoraTarget> {
+        let have = self.targets();
+        let mut out: Vec<LoraTarget> = Vec::new();
+        for &t in targets {
+            let mapped: Vec<LoraTarget> = if have.contains(&t) {
+                vec![t]
+            } else {
+                match t {
+                    LoraTarget::Query | LoraTarget::Key | LoraTarget::Value
+                        if have.contains(&LoraTarget::Qkv) =>
+                    {
+                        vec![LoraTarget::Qkv]
+                    }
+                    LoraTarget::Qkv
+                        if [LoraTarget::Query, LoraTarget::Key, LoraTarget::Value]
+                            .iter()
+                            .all(|q| have.contains(q)) =>
+                    {
+                        vec![LoraTarget::Query, LoraTarget::Key, LoraTarget::Value]
+                    }
+                    _ => return Err(t),
+                }
+            };
+            for m in mapped {
+                if !out.contains(&m) {
+                    out.push(m);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Parses the module path of a linear layer back into `(layer, target)`.
     pub fn parse_linear(&self, path: &str) -> Option<(usize, LoraTarget)> {
         let rest = path.strip_prefix(self.names().layers)?;

@@ -21,6 +21,8 @@ struct Attention {
     scale: f32,
     /// `[batch, key]`, 1 for real tokens.
     key_mask: Vec<f32>,
+    /// Sliding-window attention: a query sees the keys at most this far from it (both sides).
+    window: Option<usize>,
     /// `[batch, heads, query, key]` inverted-dropout factors, when training with dropout.
     dropout: Option<Vec<f32>>,
     /// Whether to keep the probabilities for the backward pass.
@@ -39,11 +41,25 @@ fn check(l: &Layout, what: &str) -> Result<(usize, usize, usize)> {
 
 impl Attention {
     /// Softmax of one head's scores in place, masked and scaled.
-    fn softmax_rows(&self, scores: &mut [f32], mask: &[f32], s: usize) {
+    fn softmax_rows(&self, scores: &mut [f32], key_mask: &[f32], s: usize) {
         let scale = self.scale;
         // max(x · scale) = max(x) · scale for scale > 0 (rounding is monotone).
         debug_assert!(scale > 0.0, "attention scale must be positive");
-        for row in scores.chunks_exact_mut(s) {
+        // With a window, row i masks the keys farther than `w` from i as well.
+        let mut windowed = match self.window {
+            Some(_) => vec![0f32; s],
+            None => Vec::new(),
+        };
+        for (i, row) in scores.chunks_exact_mut(s).enumerate() {
+            let mask = match self.window {
+                Some(w) => {
+                    let (lo, hi) = (i.saturating_sub(w), (i + w + 1).min(s));
+                    windowed.fill(0.0);
+                    windowed[lo..hi].copy_from_slice(&key_mask[lo..hi]);
+                    &windowed[..]
+                }
+                None => key_mask,
+            };
             let max = masked_max(row, mask) * scale;
             if max == f32::NEG_INFINITY {
                 row.fill(1.0 / s as f32);
@@ -320,6 +336,23 @@ pub fn attention(
     scale: f64,
     dropout: Option<(f64, &mut dyn rand::RngCore)>,
 ) -> Result<Tensor> {
+    windowed_attention(q, k, v, key_mask, None, heads, scale, dropout)
+}
+
+/// [`attention`] where, with `window = Some(w)`, query `i` sees only the keys `j` with
+/// `|i - j| <= w` (bidirectional sliding-window attention, as in ModernBERT's local layers).
+/// The backward pass needs nothing more: the masked probabilities are exact zeros.
+#[allow(clippy::too_many_arguments)]
+pub fn windowed_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_mask: &Tensor,
+    window: Option<usize>,
+    heads: usize,
+    scale: f64,
+    dropout: Option<(f64, &mut dyn rand::RngCore)>,
+) -> Result<Tensor> {
     let (b, s, _) = q.dims3()?;
     let mask: Vec<f32> = key_mask
         .to_dtype(candle_core::DType::F32)?
@@ -341,6 +374,7 @@ pub fn attention(
         heads,
         scale: scale as f32,
         key_mask: mask,
+        window,
         dropout,
         keep_probs: q.track_op() || k.track_op() || v.track_op(),
         precision: matmul_precision(),

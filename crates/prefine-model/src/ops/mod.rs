@@ -22,7 +22,7 @@ mod linear;
 mod lora_linear;
 mod softmax;
 
-pub use attention::attention;
+pub use attention::{attention, windowed_attention};
 pub use autocast::{matmul_precision, with_matmul_precision, MatmulPrecision};
 pub use dropout::{dropout, DropoutMask};
 pub use embedding::embedding_sum;
