@@ -68,10 +68,17 @@ pub struct LoadedAdapter {
 
 fn peft_module_names(model_type: ModelType, targets: &BTreeSet<LoraTarget>) -> Vec<&'static str> {
     let naming = Naming(model_type);
-    targets
+    let mut names: Vec<&'static str> = targets
         .iter()
         .filter_map(|&t| naming.peft_name(t))
-        .collect()
+        .collect();
+    // ModernBERT's two output projections are both `Wo`: PEFT's short name covers the pair.
+    if names.contains(&"attn.Wo") && names.contains(&"mlp.Wo") {
+        names.retain(|n| !n.ends_with(".Wo"));
+        let at = names.iter().position(|n| *n == "Wi").unwrap_or(names.len());
+        names.insert(at, "Wo");
+    }
+    names
 }
 
 /// `target_modules` as PEFT understands it: a list of module-name suffixes when that selects

@@ -202,6 +202,17 @@ fn round_trips(family: &str) {
         &adapter_dir,
     )
     .unwrap();
+    if family == "modernbert" {
+        // PEFT's own names for ModernBERT's layers.
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(adapter_dir.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg["target_modules"],
+            serde_json::json!(["Wqkv", "Wo", "Wi"])
+        );
+    }
     let (mut back, report) = Encoder::from_model_dir(&model_dir).unwrap();
     assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
     assert_eq!(run(&back, family, None), base, "{family}: save_pretrained");
@@ -227,4 +238,9 @@ fn distilbert_round_trips() {
 #[test]
 fn electra_round_trips() {
     round_trips("electra");
+}
+
+#[test]
+fn modernbert_round_trips() {
+    round_trips("modernbert");
 }

@@ -1,77 +1,15 @@
 //! End to end on the real default model and real shared data slices: fine-tune for a few steps,
 //! check that the loss falls, and that evaluate/predict read the saved output directory.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
+
+use common::{model_dir, ner_slice, tc_slice};
 
 use prefine_train::finetune::artifact::load_artifact;
 use prefine_train::finetune::predict::{predict_texts, Prediction};
 use prefine_train::finetune::{evaluate_file, run_finetune, FinetuneConfig, Mode, TaskKind};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn model_dir() -> PathBuf {
-    let d = std::env::var_os("PREFINE_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models/all-MiniLM-L6-v2"));
-    assert!(
-        d.join("model.safetensors").exists(),
-        "run scripts/setup.sh first ({})",
-        d.display()
-    );
-    d
-}
-
-fn data_root() -> PathBuf {
-    let d = std::env::var_os("PREFINE_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared/data"));
-    assert!(
-        d.join("manifest.json").exists(),
-        "shared data missing at {}",
-        d.display()
-    );
-    d
-}
-
-/// Copies the first `n` CoNLL sentences of each split into a temporary task directory.
-fn ner_slice(dir: &Path, task: &str, n: usize) {
-    for split in ["train", "dev", "test"] {
-        let text = std::fs::read_to_string(
-            data_root()
-                .join("ner")
-                .join(task)
-                .join(format!("{split}.conll")),
-        )
-        .unwrap();
-        let sents: Vec<&str> = text
-            .split("\n\n")
-            .filter(|s| !s.trim().is_empty())
-            .take(n)
-            .collect();
-        std::fs::write(
-            dir.join(format!("{split}.conll")),
-            sents.join("\n\n") + "\n",
-        )
-        .unwrap();
-    }
-}
-
-/// Copies the first `n` JSONL lines of each split.
-fn tc_slice(dir: &Path, task: &str, n: usize) {
-    for split in ["train", "dev", "test"] {
-        let text = std::fs::read_to_string(
-            data_root()
-                .join("tc")
-                .join(task)
-                .join(format!("{split}.jsonl")),
-        )
-        .unwrap();
-        let lines: Vec<&str> = text.lines().take(n).collect();
-        std::fs::write(dir.join(format!("{split}.jsonl")), lines.join("\n") + "\n").unwrap();
-    }
-}
 
 fn epoch_losses(out: &Path) -> Vec<f64> {
     std::fs::read_to_string(out.join("log.jsonl"))

@@ -1,15 +1,16 @@
 //! Pre-finetuning on a tiny random BERT (real tokenizer, small in-memory pools): objectives
 //! learn, negatives are restricted by source, TPL routes gradients, and resume is exact.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod common;
+
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use prefine_data::{NerSentence, TcExample};
+use common::{ner_pool, tc_pool};
 use prefine_model::{seed_rng, Encoder, EncoderConfig};
 use prefine_tokenize::{TextTokenizer, TokenizeConfig};
-use prefine_train::pretrain::ner_objective::{build_batch, NerPool, Source};
+use prefine_train::pretrain::ner_objective::build_batch;
 use prefine_train::pretrain::sampler::Family;
-use prefine_train::pretrain::tc_objective::TcPool;
 use prefine_train::pretrain::{
     BackboneGradFrom, GradientSurgery, PretrainConfig, Pretrainer, Strategy,
 };
@@ -31,97 +32,8 @@ fn tiny() -> Encoder {
     Encoder::random(EncoderConfig::tiny_bert_with_vocab(30522), &mut seed_rng(3)).unwrap()
 }
 
-fn sent(words: &str, tags: &str) -> NerSentence {
-    NerSentence {
-        tokens: words.split(' ').map(str::to_string).collect(),
-        tags: tags.split(' ').map(str::to_string).collect(),
-    }
-}
-
-fn ner_pool() -> NerPool {
-    let sentences = vec![
-        sent("Barack Obama visited Paris", "B-PER I-PER O B-LOC"),
-        sent(
-            "Angela Merkel met Macron in Berlin",
-            "B-PER I-PER O B-PER O B-LOC",
-        ),
-        sent("The p53 protein binds DNA", "O B-GENE O O O"),
-        sent("Mutations in BRCA1 cause cancer", "O O B-GENE O O"),
-    ];
-    let src = |name: &str, range, types: &[&str]| Source {
-        name: name.into(),
-        range,
-        types: types.iter().map(|t| t.to_string()).collect::<BTreeSet<_>>(),
-    };
-    let mut concept_names = BTreeMap::new();
-    concept_names.insert("PER".to_string(), "person".to_string());
-    concept_names.insert("LOC".to_string(), "location".to_string());
-    concept_names.insert("GENE".to_string(), "gene".to_string());
-    NerPool {
-        sentences,
-        source_of: vec![0, 0, 1, 1],
-        sources: vec![
-            src("news", (0, 2), &["PER", "LOC"]),
-            src("bio", (2, 4), &["GENE"]),
-        ],
-        concept_names,
-    }
-}
-
-fn tc_pool() -> TcPool {
-    let pairs = vec![
-        (
-            "stocks fall sharply".to_string(),
-            "markets drop as shares slide".to_string(),
-        ),
-        (
-            "team wins the final".to_string(),
-            "the club lifts the trophy".to_string(),
-        ),
-        (
-            "new phone released".to_string(),
-            "the company launches a smartphone".to_string(),
-        ),
-        (
-            "heavy rain expected".to_string(),
-            "storms forecast for the weekend".to_string(),
-        ),
-    ];
-    let labelled: Vec<TcExample> = [
-        ("good movie", "s:pos"),
-        ("great film", "s:pos"),
-        ("bad plot", "s:neg"),
-        ("awful acting", "s:neg"),
-    ]
-    .iter()
-    .map(|(t, l)| TcExample {
-        text: t.to_string(),
-        label: l.to_string(),
-    })
-    .collect();
-    let mut by_label: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, e) in labelled.iter().enumerate() {
-        by_label.entry(e.label.clone()).or_default().push(i);
-    }
-    TcPool {
-        pairs,
-        labelled,
-        by_label,
-    }
-}
-
 fn cfg(strategy: Strategy, steps: u64) -> PretrainConfig {
-    PretrainConfig {
-        max_steps: steps,
-        ner_batch_size: 4,
-        tc_batch_size: 4,
-        lr: 1e-3,
-        adapter_lr: 1e-2,
-        warmup_ratio: 0.0,
-        conflict_every: 0,
-        checkpoint_every: 0,
-        ..PretrainConfig::new(strategy)
-    }
+    common::pretrain_config(strategy, steps)
 }
 
 fn trainer(c: PretrainConfig) -> Pretrainer {
