@@ -1,6 +1,7 @@
 //! The standard benchmark workloads (`../shared/bench/WORKLOAD.md`), implemented exactly:
 //! token-classification training (full and LoRA) and forward-only inference, dropout off,
-//! pseudo-random token ids in [1000, 30000), median step time over timed runs.
+//! pseudo-random token ids in [1000, 30000) (within the vocabulary of a smaller model), median
+//! step time over timed runs.
 
 use std::time::Instant;
 
@@ -118,10 +119,21 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn inputs(batch: usize, seq: usize) -> Result<(EncoderInput, Tensor)> {
+/// The workload's token ids are drawn from `[1000, 30000)`; a model with a smaller vocabulary
+/// (any model directory can be benchmarked) draws from its upper three quarters instead.
+fn id_range(vocab: usize) -> std::ops::Range<u32> {
+    if vocab >= 30000 {
+        1000..30000
+    } else {
+        (vocab / 4) as u32..vocab as u32
+    }
+}
+
+fn inputs(batch: usize, seq: usize, vocab: usize) -> Result<(EncoderInput, Tensor)> {
     let mut rng = seed_rng(0);
+    let range = id_range(vocab);
     let ids: Vec<Vec<u32>> = (0..batch)
-        .map(|_| (0..seq).map(|_| rng.random_range(1000..30000)).collect())
+        .map(|_| (0..seq).map(|_| rng.random_range(range.clone())).collect())
         .collect();
     let types = vec![vec![0u32; seq]; batch];
     let mask = vec![vec![1u32; seq]; batch];
@@ -169,7 +181,7 @@ pub fn run(workload: Workload, mut encoder: Encoder, opts: &BenchOptions) -> Res
             encoder.prepare_inference(opts.precision)?;
         }
     }
-    let (input, labels) = inputs(batch, seq)?;
+    let (input, labels) = inputs(batch, seq, encoder.config().vocab_size)?;
     let weight = input.attention_mask.clone();
     let mut times = Vec::with_capacity(timed);
     let mut last_loss = None;

@@ -86,6 +86,21 @@ fn end_to_end(family: &str) {
             .model_type
     );
 
+    // `prefine bench` runs every workload on any model directory (ids within its vocabulary).
+    use prefine_train::bench::{run, BenchOptions, Workload};
+    for w in ["train_full", "train_lora", "infer_b1", "infer_b32"] {
+        let opts = BenchOptions {
+            batch: Some(2),
+            seq: Some(24),
+            runs: Some((0, 1)),
+            ..Default::default()
+        };
+        let (enc, _) = Encoder::from_model_dir(&model).unwrap();
+        let r = run(Workload::parse(w).unwrap(), enc, &opts)
+            .unwrap_or_else(|e| panic!("{family} bench {w}: {e:#}"));
+        assert!(r.tokens_per_s > 0.0, "{family} bench {w}");
+    }
+
     // TPL pre-finetuning: a few steps, then the outputs load in the runtime.
     let (enc, _) = Encoder::from_model_dir(&model).unwrap();
     let tokenizer = TextTokenizer::from_model_dir(&model, TokenizeConfig::default()).unwrap();
