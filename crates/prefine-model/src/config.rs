@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// The model types this crate can load.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "distilbert", "electra", "modernbert"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] =
+    &["bert", "distilbert", "electra", "mobilebert", "modernbert"];
 
 /// The checkpoint family, which fixes tensor names and a few architectural details.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +26,30 @@ pub enum ModelType {
     /// GeGLU, alternating global and sliding-window attention; see [`ModernBertConfig`]).
     #[serde(rename = "modernbert")]
     ModernBert,
+    /// MobileBERT (trigram input embedding, bottlenecks, stacked feed-forwards, NoNorm; see
+    /// [`MobileBertConfig`]).
+    #[serde(rename = "mobilebert")]
+    MobileBert,
+}
+
+/// What MobileBERT adds to the common settings (`hidden_size` is the width between blocks;
+/// inside a block, attention and feed-forwards run at `true_hidden_size`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MobileBertConfig {
+    /// The width inside a block: `intra_bottleneck_size` with bottlenecks, else `hidden_size`.
+    pub true_hidden_size: usize,
+    /// Whether each block projects its input down (and its output back up).
+    pub use_bottleneck: bool,
+    /// Whether attention reads the bottlenecked input for query, key and value.
+    pub use_bottleneck_attention: bool,
+    /// Whether query and key read one shared bottleneck of the block input.
+    pub key_query_shared_bottleneck: bool,
+    /// Feed-forward networks per block (the last is the block's intermediate/output pair).
+    pub num_feedforward_networks: usize,
+    /// Whether the input embedding concatenates each token with its neighbours.
+    pub trigram_input: bool,
+    /// `NoNorm` (`x * weight + bias`) instead of layer norms.
+    pub no_norm: bool,
 }
 
 /// What ModernBERT adds to the common settings.
@@ -96,9 +121,12 @@ pub struct EncoderConfig {
     pub layer_norm_eps: f64,
     /// Padding token id.
     pub pad_token_id: u32,
-    /// ModernBERT's own settings (`None` for the BERT-shaped families).
+    /// ModernBERT's own settings (`None` for the other families).
     #[serde(default)]
     pub modernbert: Option<ModernBertConfig>,
+    /// MobileBERT's own settings (`None` for the other families).
+    #[serde(default)]
+    pub mobilebert: Option<MobileBertConfig>,
     /// The original `config.json`, kept so that saving writes back everything it had.
     #[serde(skip)]
     pub raw: serde_json::Value,
@@ -286,12 +314,126 @@ impl ModernBertJson {
             layer_norm_eps: self.norm_eps,
             pad_token_id: self.pad_token_id.unwrap_or(0),
             modernbert: Some(modern),
+            mobilebert: None,
             raw,
         })
     }
 }
 
-/// The keys `ModernBertJson` cannot do without.
+#[derive(Deserialize)]
+struct MobileBertJson {
+    vocab_size: usize,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    #[serde(default = "default_mobile_act")]
+    hidden_act: String,
+    #[serde(default)]
+    hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    attention_probs_dropout_prob: f64,
+    #[serde(default = "default_max_pos")]
+    max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    layer_norm_eps: f64,
+    #[serde(default)]
+    pad_token_id: Option<u32>,
+    #[serde(default = "default_mobile_width")]
+    embedding_size: usize,
+    #[serde(default = "default_true")]
+    trigram_input: bool,
+    #[serde(default = "default_true")]
+    use_bottleneck: bool,
+    #[serde(default = "default_mobile_width")]
+    intra_bottleneck_size: usize,
+    #[serde(default)]
+    use_bottleneck_attention: bool,
+    #[serde(default = "default_true")]
+    key_query_shared_bottleneck: bool,
+    #[serde(default = "default_mobile_ffns")]
+    num_feedforward_networks: usize,
+    #[serde(default = "default_mobile_norm")]
+    normalization_type: String,
+}
+
+fn default_mobile_act() -> String {
+    "relu".into()
+}
+fn default_mobile_width() -> usize {
+    128
+}
+fn default_mobile_ffns() -> usize {
+    4
+}
+fn default_mobile_norm() -> String {
+    "no_norm".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl MobileBertJson {
+    /// The canonical config (`true_hidden_size` derived as transformers does).
+    fn into_config(self, path: &Path, raw: serde_json::Value) -> Result<EncoderConfig> {
+        let no_norm = match self.normalization_type.as_str() {
+            "no_norm" => true,
+            "layer_norm" => false,
+            other => {
+                return Err(Error::Parse {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "normalization_type {other:?} is not supported (no_norm, layer_norm)"
+                    ),
+                })
+            }
+        };
+        let true_hidden_size = if self.use_bottleneck {
+            self.intra_bottleneck_size
+        } else {
+            self.hidden_size
+        };
+        if self.num_feedforward_networks == 0 || true_hidden_size % self.num_attention_heads != 0 {
+            return Err(Error::Parse {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "num_feedforward_networks must be positive and the block width {true_hidden_size} a multiple of num_attention_heads"
+                ),
+            });
+        }
+        Ok(EncoderConfig {
+            model_type: ModelType::MobileBert,
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            embedding_size: self.embedding_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            intermediate_size: self.intermediate_size,
+            hidden_act: parse_act(path, &self.hidden_act)?,
+            hidden_dropout_prob: self.hidden_dropout_prob,
+            attention_probs_dropout_prob: self.attention_probs_dropout_prob,
+            max_position_embeddings: self.max_position_embeddings,
+            type_vocab_size: self.type_vocab_size,
+            layer_norm_eps: self.layer_norm_eps,
+            pad_token_id: self.pad_token_id.unwrap_or(0),
+            modernbert: None,
+            mobilebert: Some(MobileBertConfig {
+                true_hidden_size,
+                use_bottleneck: self.use_bottleneck,
+                use_bottleneck_attention: self.use_bottleneck_attention,
+                key_query_shared_bottleneck: self.key_query_shared_bottleneck,
+                num_feedforward_networks: self.num_feedforward_networks,
+                trigram_input: self.trigram_input,
+                no_norm,
+            }),
+            raw,
+        })
+    }
+}
+
+/// The keys `ModernBertJson` and `MobileBertJson` cannot do without.
 const MODERNBERT_REQUIRED: &[&str] = &[
     "vocab_size",
     "hidden_size",
@@ -440,11 +582,16 @@ impl EncoderConfig {
                     layer_norm_eps: j.layer_norm_eps,
                     pad_token_id: j.pad_token_id.unwrap_or(0),
                     modernbert: None,
+                    mobilebert: None,
                     raw,
                 }
             }
             "modernbert" => {
                 let j: ModernBertJson = from_fields(&raw, MODERNBERT_REQUIRED, path)?;
+                j.into_config(path, raw)?
+            }
+            "mobilebert" => {
+                let j: MobileBertJson = from_fields(&raw, MODERNBERT_REQUIRED, path)?;
                 j.into_config(path, raw)?
             }
             "distilbert" => {
@@ -472,6 +619,7 @@ impl EncoderConfig {
                     layer_norm_eps: 1e-12,
                     pad_token_id: j.pad_token_id.unwrap_or(0),
                     modernbert: None,
+                    mobilebert: None,
                     raw,
                 }
             }

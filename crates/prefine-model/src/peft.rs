@@ -95,12 +95,15 @@ fn target_modules(
     } else {
         json!(layers.iter().collect::<Vec<_>>())
     };
-    // BERT's "output.dense" is also a suffix of "attention.output.dense".
-    let ambiguous = matches!(
-        enc.config().model_type,
-        ModelType::Bert | ModelType::Electra
-    ) && targets.contains(&LoraTarget::Output)
-        && !targets.contains(&LoraTarget::AttentionOutput);
+    // BERT's "output.dense" is also a suffix of "attention.output.dense"; MobileBERT's
+    // "intermediate.dense" and "output.dense" are also those of its extra feed-forwards.
+    let ambiguous = match enc.config().model_type {
+        ModelType::Bert | ModelType::Electra => {
+            targets.contains(&LoraTarget::Output) && !targets.contains(&LoraTarget::AttentionOutput)
+        }
+        ModelType::MobileBert => true,
+        ModelType::Distilbert | ModelType::ModernBert => false,
+    };
     if !ambiguous {
         return (json!(names), layers_json);
     }

@@ -160,7 +160,7 @@ fn quantized_checkpoint_round_trips_bit_exactly() {
                     m.embeddings.word_int8.clone().unwrap(),
                     m.embeddings.position_int8.clone().unwrap(),
                 ],
-                Body::ModernBert(_) => unreachable!("a BERT model"),
+                Body::ModernBert(_) | Body::MobileBert(_) => unreachable!("a BERT model"),
             };
             let [word, pos] = tables(&back);
             assert!(word.is_mapped() && pos.is_mapped());

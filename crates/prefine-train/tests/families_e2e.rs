@@ -157,3 +157,8 @@ fn electra_end_to_end() {
 fn modernbert_end_to_end() {
     end_to_end("modernbert");
 }
+
+#[test]
+fn mobilebert_end_to_end() {
+    end_to_end("mobilebert");
+}

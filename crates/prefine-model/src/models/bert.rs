@@ -116,7 +116,7 @@ impl Embeddings {
                 TableWeight::Int8(t) => (released_table(e)?, Some(t)),
             };
         let token_type = match cfg.model_type {
-            ModelType::Distilbert | ModelType::ModernBert => None,
+            ModelType::Distilbert | ModelType::ModernBert | ModelType::MobileBert => None,
             ModelType::Bert | ModelType::Electra => Some(r.param(
                 "embeddings.token_type_embeddings.weight",
                 &[cfg.type_vocab_size, e],

@@ -11,6 +11,7 @@
 pub mod bert;
 pub mod distilbert;
 pub mod electra;
+pub mod mobilebert;
 pub mod modernbert;
 mod naming;
 
@@ -47,6 +48,7 @@ pub fn names(model_type: ModelType) -> &'static FamilyNames {
         ModelType::Distilbert => &distilbert::NAMES,
         ModelType::Electra => &electra::NAMES,
         ModelType::ModernBert => &modernbert::NAMES,
+        ModelType::MobileBert => &mobilebert::NAMES,
     }
 }
 
@@ -147,6 +149,23 @@ pub enum Body {
     Bert(bert::Model),
     /// ModernBERT and the Ettin encoders (see [`modernbert`]).
     ModernBert(modernbert::Model),
+    /// MobileBERT (see [`mobilebert`]).
+    MobileBert(mobilebert::Model),
+}
+
+/// Every parameter's checkpoint name and shape of a family's model, found by loading it from
+/// an empty reader (each tensor a zero placeholder): random initialisation needs no second
+/// list of names.
+pub(crate) fn shapes_of(
+    config: &EncoderConfig,
+    load: impl FnOnce(&EncoderConfig, &mut WeightReader) -> Result<Vec<(String, Vec<usize>)>>,
+) -> Result<Vec<(String, Vec<usize>)>> {
+    let mut r = WeightReader::new(
+        Default::default(),
+        Default::default(),
+        std::path::Path::new("<random>"),
+    );
+    load(config, &mut r)
 }
 
 impl Body {
@@ -157,6 +176,7 @@ impl Body {
                 Ok(Body::Bert(bert::Model::load(config, r)?))
             }
             ModelType::ModernBert => Ok(Body::ModernBert(modernbert::Model::load(config, r)?)),
+            ModelType::MobileBert => Ok(Body::MobileBert(mobilebert::Model::load(config, r)?)),
         }
     }
 
@@ -170,6 +190,7 @@ impl Body {
                 bert::random_tensors(config, rng)
             }
             ModelType::ModernBert => modernbert::random_tensors(config, rng),
+            ModelType::MobileBert => mobilebert::random_tensors(config, rng),
         }
     }
 
@@ -183,6 +204,7 @@ impl Body {
         match self {
             Body::Bert(m) => m.forward(config, input, run),
             Body::ModernBert(m) => m.forward(config, input, run),
+            Body::MobileBert(m) => m.forward(config, input, run),
         }
     }
 
@@ -191,6 +213,7 @@ impl Body {
         match self {
             Body::Bert(m) => m.linears(),
             Body::ModernBert(m) => m.linears(),
+            Body::MobileBert(m) => m.linears(),
         }
     }
 
@@ -199,6 +222,7 @@ impl Body {
         match self {
             Body::Bert(m) => m.linears_mut(),
             Body::ModernBert(m) => m.linears_mut(),
+            Body::MobileBert(m) => m.linears_mut(),
         }
     }
 
@@ -214,7 +238,7 @@ impl Body {
     pub(crate) fn quantize_tables(&mut self) -> Result<()> {
         match self {
             Body::Bert(m) => m.embeddings.quantize_tables(),
-            Body::ModernBert(_) => Ok(()),
+            Body::ModernBert(_) | Body::MobileBert(_) => Ok(()),
         }
     }
 
@@ -222,7 +246,7 @@ impl Body {
     pub(crate) fn int8_tables(&self) -> Vec<(String, &crate::int8_table::Int8Table)> {
         match self {
             Body::Bert(m) => m.embeddings.int8_tables(),
-            Body::ModernBert(_) => Vec::new(),
+            Body::ModernBert(_) | Body::MobileBert(_) => Vec::new(),
         }
     }
 
@@ -231,6 +255,7 @@ impl Body {
         match self {
             Body::Bert(m) => m.params(config),
             Body::ModernBert(m) => m.params(),
+            Body::MobileBert(m) => m.params(),
         }
     }
 
@@ -239,6 +264,7 @@ impl Body {
         match self {
             Body::Bert(m) => m.params_mut(),
             Body::ModernBert(m) => m.params_mut(),
+            Body::MobileBert(m) => m.params_mut(),
         }
     }
 }
