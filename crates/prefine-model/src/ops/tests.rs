@@ -349,6 +349,61 @@ fn attention_matches_reference_and_finite_differences() {
 }
 
 #[test]
+fn windowed_attention_matches_a_banded_reference_and_finite_differences() {
+    use super::windowed_attention;
+    let (b, s, h, w) = (2, 7, 8, 2);
+    let (q, k, v) = (var3(b, s, h, 41), var3(b, s, h, 42), var3(b, s, h, 43));
+    let mask = Tensor::new(
+        &[[1f32, 1., 1., 1., 1., 0., 0.], [1., 1., 1., 1., 1., 1., 1.]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let ours = windowed_attention(
+        q.as_tensor(),
+        k.as_tensor(),
+        v.as_tensor(),
+        &mask,
+        Some(w),
+        2,
+        0.5,
+        None,
+    )
+    .unwrap();
+    // The reference: each query row separately, its keys limited to the band |i - j| <= w.
+    let mut rows = Vec::new();
+    for i in 0..s {
+        let band: Vec<f32> = (0..s)
+            .map(|j| if i.abs_diff(j) <= w { 1.0 } else { 0.0 })
+            .collect();
+        let band = Tensor::new(band.as_slice(), &Device::Cpu).unwrap();
+        let m = mask.broadcast_mul(&band).unwrap();
+        let full = reference_attention(
+            q.as_tensor(),
+            k.as_tensor(),
+            v.as_tensor(),
+            &m,
+            2,
+            0.5,
+            false,
+        );
+        rows.push(full.narrow(1, i, 1).unwrap());
+    }
+    let reference = Tensor::cat(&rows, 1).unwrap();
+    // Padded query rows are not compared (a fully masked band is uniform in ours only).
+    let real = |t: &Tensor| t.narrow(0, 1, 1).unwrap();
+    let diff = max_abs_diff(&real(&ours), &real(&reference));
+    assert!(diff < 1e-5, "{diff}");
+    let diff = max_abs_diff(
+        &ours.narrow(0, 0, 1).unwrap().narrow(1, 0, 5).unwrap(),
+        &reference.narrow(0, 0, 1).unwrap().narrow(1, 0, 5).unwrap(),
+    );
+    assert!(diff < 1e-5, "{diff}");
+    fd_check(&[q, k, v], &[0, 1, 2], &|t| {
+        windowed_attention(&t[0], &t[1], &t[2], &mask, Some(w), 2, 0.5, None).unwrap()
+    });
+}
+
+#[test]
 fn attention_dropout_gradients_match_finite_differences() {
     let (q, k, v) = (var3(1, 4, 8, 41), var3(1, 4, 8, 42), var3(1, 4, 8, 43));
     let mask = Tensor::new(&[[1f32, 1., 1., 1.]], &Device::Cpu).unwrap();
