@@ -565,19 +565,11 @@ impl Model {
     }
 
     pub(crate) fn linears(&self) -> Vec<(LinearId, &LoraLinear)> {
-        self.blocks
-            .iter()
-            .enumerate()
-            .flat_map(|(i, b)| b.linears().map(|(t, l)| ((i, t), l)))
-            .collect()
+        super::stack_linears(&self.blocks, Block::linears)
     }
 
     pub(crate) fn linears_mut(&mut self) -> Vec<(LinearId, &mut LoraLinear)> {
-        self.blocks
-            .iter_mut()
-            .enumerate()
-            .flat_map(|(i, b)| b.linears_mut().map(|(t, l)| ((i, t), l)))
-            .collect()
+        super::stack_linears_mut(&mut self.blocks, Block::linears_mut)
     }
 
     pub(crate) fn params(&self) -> Vec<(String, &Param)> {

@@ -55,6 +55,36 @@ pub fn names(model_type: ModelType) -> &'static FamilyNames {
 /// Where a LoRA-adaptable linear layer sits: its layer and target.
 pub type LinearId = (usize, LoraTarget);
 
+/// Every LoRA-adaptable linear layer of a stack of blocks, with its `(layer, target)`.
+pub(crate) fn stack_linears<'a, B, I>(
+    blocks: &'a [B],
+    per_block: impl Fn(&'a B) -> I,
+) -> Vec<(LinearId, &'a LoraLinear)>
+where
+    I: IntoIterator<Item = (LoraTarget, &'a LoraLinear)>,
+{
+    blocks
+        .iter()
+        .enumerate()
+        .flat_map(|(i, b)| per_block(b).into_iter().map(move |(t, l)| ((i, t), l)))
+        .collect()
+}
+
+/// [`stack_linears`], mutable.
+pub(crate) fn stack_linears_mut<'a, B, I>(
+    blocks: &'a mut [B],
+    per_block: impl Fn(&'a mut B) -> I,
+) -> Vec<(LinearId, &'a mut LoraLinear)>
+where
+    I: IntoIterator<Item = (LoraTarget, &'a mut LoraLinear)>,
+{
+    blocks
+        .iter_mut()
+        .enumerate()
+        .flat_map(|(i, b)| per_block(b).into_iter().map(move |(t, l)| ((i, t), l)))
+        .collect()
+}
+
 /// The rows of a batch that run with one LoRA group (see [`crate::Encoder::forward_mixed`]).
 pub(crate) struct MixedRoute<'a> {
     pub(crate) group: &'a str,
