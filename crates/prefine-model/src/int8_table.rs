@@ -22,8 +22,10 @@ use prefine_kernels::qgemm::quantize_weight_rows;
 pub const WORD_EMBEDDINGS: &str = "embeddings.word_embeddings.weight";
 /// The checkpoint name of the position-embedding table.
 pub const POSITION_EMBEDDINGS: &str = "embeddings.position_embeddings.weight";
+/// The checkpoint name of ModernBERT's token-embedding table.
+pub const TOKEN_EMBEDDINGS: &str = "embeddings.tok_embeddings.weight";
 /// The tables an int8 backbone holds as int8.
-pub const INT8_TABLES: [&str; 2] = [WORD_EMBEDDINGS, POSITION_EMBEDDINGS];
+pub const INT8_TABLES: [&str; 3] = [WORD_EMBEDDINGS, POSITION_EMBEDDINGS, TOKEN_EMBEDDINGS];
 
 /// Where a table's int8 codes live.
 #[derive(Clone)]

@@ -117,7 +117,8 @@ impl WeightReader {
     }
 
     /// The base weight of a linear layer `[out, in]`: f32, or quantised in a quantised
-    /// checkpoint.
+    /// checkpoint (where a layer the quantiser leaves alone, such as MobileBERT's bottlenecks,
+    /// is stored and read as f32).
     pub(crate) fn linear_weight(
         &mut self,
         name: &str,
@@ -137,6 +138,9 @@ impl WeightReader {
                     "{name}: expected {precision} [{out}, {inp}], found {q:?}"
                 ));
                 LinearWeight::F32(Self::placeholder(&[out, inp])?)
+            }
+            None if self.tensors.contains_key(name) => {
+                LinearWeight::F32(self.param(name, &[out, inp])?)
             }
             None => {
                 self.missing.push(format!("{name} ({precision})"));

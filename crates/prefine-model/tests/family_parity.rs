@@ -232,8 +232,30 @@ fn round_trips(family: &str) {
     for p in [Precision::Int8, Precision::Bf16] {
         let mut q = back.clone();
         q.quantize(p).unwrap();
-        let d = max_abs_diff(&run(&q, family, Some("g")), &adapted);
+        let quantized = run(&q, family, Some("g"));
+        let d = max_abs_diff(&quantized, &adapted);
         assert!(d < 0.1, "{family} {p}: max |diff| {d}");
+        // A quantised model directory reads back to the same outputs.
+        let qdir = tmp.path().join(format!("q-{p}"));
+        q.save_quantized(&qdir, Some(&family_dir(family))).unwrap();
+        let (mut q2, report) = Encoder::from_model_dir(&qdir).unwrap();
+        assert!(
+            report.unexpected.is_empty(),
+            "{family} {p}: {:?}",
+            report.unexpected
+        );
+        assert_eq!(q2.precision(), p);
+        assert_eq!(
+            q2.weight_bytes(),
+            q.weight_bytes(),
+            "{family} {p}: same tables as int8"
+        );
+        load_adapter(&mut q2, &adapter_dir, "g").unwrap();
+        assert_eq!(
+            run(&q2, family, Some("g")),
+            quantized,
+            "{family} {p}: save_quantized"
+        );
     }
 }
 

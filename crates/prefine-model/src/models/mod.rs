@@ -263,12 +263,13 @@ impl Body {
             .find_map(|(i, l)| (i == id).then_some(l))
     }
 
-    /// Turns the word- and position-embedding tables to int8 (inference only; ModernBERT's
-    /// token table stays f32).
+    /// Turns the word- and position-embedding tables (ModernBERT: the token table) to int8
+    /// (inference only; MobileBERT's narrow tables stay f32).
     pub(crate) fn quantize_tables(&mut self) -> Result<()> {
         match self {
             Body::Bert(m) => m.embeddings.quantize_tables(),
-            Body::ModernBert(_) | Body::MobileBert(_) => Ok(()),
+            Body::ModernBert(m) => m.embeddings.quantize_tables(),
+            Body::MobileBert(_) => Ok(()),
         }
     }
 
@@ -276,7 +277,8 @@ impl Body {
     pub(crate) fn int8_tables(&self) -> Vec<(String, &crate::int8_table::Int8Table)> {
         match self {
             Body::Bert(m) => m.embeddings.int8_tables(),
-            Body::ModernBert(_) | Body::MobileBert(_) => Vec::new(),
+            Body::ModernBert(m) => m.embeddings.int8_tables(),
+            Body::MobileBert(_) => Vec::new(),
         }
     }
 

@@ -10,16 +10,19 @@
 //! 2`; GeGLU is `act(input) * gate` for `Wi`'s output split as `[input | gate]`; the attention
 //! dropout also follows the attention's `Wo`.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor, D};
 
 use super::{FamilyNames, LinearId, Norm, Run};
 use crate::config::{Activation, EncoderConfig, ModernBertConfig};
 use crate::error::{Error, Result};
 use crate::input::EncoderInput;
+use crate::int8_table::{Int8Table, TOKEN_EMBEDDINGS};
 use crate::lora::{LoraLinear, LoraTarget};
 use crate::ops;
 use crate::params::{normal, Param, SeedRng};
-use crate::reader::WeightReader;
+use crate::reader::{TableWeight, WeightReader};
 
 /// ModernBERT's block linear layers: target, module path inside a layer, PEFT module name.
 /// `Wo` is both the attention's and the feed-forward's output: PEFT's `"Wo"` selects both, the
@@ -39,7 +42,7 @@ pub static NAMES: FamilyNames = FamilyNames {
     norms: ["attn_norm", "mlp_norm"],
 };
 
-const TOK_EMBEDDINGS: &str = "embeddings.tok_embeddings.weight";
+const TOK_EMBEDDINGS: &str = TOKEN_EMBEDDINGS;
 const EMBEDDING_NORM: &str = "embeddings.norm";
 const FINAL_NORM: &str = "final_norm";
 
@@ -75,6 +78,11 @@ fn linear_path(i: usize, t: LoraTarget) -> String {
         .find_map(|(tt, s, _)| (*tt == t).then_some(*s))
         .unwrap_or("?");
     format!("{}{i}.{suffix}", NAMES.layers)
+}
+
+/// The empty `[0, dim]` stand-in for a table held as int8.
+fn empty_table(dim: usize) -> Result<Param> {
+    Param::new(&Tensor::zeros((0, dim), DType::F32, &Device::Cpu)?)
 }
 
 /// A layer norm, with a frozen zero bias that is no parameter when the config has none.
@@ -162,8 +170,10 @@ impl Rotary {
 /// Token embeddings and their norm.
 #[derive(Debug, Clone)]
 pub struct Embeddings {
-    /// `[vocab, hidden]`.
+    /// `[vocab, hidden]` (empty, `[0, hidden]`, once the table is int8: see `tok_int8`).
     pub tok: Param,
+    /// The int8 token table used instead of `tok` (inference only), if any.
+    pub tok_int8: Option<Arc<Int8Table>>,
     /// The embedding norm.
     pub norm: Norm,
 }
@@ -172,21 +182,46 @@ impl Embeddings {
     /// Reads the embedding table and norm.
     pub(crate) fn load(cfg: &EncoderConfig, r: &mut WeightReader) -> Result<Self> {
         let m = modern(cfg)?;
-        let tok = r.param(TOK_EMBEDDINGS, &[cfg.vocab_size, cfg.hidden_size]);
-        let norm = load_norm(r, EMBEDDING_NORM, cfg.hidden_size, m.norm_bias);
+        let h = cfg.hidden_size;
+        let (tok, tok_int8) = match r.table(TOK_EMBEDDINGS, cfg.vocab_size, h)? {
+            TableWeight::F32(p) => (p, None),
+            TableWeight::Int8(t) => (empty_table(h)?, Some(t)),
+        };
+        let norm = load_norm(r, EMBEDDING_NORM, h, m.norm_bias)?;
         Ok(Self {
-            tok: tok?,
-            norm: norm?,
+            tok,
+            tok_int8,
+            norm,
         })
+    }
+
+    /// Replaces the f32 token table by its int8 form (inference only).
+    pub(crate) fn quantize_tables(&mut self) -> Result<()> {
+        if self.tok_int8.is_none() {
+            let q = Int8Table::quantize(&self.tok.t().detach())?;
+            self.tok = empty_table(q.dims().1)?;
+            self.tok_int8 = Some(Arc::new(q));
+        }
+        Ok(())
+    }
+
+    /// The int8 table with its checkpoint name, if the table is int8.
+    pub(crate) fn int8_tables(&self) -> Vec<(String, &Int8Table)> {
+        self.tok_int8
+            .as_deref()
+            .map(|t| (TOK_EMBEDDINGS.to_string(), t))
+            .into_iter()
+            .collect()
     }
 
     fn forward(&self, cfg: &EncoderConfig, input: &EncoderInput) -> Result<Tensor> {
         let (b, s) = input.input_ids.dims2()?;
-        let x = self
-            .tok
-            .t()
-            .embedding(&input.input_ids.flatten_all()?)?
-            .reshape((b, s, cfg.hidden_size))?;
+        let ids = input.input_ids.flatten_all()?;
+        let x = match &self.tok_int8 {
+            None => self.tok.t().embedding(&ids)?,
+            Some(table) => table.gather(&ids.to_vec1::<u32>()?)?,
+        }
+        .reshape((b, s, cfg.hidden_size))?;
         self.norm.forward(&x, cfg.layer_norm_eps)
     }
 }
@@ -368,7 +403,11 @@ impl Model {
     pub(crate) fn params(&self) -> Vec<(String, &Param)> {
         let m = &self.settings;
         let nb = m.norm_bias;
-        let mut v: Vec<(String, &Param)> = vec![(TOK_EMBEDDINGS.into(), &self.embeddings.tok)];
+        let mut v: Vec<(String, &Param)> = Vec::new();
+        // A table held as int8 is no parameter (like a quantised linear weight).
+        if self.embeddings.tok_int8.is_none() {
+            v.push((TOK_EMBEDDINGS.into(), &self.embeddings.tok));
+        }
         v.extend(norm_params(&self.embeddings.norm, EMBEDDING_NORM, nb));
         for (i, block) in self.blocks.iter().enumerate() {
             let layer = format!("{}{i}", NAMES.layers);
@@ -398,7 +437,10 @@ impl Model {
     pub(crate) fn params_mut(&mut self) -> Vec<&mut Param> {
         let m = self.settings.clone();
         let nb = m.norm_bias;
-        let mut v: Vec<&mut Param> = vec![&mut self.embeddings.tok];
+        let mut v: Vec<&mut Param> = Vec::new();
+        if self.embeddings.tok_int8.is_none() {
+            v.push(&mut self.embeddings.tok);
+        }
         v.extend(norm_params_mut(&mut self.embeddings.norm, nb));
         for block in &mut self.blocks {
             let Block {
