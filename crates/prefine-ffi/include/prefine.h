@@ -31,6 +31,11 @@
 // An opened backbone with its registered adapters (opaque to C).
 typedef struct PrefineEngine PrefineEngine;
 
+// A zero-shot model (opaque to C): a `prefine pretrain` output, whose NER scorer and TC
+// adapter find entity types and classes named at call time, or a plain model directory (the
+// cosine baseline).
+typedef struct PrefineZeroShot PrefineZeroShot;
+
 // One file of an in-memory adapter: its name (`adapter.json`, `labels.json`,
 // `head.safetensors`, `adapter_config.json`, `adapter_model.safetensors`) and bytes.
 typedef struct {
@@ -162,6 +167,46 @@ void prefine_string_free(char *s);
 // # Safety
 // `engine` is NULL or a handle from `prefine_engine_open*` not yet freed.
 void prefine_engine_free(PrefineEngine *engine);
+
+// Opens a zero-shot model from a directory (see `PrefineZeroShot`). Returns NULL on failure.
+//
+// # Safety
+// `dir` is a NUL-terminated path.
+PrefineZeroShot *prefine_zero_shot_open(const char *dir);
+
+// Zero-shot NER: the entities of the types named in `entity_types` (comma-separated, e.g.
+// `"person, organisation, book title"`), as JSON in the `prefine predict` shape. `threshold`
+// <= 0 (or NaN) takes the model's default. Returns NULL on failure; free the string with
+// `prefine_string_free`.
+//
+// # Safety
+// `zs` is a live handle; `entity_types` is NUL-terminated; `texts` points to `n`
+// NUL-terminated strings.
+char *prefine_zero_shot_ner(const PrefineZeroShot *zs,
+                            const char *const *texts,
+                            uintptr_t n,
+                            const char *entity_types,
+                            float threshold);
+
+// Zero-shot classification: softmax scores over the labels named in `labels`
+// (comma-separated), each embedded through `template` (e.g. `"This text is about {}."`; NULL:
+// the bare name), as JSON in the `prefine predict` shape. Returns NULL on failure; free the
+// string with `prefine_string_free`.
+//
+// # Safety
+// `zs` is a live handle; `labels` and `template` (or NULL) are NUL-terminated; `texts` points
+// to `n` NUL-terminated strings.
+char *prefine_zero_shot_classify(const PrefineZeroShot *zs,
+                                 const char *const *texts,
+                                 uintptr_t n,
+                                 const char *labels,
+                                 const char *template_);
+
+// Frees a zero-shot model (NULL is ignored). No call on it may be running.
+//
+// # Safety
+// `zs` is NULL or a handle from `prefine_zero_shot_open` not yet freed.
+void prefine_zero_shot_free(PrefineZeroShot *zs);
 
 #ifdef __cplusplus
 }  // extern "C"

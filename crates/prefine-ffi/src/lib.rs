@@ -11,6 +11,7 @@ use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
+use prefine_runtime::zero_shot::{parse_name_list, ZeroShot, ZeroShotConfig};
 use prefine_runtime::{report, AdapterFiles, Aggregation, BackboneFiles, Engine, Precision};
 
 /// An opened backbone with its registered adapters (opaque to C).
@@ -428,5 +429,119 @@ pub unsafe extern "C" fn prefine_engine_free(engine: *mut PrefineEngine) {
     if !engine.is_null() {
         // SAFETY: the handle came from Box::into_raw and is freed once (caller's contract).
         drop(unsafe { Box::from_raw(engine) });
+    }
+}
+
+/// A zero-shot model (opaque to C): a `prefine pretrain` output, whose NER scorer and TC
+/// adapter find entity types and classes named at call time, or a plain model directory (the
+/// cosine baseline).
+pub struct PrefineZeroShot {
+    zero_shot: ZeroShot,
+}
+
+/// Opens a zero-shot model from a directory (see `PrefineZeroShot`). Returns NULL on failure.
+///
+/// # Safety
+/// `dir` is a NUL-terminated path.
+#[no_mangle]
+pub unsafe extern "C" fn prefine_zero_shot_open(dir: *const c_char) -> *mut PrefineZeroShot {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: forwarded caller contract.
+        let dir = Path::new(unsafe { str_arg(dir, "dir") }?);
+        let zero_shot = ZeroShot::load(dir, ZeroShotConfig::default()).map_err(|e| report(&e))?;
+        Ok(Box::into_raw(Box::new(PrefineZeroShot { zero_shot })))
+    })
+}
+
+/// # Safety
+/// `zs` is NULL or a live handle.
+unsafe fn zero_shot<'a>(zs: *const PrefineZeroShot) -> Result<&'a ZeroShot, String> {
+    if zs.is_null() {
+        return Err("zero-shot model is NULL".into());
+    }
+    // SAFETY: non-null handle created by Box::into_raw and not freed (caller's contract).
+    Ok(unsafe { &(*zs).zero_shot })
+}
+
+/// Zero-shot NER: the entities of the types named in `entity_types` (comma-separated, e.g.
+/// `"person, organisation, book title"`), as JSON in the `prefine predict` shape. `threshold`
+/// <= 0 (or NaN) takes the model's default. Returns NULL on failure; free the string with
+/// `prefine_string_free`.
+///
+/// # Safety
+/// `zs` is a live handle; `entity_types` is NUL-terminated; `texts` points to `n`
+/// NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn prefine_zero_shot_ner(
+    zs: *const PrefineZeroShot,
+    texts: *const *const c_char,
+    n: usize,
+    entity_types: *const c_char,
+    threshold: f32,
+) -> *mut c_char {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: forwarded caller contract.
+        let (z, texts, types) = unsafe {
+            (
+                zero_shot(zs)?,
+                texts_arg(texts, n)?,
+                str_arg(entity_types, "entity_types")?,
+            )
+        };
+        let threshold = (threshold > 0.0).then_some(threshold);
+        let out = z
+            .predict_ner(&texts, &parse_name_list(types), threshold)
+            .map_err(|e| report(&e))?;
+        into_c_string(serde_json::to_string(&out).map_err(|e| report(&e))?)
+    })
+}
+
+/// Zero-shot classification: softmax scores over the labels named in `labels`
+/// (comma-separated), each embedded through `template` (e.g. `"This text is about {}."`; NULL:
+/// the bare name), as JSON in the `prefine predict` shape. Returns NULL on failure; free the
+/// string with `prefine_string_free`.
+///
+/// # Safety
+/// `zs` is a live handle; `labels` and `template` (or NULL) are NUL-terminated; `texts` points
+/// to `n` NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn prefine_zero_shot_classify(
+    zs: *const PrefineZeroShot,
+    texts: *const *const c_char,
+    n: usize,
+    labels: *const c_char,
+    template: *const c_char,
+) -> *mut c_char {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: forwarded caller contract.
+        let (z, texts, labels) = unsafe {
+            (
+                zero_shot(zs)?,
+                texts_arg(texts, n)?,
+                str_arg(labels, "labels")?,
+            )
+        };
+        let template = if template.is_null() {
+            None
+        } else {
+            // SAFETY: non-null NUL-terminated string (caller's contract).
+            Some(unsafe { str_arg(template, "template") }?)
+        };
+        let out = z
+            .predict_tc(&texts, &parse_name_list(labels), template)
+            .map_err(|e| report(&e))?;
+        into_c_string(serde_json::to_string(&out).map_err(|e| report(&e))?)
+    })
+}
+
+/// Frees a zero-shot model (NULL is ignored). No call on it may be running.
+///
+/// # Safety
+/// `zs` is NULL or a handle from `prefine_zero_shot_open` not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn prefine_zero_shot_free(zs: *mut PrefineZeroShot) {
+    if !zs.is_null() {
+        // SAFETY: the handle came from Box::into_raw and is freed once (caller's contract).
+        drop(unsafe { Box::from_raw(zs) });
     }
 }
