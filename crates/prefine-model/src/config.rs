@@ -181,6 +181,84 @@ struct DistilbertJson {
     sinusoidal_pos_embds: bool,
 }
 
+impl BertJson {
+    /// The canonical config of a `bert` or `electra` (`electra = true`) checkpoint.
+    fn into_config(
+        self,
+        path: &Path,
+        raw: serde_json::Value,
+        electra: bool,
+    ) -> Result<EncoderConfig> {
+        if self.position_embedding_type != "absolute" {
+            return Err(Error::Parse {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "position_embedding_type {:?} is not supported (absolute)",
+                    self.position_embedding_type
+                ),
+            });
+        }
+        Ok(EncoderConfig {
+            model_type: if electra {
+                ModelType::Electra
+            } else {
+                ModelType::Bert
+            },
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            embedding_size: match self.embedding_size {
+                Some(e) if electra => e,
+                _ => self.hidden_size,
+            },
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            intermediate_size: self.intermediate_size,
+            hidden_act: parse_act(path, &self.hidden_act)?,
+            hidden_dropout_prob: self.hidden_dropout_prob,
+            attention_probs_dropout_prob: self.attention_probs_dropout_prob,
+            max_position_embeddings: self.max_position_embeddings,
+            type_vocab_size: self.type_vocab_size,
+            layer_norm_eps: self.layer_norm_eps,
+            pad_token_id: self.pad_token_id.unwrap_or(0),
+            modernbert: None,
+            mobilebert: None,
+            raw,
+        })
+    }
+}
+
+impl DistilbertJson {
+    /// The canonical config of a `distilbert` checkpoint.
+    fn into_config(self, path: &Path, raw: serde_json::Value) -> Result<EncoderConfig> {
+        if self.sinusoidal_pos_embds {
+            return Err(Error::Parse {
+                path: path.to_path_buf(),
+                reason: "sinusoidal_pos_embds = true is not supported".into(),
+            });
+        }
+        Ok(EncoderConfig {
+            model_type: ModelType::Distilbert,
+            vocab_size: self.vocab_size,
+            hidden_size: self.dim,
+            embedding_size: self.dim,
+            num_hidden_layers: self.n_layers,
+            num_attention_heads: self.n_heads,
+            intermediate_size: self.hidden_dim,
+            hidden_act: parse_act(path, &self.activation)?,
+            hidden_dropout_prob: self.dropout,
+            attention_probs_dropout_prob: self.attention_dropout,
+            max_position_embeddings: self.max_position_embeddings,
+            type_vocab_size: 0,
+            // HF DistilBERT hard-codes eps = 1e-12.
+            layer_norm_eps: 1e-12,
+            pad_token_id: self.pad_token_id.unwrap_or(0),
+            modernbert: None,
+            mobilebert: None,
+            raw,
+        })
+    }
+}
+
 #[derive(Deserialize)]
 struct ModernBertJson {
     vocab_size: usize,
@@ -549,42 +627,7 @@ impl EncoderConfig {
         let cfg = match model_type.as_str() {
             "bert" | "electra" => {
                 let j: BertJson = from_fields(&raw, BERT_REQUIRED, path)?;
-                if j.position_embedding_type != "absolute" {
-                    return Err(Error::Parse {
-                        path: path.to_path_buf(),
-                        reason: format!(
-                            "position_embedding_type {:?} is not supported (absolute)",
-                            j.position_embedding_type
-                        ),
-                    });
-                }
-                let electra = model_type == "electra";
-                Self {
-                    model_type: if electra {
-                        ModelType::Electra
-                    } else {
-                        ModelType::Bert
-                    },
-                    vocab_size: j.vocab_size,
-                    hidden_size: j.hidden_size,
-                    embedding_size: match j.embedding_size {
-                        Some(e) if electra => e,
-                        _ => j.hidden_size,
-                    },
-                    num_hidden_layers: j.num_hidden_layers,
-                    num_attention_heads: j.num_attention_heads,
-                    intermediate_size: j.intermediate_size,
-                    hidden_act: parse_act(path, &j.hidden_act)?,
-                    hidden_dropout_prob: j.hidden_dropout_prob,
-                    attention_probs_dropout_prob: j.attention_probs_dropout_prob,
-                    max_position_embeddings: j.max_position_embeddings,
-                    type_vocab_size: j.type_vocab_size,
-                    layer_norm_eps: j.layer_norm_eps,
-                    pad_token_id: j.pad_token_id.unwrap_or(0),
-                    modernbert: None,
-                    mobilebert: None,
-                    raw,
-                }
+                j.into_config(path, raw, model_type == "electra")?
             }
             "modernbert" => {
                 let j: ModernBertJson = from_fields(&raw, MODERNBERT_REQUIRED, path)?;
@@ -596,32 +639,7 @@ impl EncoderConfig {
             }
             "distilbert" => {
                 let j: DistilbertJson = from_fields(&raw, DISTILBERT_REQUIRED, path)?;
-                if j.sinusoidal_pos_embds {
-                    return Err(Error::Parse {
-                        path: path.to_path_buf(),
-                        reason: "sinusoidal_pos_embds = true is not supported".into(),
-                    });
-                }
-                Self {
-                    model_type: ModelType::Distilbert,
-                    vocab_size: j.vocab_size,
-                    hidden_size: j.dim,
-                    embedding_size: j.dim,
-                    num_hidden_layers: j.n_layers,
-                    num_attention_heads: j.n_heads,
-                    intermediate_size: j.hidden_dim,
-                    hidden_act: parse_act(path, &j.activation)?,
-                    hidden_dropout_prob: j.dropout,
-                    attention_probs_dropout_prob: j.attention_dropout,
-                    max_position_embeddings: j.max_position_embeddings,
-                    type_vocab_size: 0,
-                    // HF DistilBERT hard-codes eps = 1e-12.
-                    layer_norm_eps: 1e-12,
-                    pad_token_id: j.pad_token_id.unwrap_or(0),
-                    modernbert: None,
-                    mobilebert: None,
-                    raw,
-                }
+                j.into_config(path, raw)?
             }
             other => {
                 return Err(Error::UnsupportedModel {
