@@ -17,7 +17,7 @@ use crate::config::{Activation, EncoderConfig, MobileBertConfig};
 use crate::error::{Error, Result};
 use crate::input::EncoderInput;
 use crate::lora::{LoraLinear, LoraTarget};
-use crate::params::{normal, Param, SeedRng};
+use crate::params::Param;
 use crate::reader::WeightReader;
 
 /// MobileBERT's LoRA-adaptable block linear layers: target, module path, PEFT module name.
@@ -304,14 +304,14 @@ impl Block {
     ) -> Result<Self> {
         let layer = format!("{}{i}", NAMES.layers);
         let (h, t, n) = (cfg.hidden_size, m.true_hidden_size, cfg.intermediate_size);
-        let kq_in = t;
         let value_in = if m.use_bottleneck_attention { t } else { h };
-        let qk_in =
-            if m.use_bottleneck && (m.use_bottleneck_attention || m.key_query_shared_bottleneck) {
-                kq_in
-            } else {
-                h
-            };
+        // Query and key read a bottleneck (width t) or the block input (width h).
+        let bottlenecked = m.use_bottleneck_attention || m.key_query_shared_bottleneck;
+        let qk_in = if m.use_bottleneck && bottlenecked {
+            t
+        } else {
+            h
+        };
         let mut lin =
             |path: &str, out, inp| LoraLinear::load(r, &format!("{layer}.{path}"), out, inp);
         let query = lin("attention.self.query", t, qk_in)?;
@@ -587,33 +587,4 @@ impl Model {
         }
         v
     }
-}
-
-/// Random weights (N(0, 0.02), unit norm weights, zero biases) under checkpoint names: the
-/// tensors a loaded model lists as parameters, built by loading from an all-zero reader.
-pub(crate) fn random_tensors(
-    cfg: &EncoderConfig,
-    rng: &mut SeedRng,
-) -> Result<Vec<(String, Tensor)>> {
-    let shapes = super::shapes_of(cfg, |c, r| {
-        let model = Model::load(c, r)?;
-        Ok(model
-            .params()
-            .into_iter()
-            .map(|(n, p)| (n, p.dims().to_vec()))
-            .collect())
-    })?;
-    shapes
-        .into_iter()
-        .map(|(name, dims)| {
-            let t = match dims.as_slice() {
-                [o, i] => normal(*o, *i, 0.02, rng)?,
-                [n] if name.ends_with("LayerNorm.weight") => {
-                    Tensor::ones(*n, DType::F32, &Device::Cpu)?
-                }
-                _ => Tensor::zeros(dims.as_slice(), DType::F32, &Device::Cpu)?,
-            };
-            Ok((name, t))
-        })
-        .collect()
 }

@@ -183,19 +183,33 @@ pub enum Body {
     MobileBert(mobilebert::Model),
 }
 
-/// Every parameter's checkpoint name and shape of a family's model, found by loading it from
-/// an empty reader (each tensor a zero placeholder): random initialisation needs no second
-/// list of names.
-pub(crate) fn shapes_of(
+/// Random weights for a family under its checkpoint names (N(0, 0.02) matrices, unit norm
+/// weights, zero biases), named and shaped by the parameters `load` lists for a model loaded
+/// from an empty reader (each tensor a zero placeholder): no second list of names to keep.
+pub(crate) fn random_like_loaded<M>(
     config: &EncoderConfig,
-    load: impl FnOnce(&EncoderConfig, &mut WeightReader) -> Result<Vec<(String, Vec<usize>)>>,
-) -> Result<Vec<(String, Vec<usize>)>> {
+    rng: &mut crate::params::SeedRng,
+    load: impl FnOnce(&EncoderConfig, &mut WeightReader) -> Result<M>,
+    params: impl Fn(&M) -> Vec<(String, &Param)>,
+) -> Result<Vec<(String, Tensor)>> {
+    use candle_core::{DType, Device};
     let mut r = WeightReader::new(
         Default::default(),
         Default::default(),
         std::path::Path::new("<random>"),
     );
-    load(config, &mut r)
+    let model = load(config, &mut r)?;
+    params(&model)
+        .into_iter()
+        .map(|(name, p)| {
+            let t = match p.dims() {
+                [o, i] => crate::params::normal(*o, *i, 0.02, rng)?,
+                [n] if name.ends_with("orm.weight") => Tensor::ones(*n, DType::F32, &Device::Cpu)?,
+                dims => Tensor::zeros(dims, DType::F32, &Device::Cpu)?,
+            };
+            Ok((name, t))
+        })
+        .collect()
 }
 
 impl Body {
@@ -219,8 +233,18 @@ impl Body {
             ModelType::Bert | ModelType::Distilbert | ModelType::Electra => {
                 bert::random_tensors(config, rng)
             }
-            ModelType::ModernBert => modernbert::random_tensors(config, rng),
-            ModelType::MobileBert => mobilebert::random_tensors(config, rng),
+            ModelType::ModernBert => random_like_loaded(
+                config,
+                rng,
+                modernbert::Model::load,
+                modernbert::Model::params,
+            ),
+            ModelType::MobileBert => random_like_loaded(
+                config,
+                rng,
+                mobilebert::Model::load,
+                mobilebert::Model::params,
+            ),
         }
     }
 

@@ -21,7 +21,7 @@ use crate::input::EncoderInput;
 use crate::int8_table::{Int8Table, TOKEN_EMBEDDINGS};
 use crate::lora::{LoraLinear, LoraTarget};
 use crate::ops;
-use crate::params::{normal, Param, SeedRng};
+use crate::params::Param;
 use crate::reader::{TableWeight, WeightReader};
 
 /// ModernBERT's block linear layers: target, module path inside a layer, PEFT module name.
@@ -73,11 +73,7 @@ fn linear_has_bias(m: &ModernBertConfig, t: LoraTarget) -> bool {
 }
 
 fn linear_path(i: usize, t: LoraTarget) -> String {
-    let suffix = LINEARS
-        .iter()
-        .find_map(|(tt, s, _)| (*tt == t).then_some(*s))
-        .unwrap_or("?");
-    format!("{}{i}.{suffix}", NAMES.layers)
+    super::Naming(crate::config::ModelType::ModernBert).linear(i, t)
 }
 
 /// The empty `[0, dim]` stand-in for a table held as int8.
@@ -473,42 +469,4 @@ impl Model {
         v.extend(norm_params_mut(&mut self.final_norm, nb));
         v
     }
-}
-
-/// Random weights (N(0, 0.02), unit norms, zero biases) under checkpoint names.
-pub(crate) fn random_tensors(
-    cfg: &EncoderConfig,
-    rng: &mut SeedRng,
-) -> Result<Vec<(String, Tensor)>> {
-    let m = modern(cfg)?;
-    let h = cfg.hidden_size;
-    let ones = |n: usize| Tensor::ones(n, DType::F32, &Device::Cpu);
-    let zeros = |n: usize| Tensor::zeros(n, DType::F32, &Device::Cpu);
-    let mut v: Vec<(String, Tensor)> =
-        vec![(TOK_EMBEDDINGS.into(), normal(cfg.vocab_size, h, 0.02, rng)?)];
-    let norm = |v: &mut Vec<(String, Tensor)>, base: &str| -> Result<()> {
-        v.push((format!("{base}.weight"), ones(h)?));
-        if m.norm_bias {
-            v.push((format!("{base}.bias"), zeros(h)?));
-        }
-        Ok(())
-    };
-    norm(&mut v, EMBEDDING_NORM)?;
-    for i in 0..cfg.num_hidden_layers {
-        let layer = format!("{}{i}", NAMES.layers);
-        if i > 0 {
-            norm(&mut v, &format!("{layer}.attn_norm"))?;
-        }
-        norm(&mut v, &format!("{layer}.mlp_norm"))?;
-        for &(t, _, _) in LINEARS {
-            let (out, inp) = linear_dims(cfg, t);
-            let base = linear_path(i, t);
-            v.push((format!("{base}.weight"), normal(out, inp, 0.02, rng)?));
-            if linear_has_bias(m, t) {
-                v.push((format!("{base}.bias"), zeros(out)?));
-            }
-        }
-    }
-    norm(&mut v, FINAL_NORM)?;
-    Ok(v)
 }
